@@ -1,0 +1,1 @@
+"""Code every BOIG service shares: contracts, settings, errors and HTTP plumbing."""

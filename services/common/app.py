@@ -1,0 +1,237 @@
+"""The app factory: every HTTP service gets /health, /metrics, request ids, body limits,
+latency metrics and one JSON error shape from here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common import metrics
+from services.common.errors import BoigError, PayloadTooLarge
+from services.common.logging import new_request_id, request_id_var
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+Readiness = Callable[[], Awaitable[dict[str, Any]]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def create_service_app(
+    *,
+    service: str,
+    version: str,
+    max_body_bytes: int,
+    readiness: Readiness | None = None,
+    lifespan: Lifespan | None = None,
+    description: str = "",
+) -> FastAPI:
+    """Build a FastAPI app with the plumbing every BOIG service shares; add routes after."""
+    app = FastAPI(
+        title=f"BOIG {service}", version=version, description=description, lifespan=lifespan
+    )
+    app.state.service = service
+
+    @app.get("/health", tags=["ops"], summary="Liveness and readiness")
+    async def health() -> JSONResponse:
+        details: dict[str, Any] = {}
+        ready = True
+        if readiness is not None:
+            try:
+                details = await readiness()
+            except Exception as exc:  # a failing probe means not ready, never a crash
+                logger.warning("readiness probe failed: %s", exc)
+                ready, details = False, {"error": type(exc).__name__}
+            else:
+                ready = bool(details.pop("ready", True))
+        body = {"status": "ok" if ready else "starting", "service": service, "version": version}
+        return JSONResponse({**body, **details}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    _install_error_handlers(app, service)
+    app.add_middleware(_ObservabilityMiddleware, service=service, max_body_bytes=max_body_bytes)
+    return app
+
+
+def _error_response(error: BoigError, service: str) -> JSONResponse:
+    metrics.ERRORS.labels(service, error.type).inc()
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    return JSONResponse(
+        error.to_payload(request_id_var.get()), status_code=error.status_code, headers=headers
+    )
+
+
+def _install_error_handlers(app: FastAPI, service: str) -> None:
+    async def on_boig_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, BoigError)
+        if exc.status_code >= 500:
+            logger.error("%s: %s", exc.type, exc.message)
+        return _error_response(exc, service)
+
+    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _error_response(_ValidationFailed(_describe_validation(exc)), service)
+
+    async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return _error_response(_HttpError.of(exc.status_code, str(exc.detail)), service)
+
+    app.add_exception_handler(BoigError, on_boig_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+
+
+class _ValidationFailed(BoigError):
+    status_code = 422
+    type = "invalid_input"
+
+
+class _HttpError(BoigError):
+    @classmethod
+    def of(cls, status_code: int, message: str) -> BoigError:
+        error = cls(message)
+        error.status_code = status_code  # type: ignore[misc]
+        error.type = {404: "not_found", 405: "method_not_allowed"}.get(status_code, "http_error")  # type: ignore[misc]
+        return error
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        parts.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    more = len(exc.errors()) - 5
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+class _ObservabilityMiddleware:
+    """Request id in and out, body size limit, latency and status metrics (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp, *, service: str, max_body_bytes: int) -> None:
+        self.app = app
+        self.service = service
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {
+            key.decode("latin-1").lower(): value.decode("latin-1")
+            for key, value in scope["headers"]
+        }
+        request_id = new_request_id(headers.get(REQUEST_ID_HEADER.lower()))
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        status_sent = False
+        try:
+            declared = headers.get("content-length")
+            if declared is not None:
+                # The server enforces Content-Length framing, so the header is the body size.
+                if not declared.isdigit() or int(declared) > self.max_body_bytes:
+                    await self._send_too_large(send)
+                    status = 413
+                    return
+            elif scope.get("method") in ("POST", "PUT", "PATCH"):
+                # Chunked bodies are read up to the limit here: FastAPI would turn an error
+                # raised mid-parse into a generic 400.
+                body = await _read_limited(receive, self.max_body_bytes)
+                if body is None:
+                    await self._send_too_large(send)
+                    status = 413
+                    return
+                receive = _replay(body)
+
+            async def send_with_id(message: Message) -> None:
+                nonlocal status, status_sent
+                if message["type"] == "http.response.start":
+                    status, status_sent = message["status"], True
+                    message.setdefault("headers", [])
+                    message["headers"] = [
+                        *message["headers"],
+                        (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+                    ]
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception:
+                # Caught here rather than by Starlette's outermost handler so the answer
+                # still carries the request id and the one error shape.
+                logger.exception("unhandled error")
+                if status_sent:
+                    raise
+                status = 500
+                await _error_response(
+                    BoigError("internal error; see the service log"), self.service
+                )(scope, _no_receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope.get("method", "GET")
+            metrics.HTTP_REQUESTS.labels(self.service, route, method, str(status)).inc()
+            metrics.HTTP_LATENCY.labels(self.service, route, method).observe(elapsed)
+            if route not in ("/health", "/metrics"):
+                logger.info(
+                    "%s %s -> %d in %.1f ms", method, scope.get("path"), status, elapsed * 1000
+                )
+            request_id_var.reset(token)
+
+    async def _send_too_large(self, send: Send) -> None:
+        response = _error_response(
+            PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes"),
+            self.service,
+        )
+        response.headers[REQUEST_ID_HEADER] = request_id_var.get() or ""
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+async def _read_limited(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive_replayed() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive_replayed

@@ -1,0 +1,119 @@
+"""Typed async HTTP clients for the internal services.
+
+Each call sends the current request id, maps an upstream error body back to the same
+typed exception (``error_from_payload``) and turns transport failures into UpstreamError.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from services.common.contracts import (
+    Context,
+    DescribeRequest,
+    DescribeResponse,
+    FeaturizeRequest,
+    FeaturizeResponse,
+    ImageInput,
+    KpiTarget,
+    LikelihoodRequest,
+    LikelihoodResponse,
+    ScoreRequest,
+    ScoreResponse,
+    Verbalization,
+)
+from services.common.errors import UpstreamError, error_from_payload
+from services.common.logging import request_id_var
+
+ResponseT = TypeVar("ResponseT", bound=BaseModel)
+
+
+class ServiceClient:
+    """A JSON-over-HTTP client for one internal service."""
+
+    service = "service"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 120.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def health(self) -> dict[str, Any]:
+        response = await self._send("GET", "/health", None)
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def _post(self, path: str, body: BaseModel, response_model: type[ResponseT]) -> ResponseT:
+        response = await self._send("POST", path, body.model_dump(mode="json"))
+        try:
+            return response_model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise UpstreamError(f"{self.service} answered {path} outside the contract") from exc
+
+    async def _send(self, method: str, path: str, json: Any) -> httpx.Response:
+        headers = {}
+        request_id = request_id_var.get()
+        if request_id:
+            headers["X-Request-ID"] = request_id
+        try:
+            response = await self._http.request(method, path, json=json, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(f"{self.service} timed out on {path}") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{self.service} unreachable: {type(exc).__name__}") from exc
+        if response.status_code >= 400:
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = None
+            raise error_from_payload(payload, status_code=response.status_code)
+        return response
+
+
+class FeaturizerClient(ServiceClient):
+    service = "featurizer"
+
+    async def featurize(
+        self, images: list[ImageInput], *, detect_objects: bool = True
+    ) -> FeaturizeResponse:
+        request = FeaturizeRequest(images=images, detect_objects=detect_objects)
+        return await self._post("/featurize", request, FeaturizeResponse)
+
+
+class DescriberClient(ServiceClient):
+    service = "describer"
+
+    async def describe(self, context: Context, target: KpiTarget) -> DescribeResponse:
+        request = DescribeRequest(context=context, target=target)
+        return await self._post("/describe", request, DescribeResponse)
+
+    async def likelihood(
+        self, context: Context, verbalizations: list[Verbalization], *, kpi_name: str = "likes"
+    ) -> LikelihoodResponse:
+        request = LikelihoodRequest(
+            context=context, kpi_name=kpi_name, verbalizations=verbalizations
+        )
+        return await self._post("/likelihood", request, LikelihoodResponse)
+
+
+class ScorerClient(ServiceClient):
+    service = "scorer"
+
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        return await self._post("/score", request, ScoreResponse)

@@ -1,0 +1,269 @@
+"""Wire models shared by every service: the contract between them (design §3–§5).
+
+Numbers that the text form of a verbalization carries with two decimals (coverage,
+confidence, box corners) are rounded on the way in, so that the structured form and
+the text form hold exactly the same information and ``parse(render(x)) == x``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_BATCH_IMAGES = 64
+"""Hard ceiling for any batch of images in one internal request; services configure lower."""
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KpiLevel(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+KPI_LEVELS: tuple[KpiLevel, ...] = (KpiLevel.LOW, KpiLevel.MEDIUM, KpiLevel.HIGH)
+
+
+class Tone(StrEnum):
+    """Tone words; each belongs to one axis and an image has at most one word per axis."""
+
+    WARM = "warm"
+    COOL = "cool"
+    NEUTRAL = "neutral"
+    DARK = "dark"
+    BRIGHT = "bright"
+    HIGH_CONTRAST = "high-contrast"
+    LOW_CONTRAST = "low-contrast"
+    SATURATED = "saturated"
+    MUTED = "muted"
+
+
+TONE_AXES: dict[str, tuple[Tone, ...]] = {
+    "warmth": (Tone.WARM, Tone.COOL, Tone.NEUTRAL),
+    "lightness": (Tone.DARK, Tone.BRIGHT),
+    "contrast": (Tone.HIGH_CONTRAST, Tone.LOW_CONTRAST),
+    "saturation": (Tone.SATURATED, Tone.MUTED),
+}
+TONE_AXIS: dict[Tone, str] = {tone: axis for axis, tones in TONE_AXES.items() for tone in tones}
+_TONE_ORDER: dict[Tone, int] = {tone: index for index, tone in enumerate(Tone)}
+
+
+def _two_decimals(value: float) -> float:
+    return round(float(value), 2)
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(_two_decimals)]
+Channel = Annotated[int, Field(ge=0, le=255)]
+Name = Annotated[
+    str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9_-]*( [a-z0-9_-]+)*$")
+]
+# No character that str.splitlines() breaks on, so a caption stays on its line of the text form.
+_LINE_BREAKS = r"\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029"
+OneLine = Annotated[
+    str, Field(min_length=1, max_length=300, pattern=rf"^[^{_LINE_BREAKS}]*\S[^{_LINE_BREAKS}]*$")
+]
+
+
+class ColorSwatch(Contract):
+    name: Name = Field(description="Nearest basic colour name, lower case.")
+    rgb: tuple[Channel, Channel, Channel] = Field(description="sRGB, 0–255 per channel.")
+    coverage: Fraction = Field(description="Fraction of the image this colour covers (2 decimals).")
+
+
+class DetectedObject(Contract):
+    label: Name = Field(description="Detector class name, lower case.")
+    confidence: Fraction = Field(description="Detector confidence in [0,1] (2 decimals).")
+    box: tuple[Fraction, Fraction, Fraction, Fraction] = Field(
+        description="Normalized [x0, y0, x1, y1], origin top-left, 2 decimals."
+    )
+
+    @field_validator("box")
+    @classmethod
+    def _ordered(cls, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        x0, y0, x1, y1 = box
+        if x0 > x1 or y0 > y1:
+            raise ValueError("box must be [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1")
+        return box
+
+
+class Verbalization(Contract):
+    """How an image looks, in the shared description language (design §4)."""
+
+    caption: OneLine | None = None
+    colors: list[ColorSwatch] = Field(default_factory=list, max_length=12)
+    tones: list[Tone] = Field(default_factory=list, max_length=len(TONE_AXES))
+    objects: list[DetectedObject] = Field(default_factory=list, max_length=50)
+    text: Annotated[str, Field(min_length=1, max_length=300)] | None = Field(
+        default=None, description="Text written on the image."
+    )
+
+    @field_validator("tones")
+    @classmethod
+    def _one_tone_per_axis(cls, tones: list[Tone]) -> list[Tone]:
+        axes = [TONE_AXIS[tone] for tone in tones]
+        if len(set(axes)) != len(axes):
+            raise ValueError(
+                "at most one tone word per axis (warmth, lightness, contrast, saturation)"
+            )
+        return sorted(tones, key=_TONE_ORDER.__getitem__)
+
+    @model_validator(mode="after")
+    def _coverage_fits(self) -> Verbalization:
+        # Two-decimal rounding of each swatch can push an exact 100% a little over.
+        total = sum(color.coverage for color in self.colors)
+        if total > 1.0 + 0.005 * max(1, len(self.colors)):
+            raise ValueError(f"colour coverages sum to {total:.2f}, more than the whole image")
+        return self
+
+
+class Context(Contract):
+    """Where and for whom a creative is posted."""
+
+    account: str = Field(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$", description="Brand account."
+    )
+    text: str = Field(default="", max_length=1000, description="Post text or title.")
+    keywords: list[Annotated[str, Field(min_length=1, max_length=40)]] = Field(
+        default_factory=list, max_length=20
+    )
+    posted_at: datetime | None = Field(default=None, description="Post time; naive means UTC.")
+
+    @field_validator("posted_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class KpiTarget(Contract):
+    name: str = Field(default="likes", pattern=r"^[a-z][a-z0-9_]{0,31}$", description="KPI name.")
+    level: KpiLevel = Field(default=KpiLevel.HIGH, description="Target bucket of the KPI.")
+
+
+class ModelInfo(Contract):
+    name: str = Field(description="Model name or path it was loaded from.")
+    version: str = Field(description="Checkpoint version or content hash.")
+
+
+# --- featurizer -------------------------------------------------------------------------
+
+ImageId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class ImageInput(Contract):
+    id: ImageId | None = None
+    data_base64: str = Field(
+        min_length=1, description="The encoded image (PNG, JPEG, WebP), base64."
+    )
+
+
+class FeaturizeRequest(Contract):
+    images: list[ImageInput] = Field(min_length=1, max_length=MAX_BATCH_IMAGES)
+    detect_objects: bool = True
+
+
+class FeaturizeResult(Contract):
+    id: str | None
+    width: int
+    height: int
+    verbalization: Verbalization
+
+
+class FeaturizeResponse(Contract):
+    results: list[FeaturizeResult]
+    featurizer_version: str
+    detector: ModelInfo | None
+
+
+# --- describer --------------------------------------------------------------------------
+
+
+class DescribeRequest(Contract):
+    context: Context
+    target: KpiTarget = Field(default_factory=KpiTarget)
+
+
+class DescribeResponse(Contract):
+    verbalization: Verbalization
+    text: str = Field(description="The verbalization in its text form: a creative brief.")
+    repairs: list[str] = Field(description="What the parser had to fix in the model's output.")
+    model: ModelInfo
+    prompt_version: str
+    cached: bool
+
+
+class LikelihoodRequest(Contract):
+    context: Context
+    kpi_name: str = Field(default="likes", pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    verbalizations: list[Verbalization] = Field(min_length=1, max_length=MAX_BATCH_IMAGES)
+
+
+class LevelDistribution(Contract):
+    probabilities: dict[KpiLevel, float] = Field(description="P(level), summing to 1.")
+    expected_percentile: float = Field(
+        ge=0.0, le=1.0, description="Expected normalized KPI: sum of P(level) x bucket midpoint."
+    )
+
+
+class LikelihoodResponse(Contract):
+    results: list[LevelDistribution]
+    model: ModelInfo
+    prompt_version: str
+
+
+# --- scorer -----------------------------------------------------------------------------
+
+RewardName = Literal["match", "likelihood", "contrastive"]
+
+
+class Creative(Contract):
+    id: ImageId
+    image_base64: str = Field(min_length=1, description="The encoded image, base64.")
+
+
+class ScoreRequest(Contract):
+    context: Context
+    target: KpiTarget = Field(default_factory=KpiTarget)
+    reward: RewardName = "match"
+    creatives: list[Creative] = Field(min_length=1, max_length=MAX_BATCH_IMAGES)
+
+    @field_validator("creatives")
+    @classmethod
+    def _unique_ids(cls, creatives: list[Creative]) -> list[Creative]:
+        ids = [creative.id for creative in creatives]
+        if len(set(ids)) != len(ids):
+            raise ValueError("creative ids must be unique within a request")
+        return creatives
+
+
+class CreativeScore(Contract):
+    id: str
+    rank: int = Field(ge=1)
+    total: float
+    breakdown: dict[str, float] = Field(description="Each reward component, before weighting.")
+    verbalization: Verbalization
+
+
+class TargetDescription(Contract):
+    level: KpiLevel
+    verbalization: Verbalization
+    text: str
+
+
+class ScoreResponse(Contract):
+    reward: RewardName
+    weights: dict[str, float] = Field(description="Weight of each component in the total.")
+    targets: list[TargetDescription] = Field(
+        description="The descriptions the reward compared with."
+    )
+    results: list[CreativeScore] = Field(description="Best first.")
+    models: dict[str, ModelInfo]

@@ -1,0 +1,116 @@
+"""One error hierarchy for every service, and the single JSON shape it travels in.
+
+Each error carries a machine-readable ``type`` so that clients can map an upstream
+error body back to the same exception class (see ``error_from_payload``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class BoigError(Exception):
+    """Base of every error a BOIG service reports to a caller."""
+
+    status_code: ClassVar[int] = 500
+    type: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def to_payload(self, request_id: str | None) -> dict[str, Any]:
+        return {"error": {"type": self.type, "message": self.message, "request_id": request_id}}
+
+
+class InvalidInput(BoigError):
+    status_code = 422
+    type = "invalid_input"
+
+
+class InvalidImage(InvalidInput):
+    type = "invalid_image"
+
+
+class PayloadTooLarge(BoigError):
+    status_code = 413
+    type = "payload_too_large"
+
+
+class Unauthorized(BoigError):
+    status_code = 401
+    type = "unauthorized"
+
+
+class NotFound(BoigError):
+    status_code = 404
+    type = "not_found"
+
+
+class RateLimited(BoigError):
+    status_code = 429
+    type = "rate_limited"
+
+
+class Overloaded(BoigError):
+    status_code = 503
+    type = "overloaded"
+
+
+class UpstreamError(BoigError):
+    """An internal service could not be reached or answered outside the contract."""
+
+    status_code = 502
+    type = "upstream_error"
+
+
+class BackendError(BoigError):
+    """A model backend failed while serving a valid request."""
+
+    status_code = 500
+    type = "backend_error"
+
+
+class ModelOutputError(BackendError):
+    """The model answered, but nothing usable could be parsed from its output."""
+
+    type = "model_output_error"
+
+
+class ModelUnavailable(BackendError):
+    status_code = 503
+    type = "model_unavailable"
+
+
+_ERROR_TYPES: dict[str, type[BoigError]] = {
+    cls.type: cls
+    for cls in (
+        BoigError,
+        InvalidInput,
+        InvalidImage,
+        PayloadTooLarge,
+        Unauthorized,
+        NotFound,
+        RateLimited,
+        Overloaded,
+        UpstreamError,
+        BackendError,
+        ModelOutputError,
+        ModelUnavailable,
+    )
+}
+
+
+def error_from_payload(payload: Any, *, status_code: int) -> BoigError:
+    """Rebuild the typed error an upstream service sent; unknown shapes become UpstreamError."""
+    try:
+        body = payload["error"]
+        error_type = str(body["type"])
+        message = str(body["message"])
+    except (KeyError, TypeError):
+        return UpstreamError(f"upstream answered {status_code} without an error body")
+    cls = _ERROR_TYPES.get(error_type)
+    if cls is None:
+        return UpstreamError(f"upstream error {error_type}: {message}")
+    return cls(message)

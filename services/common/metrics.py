@@ -1,0 +1,77 @@
+"""Every Prometheus metric BOIG exports, defined in one place.
+
+Names carry the ``boig_`` prefix and base units; labels come from small fixed sets
+(service, route template, method, status class, operation), never ids or user text.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+HTTP_REQUESTS = Counter(
+    "boig_http_requests_total",
+    "HTTP requests served, by route template and status code.",
+    ["service", "route", "method", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "boig_http_request_duration_seconds",
+    "Time from request received to response sent.",
+    ["service", "route", "method"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+ERRORS = Counter(
+    "boig_errors_total",
+    "Errors returned to callers, by error type.",
+    ["service", "type"],
+    registry=REGISTRY,
+)
+MODEL_SECONDS = Histogram(
+    "boig_model_compute_seconds",
+    "Compute time of one model call (a whole batch), excluding queueing.",
+    ["service", "operation"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+MODEL_QUEUE_SECONDS = Histogram(
+    "boig_model_queue_wait_seconds",
+    "Time a request waited for the model to be free.",
+    ["service", "operation"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+IMAGES_PROCESSED = Counter(
+    "boig_images_processed_total",
+    "Images decoded and analysed.",
+    ["service"],
+    registry=REGISTRY,
+)
+CACHE_LOOKUPS = Counter(
+    "boig_cache_lookups_total",
+    "Result cache lookups, by outcome (hit or miss).",
+    ["service", "cache", "outcome"],
+    registry=REGISTRY,
+)
+REPAIRS = Counter(
+    "boig_verbalization_repairs_total",
+    "Model outputs that needed repairs before they parsed.",
+    ["service"],
+    registry=REGISTRY,
+)
+REWARD = Histogram(
+    "boig_reward_value",
+    "Distribution of reward totals computed by the scorer.",
+    ["reward"],
+    buckets=(-1, -0.5, -0.25, 0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1),
+    registry=REGISTRY,
+)
+RATE_LIMITED = Counter(
+    "boig_rate_limited_total",
+    "Requests refused by the per-key rate limit.",
+    registry=REGISTRY,
+)

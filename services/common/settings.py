@@ -1,0 +1,53 @@
+"""Settings every service shares; each service subclasses with its own env prefix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def boig_home() -> Path:
+    """Where prepared models, the artifact store and the embedded database live."""
+    configured = os.environ.get("BOIG_HOME")
+    if configured:
+        return Path(configured).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(cache).expanduser() / "boig"
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every HTTP service has. Subclasses set ``env_prefix`` (BOIG_<SERVICE>_)."""
+
+    model_config = SettingsConfigDict(env_prefix="BOIG_", extra="ignore", frozen=True)
+
+    host: str = Field(default="127.0.0.1", description="Address to bind.")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port to bind.")
+    log_level: str = Field(default="INFO", description="Python logging level name.")
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted, in bytes; larger bodies get 413.",
+    )
+
+
+class ImageLimits(BaseSettings):
+    """Hard limits applied before any image is decoded (shared by every image consumer)."""
+
+    model_config = SettingsConfigDict(env_prefix="BOIG_IMAGE_", extra="ignore", frozen=True)
+
+    max_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1, description="Largest encoded image, in bytes."
+    )
+    max_pixels: int = Field(
+        default=24_000_000,
+        ge=1,
+        description="Largest width x height; bigger images (and decompression bombs) are refused.",
+    )
+    max_side: int = Field(default=8192, ge=1, description="Largest width or height, in pixels.")
+    formats: frozenset[str] = Field(
+        default=frozenset({"PNG", "JPEG", "WEBP"}),
+        description="Pillow format names accepted.",
+    )

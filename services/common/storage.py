@@ -1,0 +1,71 @@
+"""The artifact store: content-addressed blobs on a local directory (S3 later, same Protocol)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from services.common.errors import InvalidInput, NotFound
+
+_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}/[0-9a-f]{64}(\.[a-z0-9]{1,8})?$")
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    key: str
+    sha256: str
+    size: int
+
+
+class ArtifactStore(Protocol):
+    def put(self, data: bytes, *, namespace: str, suffix: str = "") -> ArtifactRef: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+
+class LocalArtifactStore:
+    """Blobs under ``root/<namespace>/<sha256><suffix>``; writes are atomic and idempotent."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def put(self, data: bytes, *, namespace: str, suffix: str = "") -> ArtifactRef:
+        digest = hashlib.sha256(data).hexdigest()
+        key = f"{namespace}/{digest}{suffix}"
+        path = self._path(key)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write beside the target and rename, so a reader never sees half a file.
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return ArtifactRef(key=key, sha256=digest, size=len(data))
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFound(f"artifact {key} not found") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def _path(self, key: str) -> Path:
+        # Keys are validated, never joined raw: no '..', no absolute paths, no odd names.
+        if not _KEY.match(key):
+            raise InvalidInput("malformed artifact key")
+        return self.root / key

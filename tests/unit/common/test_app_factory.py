@@ -1,0 +1,123 @@
+"""The shared app plumbing: health, metrics, request ids, body limits, one error shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+
+from services.common.app import create_service_app
+from services.common.errors import NotFound, RateLimited
+
+
+class Echo(BaseModel):
+    value: int
+
+
+def make_app(ready: bool = True) -> FastAPI:
+    async def readiness() -> dict[str, Any]:
+        return {"ready": ready, "model": "tiny"}
+
+    app = create_service_app(
+        service="testsvc", version="9.9", max_body_bytes=2048, readiness=readiness
+    )
+
+    @app.post("/echo")
+    async def echo(body: Echo) -> Echo:
+        return body
+
+    @app.get("/missing")
+    async def missing() -> None:
+        raise NotFound("nothing here")
+
+    @app.get("/slow-down")
+    async def slow_down() -> None:
+        raise RateLimited("too many", retry_after=7.2)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internal detail")
+
+    return app
+
+
+@pytest.fixture
+def client() -> TestClient:
+    return TestClient(make_app(), raise_server_exceptions=False)
+
+
+def assert_error(response: Any, status: int, error_type: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["type"] == error_type
+    assert body["error"]["request_id"] == response.headers["X-Request-ID"]
+    return body["error"]
+
+
+def test_health_reports_readiness() -> None:
+    assert TestClient(make_app()).get("/health").json() == {
+        "status": "ok",
+        "service": "testsvc",
+        "version": "9.9",
+        "model": "tiny",
+    }
+    response = TestClient(make_app(ready=False)).get("/health")
+    assert response.status_code == 503 and response.json()["status"] == "starting"
+
+
+def test_request_id_is_kept_when_well_formed_and_replaced_otherwise(client: TestClient) -> None:
+    assert (
+        client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"]
+        == "abc-123"
+    )
+    replaced = client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert replaced.headers["X-Request-ID"] != "bad id\twith spaces"
+    assert len(replaced.headers["X-Request-ID"]) == 32
+
+
+def test_errors_have_one_shape(client: TestClient) -> None:
+    assert assert_error(client.get("/missing"), 404, "not_found")["message"] == "nothing here"
+    assert assert_error(client.get("/no-such-route"), 404, "not_found")
+    assert assert_error(client.post("/echo", json={"value": "x"}), 422, "invalid_input")
+    assert assert_error(client.post("/echo", content=b"{not json"), 422, "invalid_input")
+    limited = client.get("/slow-down")
+    assert_error(limited, 429, "rate_limited")
+    assert limited.headers["Retry-After"] == "7"
+
+
+def test_unexpected_errors_hide_internals(client: TestClient) -> None:
+    error = assert_error(client.get("/boom"), 500, "internal_error")
+    assert "secret" not in error["message"]
+
+
+def test_body_limit_by_header_and_by_stream(client: TestClient) -> None:
+    big = b'{"value": 1, "pad": "' + b"x" * 4096 + b'"}'
+    assert_error(
+        client.post("/echo", content=big, headers={"Content-Type": "application/json"}),
+        413,
+        "payload_too_large",
+    )
+
+    def chunks() -> Any:
+        yield b'{"value": 1, "pad": "'
+        for _ in range(10):
+            yield b"x" * 1024
+        yield b'"}'
+
+    streamed = client.post("/echo", content=chunks(), headers={"Content-Type": "application/json"})
+    assert_error(streamed, 413, "payload_too_large")
+    assert client.get("/health").status_code == 200
+
+
+def test_metrics_count_requests_by_route_template(client: TestClient) -> None:
+    client.post("/echo", json={"value": 1})
+    text = client.get("/metrics").text
+    assert (
+        'boig_http_requests_total{method="POST",route="/echo",service="testsvc",status="200"}'
+        in text
+    )
+    assert "boig_http_request_duration_seconds_bucket" in text
