@@ -4,6 +4,7 @@ latency metrics and one JSON error shape from here."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -71,7 +72,8 @@ def _error_response(error: BoigError, service: str) -> JSONResponse:
     metrics.ERRORS.labels(service, error.type).inc()
     headers = {}
     if error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+        # Rounded up: a client that waits exactly this long must not be refused again.
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return JSONResponse(
         error.to_payload(request_id_var.get()), status_code=error.status_code, headers=headers
     )

@@ -55,8 +55,16 @@ class ServiceClient:
         await self.aclose()
 
     async def health(self) -> dict[str, Any]:
-        response = await self._send("GET", "/health", None)
-        body: dict[str, Any] = response.json()
+        """The service's /health body; a service still starting answers 503 with one too."""
+        try:
+            response = await self._http.get("/health", timeout=5.0)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{self.service} unreachable: {type(exc).__name__}") from exc
+        try:
+            body: dict[str, Any] = response.json()
+        except ValueError as exc:
+            raise UpstreamError(f"{self.service} /health answered {response.status_code}") from exc
+        body.setdefault("status", "ok" if response.status_code == 200 else "unavailable")
         return body
 
     async def _post(self, path: str, body: BaseModel, response_model: type[ResponseT]) -> ResponseT:

@@ -38,6 +38,11 @@ class PayloadTooLarge(BoigError):
     type = "payload_too_large"
 
 
+class UnsupportedMediaType(BoigError):
+    status_code = 415
+    type = "unsupported_media_type"
+
+
 class Unauthorized(BoigError):
     status_code = 401
     type = "unauthorized"
@@ -90,6 +95,7 @@ _ERROR_TYPES: dict[str, type[BoigError]] = {
         InvalidInput,
         InvalidImage,
         PayloadTooLarge,
+        UnsupportedMediaType,
         Unauthorized,
         NotFound,
         RateLimited,

@@ -1,0 +1,1 @@
+"""The gateway: BOIG's only public service (API keys, validation, rate limits, fan-out)."""

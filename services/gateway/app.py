@@ -1,0 +1,259 @@
+"""The gateway's HTTP surface: authenticated, rate-limited /v1 routes over the Gateway logic."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from pydantic import ValidationError
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.common.app import create_service_app
+from services.common.clients import DescriberClient, ScorerClient, ServiceClient
+from services.common.contracts import (
+    MAX_BATCH_IMAGES,
+    DescribeRequest,
+    DescribeResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+from services.common.db import Database
+from services.common.errors import BoigError, InvalidInput, UnsupportedMediaType
+from services.gateway.auth import KeyStore
+from services.gateway.rate_limit import KeyRateLimiter, RateLimitedKey
+from services.gateway.service import Gateway, UploadedCreative, build_score_request
+from services.gateway.settings import GatewaySettings
+
+VERSION = "0.1.0"
+
+_MULTIPART_FIELDS = {"request", "creatives"}
+
+_SCORE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["request", "creatives"],
+                    "properties": {
+                        "request": {
+                            "type": "string",
+                            "description": (
+                                'JSON of {"context", "target", "reward"}, as in ScoreRequest '
+                                "without creatives."
+                            ),
+                        },
+                        "creatives": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": (
+                                "Image files (PNG, JPEG, WebP); each id is the file name's stem, "
+                                "sanitized and made unique."
+                            ),
+                        },
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def create_app(
+    settings: GatewaySettings | None = None,
+    *,
+    scorer: ScorerClient | None = None,
+    describer: DescriberClient | None = None,
+    database: Database | None = None,
+) -> FastAPI:
+    """Build the gateway app; clients and a database passed in are the caller's to close."""
+    settings = settings or GatewaySettings()
+    owned_clients: list[ServiceClient] = []
+    if scorer is None:
+        scorer = ScorerClient(settings.scorer_url, timeout=settings.upstream_timeout_seconds)
+        owned_clients.append(scorer)
+    if describer is None:
+        describer = DescriberClient(
+            settings.describer_url, timeout=settings.upstream_timeout_seconds
+        )
+        owned_clients.append(describer)
+    owns_database = database is None
+    db = database if database is not None else Database(settings.database_url)
+    upstreams: dict[str, ServiceClient] = {"scorer": scorer, "describer": describer}
+    gateway = Gateway(
+        scorer=scorer,
+        describer=describer,
+        image_limits=settings.image_limits,
+        max_creatives=settings.max_creatives,
+    )
+
+    async def readiness() -> dict[str, Any]:
+        # Only the database decides readiness: with the scorer down, /v1/describe still works,
+        # so taking the whole gateway out of rotation would do more harm than a 502 on /v1/score.
+        await run_in_threadpool(_ping, db)
+        states: dict[str, str] = {}
+        for name, client in upstreams.items():
+            try:
+                states[name] = str((await client.health())["status"])
+            except BoigError as exc:
+                states[name] = exc.type
+        return {"ready": True, "database": "ok", "upstreams": states}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(db.create_schema)
+        try:
+            yield
+        finally:
+            for client in owned_clients:
+                await client.aclose()
+            if owns_database:
+                db.dispose()
+
+    app = create_service_app(
+        service="gateway",
+        version=VERSION,
+        max_body_bytes=settings.max_body_bytes,
+        readiness=readiness,
+        lifespan=lifespan,
+        description=(
+            "BOIG public API: score candidate creatives for a KPI target and get creative briefs. "
+            "Every /v1 route needs an API key (Authorization: Bearer or X-API-Key)."
+        ),
+    )
+    app.state.settings = settings
+    app.state.gateway = gateway
+    app.state.key_store = KeyStore(db)
+    app.state.rate_limiter = KeyRateLimiter(
+        settings.rate_limit,
+        settings.rate_limit_storage_url,
+        strategy=settings.rate_limit_strategy,
+        key_prefix=settings.rate_limit_key_prefix,
+        fail_open=settings.rate_limit_fail_open,
+    )
+
+    @app.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        tags=["scoring"],
+        summary="Score and rank candidate creatives for a context and KPI target",
+        description=(
+            "Send either a JSON ScoreRequest (creatives base64-encoded) or multipart/form-data "
+            "with a `request` field (JSON of context, target, reward) and `creatives` files. "
+            f"At most {settings.max_creatives} creatives; each must be a decodable image."
+        ),
+        openapi_extra=_SCORE_BODY,
+    )
+    async def score(request: Request, _key: RateLimitedKey) -> ScoreResponse:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type == "multipart/form-data":
+            score_request = await _read_multipart(request, gateway)
+        elif media_type in ("application/json", ""):
+            try:
+                score_request = ScoreRequest.model_validate_json(await request.body())
+            except ValidationError as exc:
+                raise InvalidInput(_describe(exc)) from exc
+        else:
+            raise UnsupportedMediaType(
+                f"unsupported content type {media_type!r}: send application/json or "
+                "multipart/form-data"
+            )
+        return await gateway.score(score_request)
+
+    @app.post(
+        "/v1/describe",
+        response_model=DescribeResponse,
+        tags=["describing"],
+        summary="Describe how an image for this context should look to reach the KPI target",
+    )
+    async def describe(body: DescribeRequest, _key: RateLimitedKey) -> DescribeResponse:
+        return await gateway.describe(body)
+
+    _declare_score_request_schema(app)
+    return app
+
+
+async def _read_multipart(request: Request, gateway: Gateway) -> ScoreRequest:
+    try:
+        # max_files stops a flood of parts early; the configured count is checked below, with
+        # our own message. Non-file fields (the request JSON) keep Starlette's 1 MiB cap.
+        form = await request.form(max_files=MAX_BATCH_IMAGES, max_fields=len(_MULTIPART_FIELDS))
+    except StarletteHTTPException as exc:
+        raise InvalidInput(f"malformed multipart body: {exc.detail}") from exc
+    try:
+        unknown = set(form.keys()) - _MULTIPART_FIELDS
+        if unknown:
+            raise InvalidInput(
+                f"unknown multipart fields {sorted(unknown)}; expected 'request' and 'creatives'"
+            )
+        spec = form.get("request")
+        if not isinstance(spec, str):
+            raise InvalidInput(
+                "multipart body needs a 'request' text field: JSON of context, target and reward"
+            )
+        files = form.getlist("creatives")
+        if not all(isinstance(part, UploadFile) for part in files):
+            raise InvalidInput("'creatives' parts must be files")
+        gateway.check_creative_count(len(files))
+        # Read one byte past the limit: enough to know a file is too big without holding it all.
+        limit = gateway.image_limits.max_bytes + 1
+        uploads = [
+            UploadedCreative(filename=part.filename, data=await part.read(limit))
+            for part in files
+            if isinstance(part, UploadFile)
+        ]
+    finally:
+        await form.close()
+    return build_score_request(spec, uploads, limits=gateway.image_limits)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(part) for part in error["loc"])
+        parts.append(f"{where or 'body'}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _ping(db: Database) -> None:
+    with db.session() as session:
+        session.execute(text("SELECT 1"))
+
+
+def _declare_score_request_schema(app: FastAPI) -> None:
+    """Put ScoreRequest into the OpenAPI components.
+
+    /v1/score reads its body itself (it takes JSON or multipart), so FastAPI does not see the
+    model; the route's requestBody refers to it and this makes the reference resolve.
+    """
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                openapi_version=app.openapi_version,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+                servers=app.servers,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            request_schema = ScoreRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            for name, definition in request_schema.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components.setdefault("ScoreRequest", request_schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

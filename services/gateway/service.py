@@ -1,0 +1,144 @@
+"""The gateway's logic: validate public requests, then forward them to the internal services.
+
+Every creative is decoded here, under the shared image limits, so that garbage, truncated
+files and decompression bombs are refused at the edge with a message naming the creative,
+and never cost the scorer or featurizer anything. No URLs are ever fetched.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Sequence
+from pathlib import PurePosixPath
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from services.common.clients import DescriberClient, ScorerClient
+from services.common.contracts import (
+    Context,
+    Creative,
+    DescribeRequest,
+    DescribeResponse,
+    KpiTarget,
+    RewardName,
+    ScoreRequest,
+    ScoreResponse,
+)
+from services.common.errors import InvalidInput, PayloadTooLarge
+from services.common.images import decode_base64, decode_image
+from services.common.settings import ImageLimits
+
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]+")
+_ID_MAX = 100  # leaves room under the 128-character ImageId for a "-NN" uniqueness suffix
+
+
+class ScoreSpec(BaseModel):
+    """The JSON ``request`` part of a multipart /v1/score: everything but the creatives."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    context: Context
+    target: KpiTarget = Field(default_factory=KpiTarget)
+    reward: RewardName = "match"
+
+
+class UploadedCreative(BaseModel):
+    """One file part of a multipart /v1/score, already read into memory."""
+
+    model_config = ConfigDict(frozen=True)
+
+    filename: str | None
+    data: bytes
+
+
+def creative_id_from_filename(filename: str | None, taken: set[str], index: int) -> str:
+    """The filename's stem, reduced to the ImageId alphabet and made unique among ``taken``."""
+    stem = ""
+    if filename:
+        # Browsers on Windows send backslashes; only the last path component is a name.
+        stem = PurePosixPath(filename.replace("\\", "/")).name
+        stem = PurePosixPath(stem).stem if "." in stem.strip(".") else stem
+        stem = _ID_UNSAFE.sub("_", stem).strip("_.")[:_ID_MAX]
+    base = stem or f"creative-{index + 1}"
+    candidate, suffix = base, 2
+    while candidate in taken:
+        candidate, suffix = f"{base}-{suffix}", suffix + 1
+    taken.add(candidate)
+    return candidate
+
+
+def build_score_request(
+    spec_json: str | bytes, uploads: Sequence[UploadedCreative], *, limits: ImageLimits
+) -> ScoreRequest:
+    """Turn the multipart form of /v1/score into the JSON contract (creatives in base64)."""
+    try:
+        spec = ScoreSpec.model_validate_json(spec_json)
+    except ValidationError as exc:
+        raise InvalidInput(f"the 'request' part is not valid: {_first_error(exc)}") from exc
+    taken: set[str] = set()
+    creatives = []
+    for index, upload in enumerate(uploads):
+        creative_id = creative_id_from_filename(upload.filename, taken, index)
+        if len(upload.data) > limits.max_bytes:
+            raise PayloadTooLarge(
+                f"creative {creative_id!r} is {len(upload.data)} bytes; "
+                f"the limit is {limits.max_bytes}"
+            )
+        if not upload.data:
+            raise InvalidInput(f"creative {creative_id!r} is empty")
+        encoded = base64.b64encode(upload.data).decode("ascii")
+        creatives.append(Creative(id=creative_id, image_base64=encoded))
+    if not creatives:
+        raise InvalidInput("send at least one 'creatives' file part")
+    try:
+        return ScoreRequest(
+            context=spec.context, target=spec.target, reward=spec.reward, creatives=creatives
+        )
+    except ValidationError as exc:
+        raise InvalidInput(_first_error(exc)) from exc
+
+
+class Gateway:
+    """Validation and fan-out behind the public routes."""
+
+    def __init__(
+        self,
+        *,
+        scorer: ScorerClient,
+        describer: DescriberClient,
+        image_limits: ImageLimits,
+        max_creatives: int,
+    ) -> None:
+        self._scorer = scorer
+        self._describer = describer
+        self.image_limits = image_limits
+        self.max_creatives = max_creatives
+
+    def check_creative_count(self, count: int) -> None:
+        if count > self.max_creatives:
+            raise InvalidInput(
+                f"{count} creatives in one request; the limit is {self.max_creatives}"
+            )
+
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        self.check_creative_count(len(request.creatives))
+        # Decoding is CPU-bound (up to max_pixels per creative): keep it off the event loop.
+        await run_in_threadpool(self._check_creatives, request.creatives)
+        return await self._scorer.score(request)
+
+    async def describe(self, request: DescribeRequest) -> DescribeResponse:
+        return await self._describer.describe(request.context, request.target)
+
+    def _check_creatives(self, creatives: Sequence[Creative]) -> None:
+        for creative in creatives:
+            what = f"creative {creative.id!r}"
+            data = decode_base64(creative.image_base64, limits=self.image_limits, what=what)
+            decode_image(data, limits=self.image_limits, what=what)
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}" if where else str(error["msg"])

@@ -1,0 +1,128 @@
+"""The gateway's settings (env prefix ``BOIG_GATEWAY_``); unsafe combinations are refused."""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit
+
+from limits import parse_many
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.common.contracts import MAX_BATCH_IMAGES
+from services.common.db import default_database_url
+from services.common.settings import ImageLimits, ServiceSettings
+
+RATE_LIMIT_STORAGE_SCHEMES = frozenset({"memory", "redis", "rediss", "redis+unix"})
+
+
+class GatewaySettings(ServiceSettings):
+    """Public-facing limits, where the internal services live, and the key/limit stores."""
+
+    model_config = SettingsConfigDict(env_prefix="BOIG_GATEWAY_", extra="ignore", frozen=True)
+
+    port: int = Field(default=8100, ge=0, le=65535, description="TCP port to bind.")
+    database_url: str = Field(
+        default_factory=default_database_url,
+        description=(
+            "SQLAlchemy URL of the database holding API keys: sqlite:///path (embedded default, "
+            "under BOIG_HOME) or postgresql://user@host/db."
+        ),
+    )
+    scorer_url: str = Field(
+        default="http://127.0.0.1:8103", description="Base URL of the internal scorer service."
+    )
+    describer_url: str = Field(
+        default="http://127.0.0.1:8102", description="Base URL of the internal describer service."
+    )
+    upstream_timeout_seconds: float = Field(
+        default=180.0,
+        gt=0,
+        description=(
+            "Timeout of one call to an internal service, in seconds. Longer than the scorer's own "
+            "upstream timeout, so that the scorer reports its upstream's failure, not us."
+        ),
+    )
+    max_creatives: int = Field(
+        default=16,
+        ge=1,
+        description=(
+            "Most creatives one /v1/score request may carry; more get 422. At most "
+            f"{MAX_BATCH_IMAGES} (the internal batch ceiling) and keep it at or below the "
+            "scorer's BOIG_SCORER_MAX_CREATIVES_PER_REQUEST."
+        ),
+    )
+    rate_limit: str = Field(
+        default="60/minute",
+        description=(
+            "Per-API-key request limit in the `limits` notation, e.g. '60/minute' or "
+            "'10/second;1000/hour' (all must hold). Counts every authenticated /v1 request."
+        ),
+    )
+    rate_limit_strategy: Literal["moving-window", "fixed-window"] = Field(
+        default="moving-window",
+        description=(
+            "moving-window is exact (no double bursts at window edges); fixed-window costs one "
+            "counter per key and window, cheaper on Redis at high request rates."
+        ),
+    )
+    rate_limit_storage_url: str = Field(
+        default="memory://",
+        description=(
+            "Where rate-limit counters live: memory:// (one process only) or "
+            "redis://host:6379 (shared by every gateway replica)."
+        ),
+    )
+    rate_limit_key_prefix: str = Field(
+        default="boig_gateway",
+        pattern=r"^[A-Za-z0-9_:-]{1,64}$",
+        description="Prefix of the rate-limit keys in shared storage (Redis).",
+    )
+    rate_limit_fail_open: bool = Field(
+        default=True,
+        description=(
+            "When the rate-limit storage is unreachable: true lets requests through (logged), "
+            "false refuses them with 503. Keys are still checked either way."
+        ),
+    )
+    image_limits: ImageLimits = Field(
+        default_factory=ImageLimits,
+        description="Size, pixel and format limits applied to every creative before forwarding.",
+    )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parseable_limit(cls, value: str) -> str:
+        try:
+            items = parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"rate_limit {value!r} is not in the limits notation: {exc}") from exc
+        if not items or any(item.amount < 1 for item in items):
+            raise ValueError("rate_limit must allow at least one request per window")
+        return value
+
+    @field_validator("rate_limit_storage_url")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in RATE_LIMIT_STORAGE_SCHEMES:
+            raise ValueError(
+                f"rate_limit_storage_url scheme {scheme!r} is not one of "
+                f"{sorted(RATE_LIMIT_STORAGE_SCHEMES)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _safe(self) -> GatewaySettings:
+        if self.max_creatives > MAX_BATCH_IMAGES:
+            raise ValueError(
+                f"max_creatives {self.max_creatives} is above the internal batch ceiling "
+                f"{MAX_BATCH_IMAGES}"
+            )
+        # A creative travels base64-encoded in JSON (4/3 larger): one at the limit must fit a body.
+        if self.image_limits.max_bytes * 4 // 3 > self.max_body_bytes:
+            raise ValueError(
+                f"image_limits.max_bytes ({self.image_limits.max_bytes}) cannot fit in a request "
+                f"body of max_body_bytes ({self.max_body_bytes}) once base64-encoded"
+            )
+        return self

@@ -1,0 +1,191 @@
+"""Scoring logic: featurize the creatives, ask BoigLLM for the target, compute and rank rewards.
+
+No FastAPI here; the upstream services are reached only through the typed common clients,
+whose typed errors pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from services.common import metrics
+from services.common.clients import DescriberClient, FeaturizerClient
+from services.common.contracts import (
+    CreativeScore,
+    DescribeResponse,
+    FeaturizeResponse,
+    ImageInput,
+    KpiLevel,
+    KpiTarget,
+    LikelihoodResponse,
+    ModelInfo,
+    ScoreRequest,
+    ScoreResponse,
+    TargetDescription,
+    Verbalization,
+)
+from services.common.errors import InvalidInput, UpstreamError
+from services.scorer.rewards import (
+    DEFAULT_COLOR_SCALE,
+    MatchWeights,
+    Reward,
+    contrastive_rewards,
+    likelihood_reward,
+    match_rewards,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Scorer:
+    """Scores a batch of creatives against a context and KPI target with one of three rewards."""
+
+    def __init__(
+        self,
+        *,
+        featurizer: FeaturizerClient,
+        describer: DescriberClient,
+        weights: MatchWeights,
+        color_scale: float = DEFAULT_COLOR_SCALE,
+        max_creatives: int = 32,
+    ) -> None:
+        self._featurizer = featurizer
+        self._describer = describer
+        self._weights = weights
+        self._color_scale = color_scale
+        self._max_creatives = max_creatives
+
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        if len(request.creatives) > self._max_creatives:
+            raise InvalidInput(
+                f"{len(request.creatives)} creatives in one request; the limit is "
+                f"{self._max_creatives}"
+            )
+        # The scorer never decodes images itself: the featurizer owns decoding and its limits,
+        # and answers invalid_image naming the creative, which passes through to the caller.
+        images = [ImageInput(id=c.id, data_base64=c.image_base64) for c in request.creatives]
+        if request.reward == "match":
+            featurized, (target,) = await self._featurize_and_describe(
+                images, request, (request.target.level,)
+            )
+            verbalizations = _in_request_order(featurized, request)
+            rewards = match_rewards(
+                verbalizations, target.verbalization, self._weights, color_scale=self._color_scale
+            )
+            targets = [_target(request.target.level, target)]
+            describer_model = target.model
+        elif request.reward == "contrastive":
+            # Always high vs low, whatever level the request names: that contrast is the reward.
+            featurized, (high, low) = await self._featurize_and_describe(
+                images, request, (KpiLevel.HIGH, KpiLevel.LOW)
+            )
+            verbalizations = _in_request_order(featurized, request)
+            rewards = contrastive_rewards(
+                verbalizations,
+                high.verbalization,
+                low.verbalization,
+                self._weights,
+                color_scale=self._color_scale,
+            )
+            targets = [_target(KpiLevel.HIGH, high), _target(KpiLevel.LOW, low)]
+            describer_model = high.model
+        else:
+            # Behaviour simulation needs the verbalizations first, so these two calls are serial.
+            featurized = await self._featurizer.featurize(images)
+            verbalizations = _in_request_order(featurized, request)
+            likelihood = await self._describer.likelihood(
+                request.context, verbalizations, kpi_name=request.target.name
+            )
+            rewards = _likelihood_rewards(likelihood, len(verbalizations))
+            targets = []
+            describer_model = likelihood.model
+
+        for reward in rewards:
+            metrics.REWARD.labels(request.reward).observe(reward.total)
+        return ScoreResponse(
+            reward=request.reward,
+            weights=rewards[0].weights,
+            targets=targets,
+            results=_ranked(request, verbalizations, rewards),
+            models=_models(featurized, describer_model),
+        )
+
+    async def _featurize_and_describe(
+        self, images: list[ImageInput], request: ScoreRequest, levels: Sequence[KpiLevel]
+    ) -> tuple[FeaturizeResponse, list[DescribeResponse]]:
+        """Featurize and describe concurrently: the two services are independent."""
+        async with _task_group() as group:
+            featurize = group.create_task(self._featurizer.featurize(images))
+            describes = [
+                group.create_task(
+                    self._describer.describe(
+                        request.context, KpiTarget(name=request.target.name, level=level)
+                    )
+                )
+                for level in levels
+            ]
+        return featurize.result(), [task.result() for task in describes]
+
+
+@asynccontextmanager
+async def _task_group() -> AsyncIterator[asyncio.TaskGroup]:
+    """A TaskGroup (like asyncio.gather, but cancels the siblings when one call fails) that
+    re-raises the first failure itself, so typed upstream errors reach the error handler."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            yield group
+    except BaseExceptionGroup as failures:
+        raise failures.exceptions[0] from None
+
+
+def _in_request_order(featurized: FeaturizeResponse, request: ScoreRequest) -> list[Verbalization]:
+    by_id = {result.id: result.verbalization for result in featurized.results}
+    wanted = [creative.id for creative in request.creatives]
+    if len(featurized.results) != len(wanted) or set(by_id) != set(wanted):
+        raise UpstreamError("featurizer answered for a different set of images than it was sent")
+    return [by_id[creative_id] for creative_id in wanted]
+
+
+def _likelihood_rewards(likelihood: LikelihoodResponse, count: int) -> list[Reward]:
+    if len(likelihood.results) != count:
+        raise UpstreamError(
+            f"describer returned {len(likelihood.results)} likelihoods for {count} creatives"
+        )
+    return [likelihood_reward(distribution) for distribution in likelihood.results]
+
+
+def _target(level: KpiLevel, described: DescribeResponse) -> TargetDescription:
+    return TargetDescription(
+        level=level, verbalization=described.verbalization, text=described.text
+    )
+
+
+def _ranked(
+    request: ScoreRequest, verbalizations: list[Verbalization], rewards: list[Reward]
+) -> list[CreativeScore]:
+    rows = zip(request.creatives, verbalizations, rewards, strict=True)
+    # Best first; ties broken by id so that equal scores rank the same way on every call.
+    ordered = sorted(rows, key=lambda row: (-row[2].total, row[0].id))
+    return [
+        CreativeScore(
+            id=creative.id,
+            rank=rank,
+            total=reward.total,
+            breakdown=reward.breakdown,
+            verbalization=verbalization,
+        )
+        for rank, (creative, verbalization, reward) in enumerate(ordered, start=1)
+    ]
+
+
+def _models(featurized: FeaturizeResponse, describer: ModelInfo) -> dict[str, ModelInfo]:
+    models = {
+        "featurizer": ModelInfo(name="featurizer", version=featurized.featurizer_version),
+        "describer": describer,
+    }
+    if featurized.detector is not None:
+        models["detector"] = featurized.detector
+    return models

@@ -1,0 +1,234 @@
+"""The Scorer's orchestration with in-memory fake clients: what it asks, how it ranks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.common.clients import DescriberClient, FeaturizerClient
+from services.common.contracts import (
+    ColorSwatch,
+    Context,
+    Creative,
+    DescribeResponse,
+    FeaturizeResponse,
+    FeaturizeResult,
+    ImageInput,
+    KpiLevel,
+    KpiTarget,
+    LevelDistribution,
+    LikelihoodResponse,
+    ModelInfo,
+    ScoreRequest,
+    Verbalization,
+)
+from services.common.errors import InvalidImage, InvalidInput, ModelUnavailable, UpstreamError
+from services.scorer.rewards import MatchWeights
+from services.scorer.service import Scorer
+from services.scorer.settings import ScorerSettings
+
+RED = (220, 20, 20)
+BLUE = (20, 20, 220)
+GREY = (128, 128, 128)
+
+
+def palette(rgb: tuple[int, int, int]) -> Verbalization:
+    return Verbalization(colors=[ColorSwatch(name="c", rgb=rgb, coverage=1.0)])
+
+
+class FakeFeaturizer(FeaturizerClient):
+    """Reads the colour of each 'image' from its base64 field: 'red', 'blue' or 'grey'."""
+
+    def __init__(self, *, drop_one: bool = False, delay: float = 0.0) -> None:
+        super().__init__("http://featurizer.invalid")
+        self.calls: list[list[ImageInput]] = []
+        self.drop_one = drop_one
+        self.delay = delay
+
+    async def featurize(
+        self, images: list[ImageInput], *, detect_objects: bool = True
+    ) -> FeaturizeResponse:
+        self.calls.append(images)
+        await asyncio.sleep(self.delay)
+        colors = {"red": RED, "blue": BLUE, "grey": GREY}
+        results = [
+            FeaturizeResult(
+                id=image.id, width=8, height=8, verbalization=palette(colors[image.data_base64])
+            )
+            for image in images
+        ]
+        if self.drop_one:
+            results = results[1:]
+        return FeaturizeResponse(
+            results=results,
+            featurizer_version="fake-1",
+            detector=ModelInfo(name="yolo-test", version="abc"),
+        )
+
+
+class FakeDescriber(DescriberClient):
+    """High is red, everything else is blue; likelihood says red is high."""
+
+    def __init__(self, *, fail: Exception | None = None, delay: float = 0.0) -> None:
+        super().__init__("http://describer.invalid")
+        self.described: list[KpiTarget] = []
+        self.fail = fail
+        self.delay = delay
+
+    async def describe(self, context: Context, target: KpiTarget) -> DescribeResponse:
+        self.described.append(target)
+        await asyncio.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        verbalization = palette(RED if target.level is KpiLevel.HIGH else BLUE)
+        return DescribeResponse(
+            verbalization=verbalization,
+            text=f"brief for {target.level}",
+            repairs=[],
+            model=ModelInfo(name="boigllm-test", version="v1"),
+            prompt_version="p1",
+            cached=False,
+        )
+
+    async def likelihood(
+        self, context: Context, verbalizations: list[Verbalization], *, kpi_name: str = "likes"
+    ) -> LikelihoodResponse:
+        results = []
+        for verbalization in verbalizations:
+            p_high = 0.8 if verbalization.colors[0].rgb == RED else 0.1
+            results.append(
+                LevelDistribution(
+                    probabilities={
+                        KpiLevel.LOW: 1 - p_high - 0.1,
+                        KpiLevel.MEDIUM: 0.1,
+                        KpiLevel.HIGH: p_high,
+                    },
+                    expected_percentile=p_high,
+                )
+            )
+        return LikelihoodResponse(
+            results=results, model=ModelInfo(name="boigllm-test", version="v2"), prompt_version="p1"
+        )
+
+
+def request(reward: str, colors: dict[str, str], level: KpiLevel = KpiLevel.HIGH) -> ScoreRequest:
+    return ScoreRequest.model_validate(
+        {
+            "context": {"account": "acme", "text": "spring sale"},
+            "target": {"name": "likes", "level": level},
+            "reward": reward,
+            "creatives": [Creative(id=cid, image_base64=color) for cid, color in colors.items()],
+        }
+    )
+
+
+def scorer(
+    featurizer: FeaturizerClient | None = None, describer: DescriberClient | None = None
+) -> Scorer:
+    return Scorer(
+        featurizer=featurizer or FakeFeaturizer(),
+        describer=describer or FakeDescriber(),
+        weights=MatchWeights(),
+        max_creatives=4,
+    )
+
+
+async def test_match_ranks_the_creative_closest_to_the_target_first() -> None:
+    featurizer, describer = FakeFeaturizer(), FakeDescriber()
+    response = await scorer(featurizer, describer).score(
+        request("match", {"b": "blue", "r": "red", "g": "grey"})
+    )
+    assert [r.id for r in response.results] == ["r", "g", "b"]
+    assert [r.rank for r in response.results] == [1, 2, 3]
+    assert response.results[0].total == pytest.approx(1.0)
+    assert response.weights == {"colors": 1.0}
+    assert [t.level for t in response.targets] == [KpiLevel.HIGH]
+    assert response.targets[0].text == "brief for high"
+    assert describer.described == [KpiTarget(name="likes", level=KpiLevel.HIGH)]
+    # The scorer forwards the base64 untouched, with the creative ids, in one batch.
+    assert featurizer.calls == [
+        [
+            ImageInput(id="b", data_base64="blue"),
+            ImageInput(id="r", data_base64="red"),
+            ImageInput(id="g", data_base64="grey"),
+        ]
+    ]
+    assert response.models == {
+        "featurizer": ModelInfo(name="featurizer", version="fake-1"),
+        "detector": ModelInfo(name="yolo-test", version="abc"),
+        "describer": ModelInfo(name="boigllm-test", version="v1"),
+    }
+
+
+async def test_ties_rank_by_id() -> None:
+    response = await scorer().score(request("match", {"z": "red", "a": "red", "m": "red"}))
+    assert [r.id for r in response.results] == ["a", "m", "z"]
+
+
+async def test_contrastive_describes_high_and_low_whatever_the_requested_level() -> None:
+    describer = FakeDescriber()
+    response = await scorer(describer=describer).score(
+        request("contrastive", {"b": "blue", "r": "red"}, level=KpiLevel.MEDIUM)
+    )
+    assert sorted(t.level for t in describer.described) == [KpiLevel.HIGH, KpiLevel.LOW]
+    assert [t.level for t in response.targets] == [KpiLevel.HIGH, KpiLevel.LOW]
+    assert [r.id for r in response.results] == ["r", "b"]
+    assert response.results[0].total > 0.9
+    assert response.results[1].total == pytest.approx(-response.results[0].total)
+
+
+async def test_likelihood_uses_the_featurized_verbalizations() -> None:
+    response = await scorer().score(request("likelihood", {"b": "blue", "r": "red"}))
+    assert [r.id for r in response.results] == ["r", "b"]
+    assert response.results[0].total == pytest.approx(0.8)
+    assert response.results[0].breakdown["p_high"] == pytest.approx(0.8)
+    assert response.targets == []
+    assert response.weights == {"expected_percentile": 1.0}
+    assert response.models["describer"].version == "v2"
+
+
+async def test_featurize_and_describe_run_concurrently() -> None:
+    # Three calls of 0.3 s each: about 0.3 s together, 0.9 s one after another.
+    slow = scorer(FakeFeaturizer(delay=0.3), FakeDescriber(delay=0.3))
+    started = asyncio.get_running_loop().time()
+    await slow.score(request("contrastive", {"r": "red"}))
+    assert asyncio.get_running_loop().time() - started < 0.6
+
+
+async def test_upstream_typed_errors_pass_through_unchanged() -> None:
+    failing = FakeDescriber(fail=ModelUnavailable("describer model is loading"))
+    with pytest.raises(ModelUnavailable, match="loading"):
+        await scorer(describer=failing).score(request("contrastive", {"r": "red"}))
+    bad_image = FakeDescriber(fail=InvalidImage("image 'r' is truncated"))
+    with pytest.raises(InvalidImage):
+        await scorer(describer=bad_image).score(request("match", {"r": "red"}))
+
+
+async def test_a_featurizer_that_loses_an_image_is_an_upstream_error() -> None:
+    with pytest.raises(UpstreamError, match="different set of images"):
+        await scorer(FakeFeaturizer(drop_one=True)).score(
+            request("match", {"a": "red", "b": "red"})
+        )
+
+
+async def test_too_many_creatives_are_refused_before_any_upstream_call() -> None:
+    featurizer = FakeFeaturizer()
+    colors = {f"c{i}": "red" for i in range(5)}
+    with pytest.raises(InvalidInput, match="limit is 4") as caught:
+        await scorer(featurizer).score(request("match", colors))
+    assert caught.value.status_code == 422
+    assert featurizer.calls == []
+
+
+def test_settings_defaults_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = ScorerSettings()
+    assert settings.port == 8103
+    assert settings.match_weights() == MatchWeights(colors=0.5, tones=0.2, objects=0.3, caption=0.0)
+    monkeypatch.setenv("BOIG_SCORER_WEIGHT_CAPTION", "0.25")
+    assert ScorerSettings().match_weights().caption == 0.25
+    with pytest.raises(ValueError, match="positive"):
+        ScorerSettings(weight_colors=0, weight_tones=0, weight_objects=0, weight_caption=0)
+    with pytest.raises(ValueError):
+        ScorerSettings(max_creatives_per_request=65)
+    assert all(field.description for field in ScorerSettings.model_fields.values())
