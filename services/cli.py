@@ -1,0 +1,53 @@
+"""`boig`: the operator's command line (models, contracts, API keys)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="BOIG operator commands.", no_args_is_help=True)
+models_app = typer.Typer(help="Local default models.", no_args_is_help=True)
+contracts_app = typer.Typer(help="Wire contracts in proto/.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(contracts_app, name="contracts")
+
+PROTO = Path(__file__).resolve().parent.parent / "proto"
+
+
+@models_app.command("prepare")
+def prepare_models() -> None:
+    """Prepare the embedded default models (cached; safe to run again)."""
+    from services.tooling.models import prepare_all
+
+    prepare_all()
+
+
+@contracts_app.command("write")
+def write_contracts(root: Path = PROTO) -> None:
+    """Regenerate proto/ from the code."""
+    from services.tooling.contracts import write
+
+    changed = write(root)
+    typer.echo("\n".join(f"wrote {path}" for path in changed) or "proto/ already up to date")
+
+
+@contracts_app.command("check")
+def check_contracts(root: Path = PROTO) -> None:
+    """Exit 1 when proto/ differs from what the code generates."""
+    from services.tooling.contracts import check
+
+    problems = check(root)
+    if problems:
+        typer.echo("\n\n".join(problems), err=True)
+        typer.echo("proto/ is out of date: run `make contracts` and commit the result", err=True)
+        raise typer.Exit(1)
+    typer.echo("proto/ matches the code")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

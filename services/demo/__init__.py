@@ -1,0 +1,1 @@
+"""`make demo`: the embedded default stack ranking the bundled sample creatives."""

@@ -1,0 +1,157 @@
+"""`make demo`: start the local stack, rank the sample creatives through the public API.
+
+Everything a marketing app would do, on the embedded default: an API key, a multipart
+`POST /v1/score` of the bundled creatives for a context and a KPI target, and the answer
+printed as a ranking with breakdowns and the target description BoigLLM wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from services.tooling.stack import LocalStack, local_stack
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+console = Console()
+
+
+def create_api_key(database_url: str) -> str:
+    """Create a key the way an operator does: through the gateway's CLI."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.gateway.cli",
+            "keys",
+            "create",
+            "--name",
+            "demo",
+            "--database-url",
+            database_url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    match = re.search(r"boig_[A-Za-z0-9_-]+", result.stdout)
+    if match is None:
+        raise RuntimeError(f"no key in the CLI's output:\n{result.stdout}\n{result.stderr}")
+    return match.group(0)
+
+
+def score_samples(base_url: str, key: str, reward: str) -> dict[str, Any]:
+    request = json.loads((SAMPLES / "request.json").read_text())
+    request["reward"] = reward
+    files = [
+        (
+            "creatives",
+            (path.name, path.read_bytes(), "image/png" if path.suffix == ".png" else "image/jpeg"),
+        )
+        for path in sorted(SAMPLES.glob("*.*g"))
+    ]
+    response = httpx.post(
+        f"{base_url}/v1/score",
+        headers={"Authorization": f"Bearer {key}"},
+        data={"request": json.dumps(request)},
+        files=files,
+        timeout=600,
+    )
+    if response.status_code != 200:
+        raise RuntimeError(f"/v1/score answered {response.status_code}: {response.text}")
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _summary(verbalization: dict[str, Any]) -> str:
+    colors = ", ".join(
+        f"{c['name']} {round(c['coverage'] * 100)}%" for c in verbalization["colors"][:3]
+    )
+    tones = ", ".join(verbalization["tones"])
+    objects = ", ".join(o["label"] for o in verbalization["objects"])
+    return " | ".join(part for part in (colors, tones, objects) if part)
+
+
+def show(result: dict[str, Any], elapsed: float) -> None:
+    for target in result["targets"]:
+        console.print(
+            Panel(
+                target["text"] or "(empty)",
+                title=f"target description: {target['level']} likes",
+                expand=False,
+            )
+        )
+    table = Table(
+        title=f"reward '{result['reward']}' — weights {result['weights']} — {elapsed:.1f} s"
+    )
+    table.add_column("rank", justify="right")
+    table.add_column("creative")
+    table.add_column("total", justify="right")
+    table.add_column("breakdown")
+    table.add_column("what the featurizer saw")
+    for item in result["results"]:
+        breakdown = ", ".join(f"{k} {v:.2f}" for k, v in item["breakdown"].items())
+        table.add_row(
+            str(item["rank"]),
+            item["id"],
+            f"{item['total']:.3f}",
+            breakdown,
+            _summary(item["verbalization"]),
+        )
+    console.print(table)
+
+
+def run_demo(stack: LocalStack) -> None:
+    key = create_api_key(stack.database_url)
+    console.print(f"API key created for the demo: {key[:12]}… (stored hashed)")
+    count = len(list(SAMPLES.glob("*.*g")))
+    result: dict[str, Any] = {}
+    for reward in ("match", "contrastive", "likelihood"):
+        started = time.perf_counter()
+        with console.status(f"scoring {count} creatives with the {reward} reward…"):
+            result = score_samples(stack.url("gateway"), key, reward)
+        show(result, time.perf_counter() - started)
+    console.print(f"models: {json.dumps(result['models'])}")
+    console.print(
+        "The describer is the base SmolLM2, not yet fine-tuned on KPI history: BoigLLM "
+        "training is the next milestone, so these rankings show the machinery, "
+        "not a brand's learned taste."
+    )
+
+
+def main() -> None:
+    request = json.loads((SAMPLES / "request.json").read_text())
+    console.rule("BOIG demo: rank creatives for a KPI target")
+    console.print(f"context: {json.dumps(request['context'])}")
+    console.print(f"target:  {request['target']['name']} = {request['target']['level']}")
+    console.print("starting featurizer, describer, scorer and gateway on loopback…")
+    started = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(prefix="boig-demo-") as run_dir,
+        local_stack(Path(run_dir)) as stack,
+    ):
+        console.print(
+            f"services healthy in {time.perf_counter() - started:.1f} s "
+            f"(gateway at {stack.url('gateway')})"
+        )
+        try:
+            run_demo(stack)
+        except Exception:
+            for name in stack.processes:
+                console.print(f"--- {name} log (tail) ---\n{stack.log(name)[-2000:]}")
+            raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Developer tooling that spans services: contracts export, model preparation, local stack."""

@@ -1,0 +1,66 @@
+"""The compose topology and images, checked without a Docker engine."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+SERVICES = ("featurizer", "describer", "scorer", "gateway")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return document
+
+
+def test_every_service_is_built_from_its_own_extra(compose: dict[str, Any]) -> None:
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for name in SERVICES:
+        build = compose["services"][name]["build"]
+        assert build["dockerfile"] == "deploy/Dockerfile"
+        assert build["args"]["SERVICE"] == name
+        assert name in extras
+        assert (ROOT / "services" / name / "__main__.py").is_file()
+
+
+def test_every_service_has_a_healthcheck_on_its_own_port(compose: dict[str, Any]) -> None:
+    for name in SERVICES:
+        service = compose["services"][name]
+        port = service["environment"][f"BOIG_{name.upper()}_PORT"]
+        assert f":{port}/health" in " ".join(service["healthcheck"]["test"])
+
+
+def test_dependencies_wait_for_health_and_urls_point_at_them(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        for dependency, condition in service.get("depends_on", {}).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            assert condition == {"condition": "service_healthy"}
+            assert "healthcheck" in services[dependency]
+    scorer_env = services["scorer"]["environment"]
+    assert scorer_env["BOIG_SCORER_FEATURIZER_URL"] == "http://featurizer:8101"
+    assert scorer_env["BOIG_SCORER_DESCRIBER_URL"] == "http://describer:8102"
+    assert services["gateway"]["environment"]["BOIG_GATEWAY_SCORER_URL"] == "http://scorer:8103"
+    assert set(services["gateway"]["depends_on"]) >= {"scorer", "postgres", "redis"}
+
+
+def test_only_the_gateway_is_published(compose: dict[str, Any]) -> None:
+    published = {name for name, s in compose["services"].items() if s.get("ports")}
+    assert published == {"gateway", "prometheus"}
+
+
+def test_prometheus_scrapes_every_service() -> None:
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = config["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert {target.split(":")[0] for target in targets} == set(SERVICES)
+
+
+def test_gateway_image_needs_no_torch() -> None:
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert not any(dep.startswith(("torch", "transformers", "ultralytics")) for dep in extras["gateway"])
