@@ -1,0 +1,134 @@
+"""HTTP API of the featurizer: ``POST /featurize`` turns a batch of images into verbalizations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from PIL import Image
+
+from services.common.app import create_service_app
+from services.common.contracts import (
+    FeaturizeRequest,
+    FeaturizeResponse,
+    FeaturizeResult,
+    ImageInput,
+)
+from services.common.errors import InvalidInput, Overloaded
+from services.common.images import decode_base64, decode_image
+from services.common.settings import ImageLimits
+from services.featurizer.backends import load_detector
+from services.featurizer.service import FEATURIZER_VERSION, SERVICE, Featurizer
+from services.featurizer.settings import FeaturizerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: FeaturizerSettings | None = None) -> FastAPI:
+    """The featurizer app; the detector loads once, at startup, in the serving process."""
+    settings = settings or FeaturizerSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        detector = await asyncio.to_thread(load_detector, settings)
+        featurizer = Featurizer.from_settings(settings, detector)
+        app.state.featurizer = featurizer
+        try:
+            yield
+        finally:
+            app.state.featurizer = None
+            await asyncio.to_thread(featurizer.close)
+
+    async def readiness() -> dict[str, Any]:
+        featurizer: Featurizer | None = getattr(app.state, "featurizer", None)
+        detector: dict[str, Any] = {"backend": settings.detector_backend, "loaded": False}
+        if featurizer is not None and featurizer.detector_info is not None:
+            info = featurizer.detector_info
+            detector.update(loaded=True, model=info.name, version=info.version)
+        ready = featurizer is not None and (
+            detector["loaded"] or settings.detector_backend == "none"
+        )
+        return {"ready": ready, "detector": detector}
+
+    app = create_service_app(
+        service=SERVICE,
+        version=FEATURIZER_VERSION,
+        max_body_bytes=settings.max_body_bytes,
+        readiness=readiness,
+        lifespan=lifespan,
+        description="Image -> verbalization: colour palette, tone words, detected objects.",
+    )
+    app.state.settings = settings
+    app.state.featurizer = None
+    in_flight = 0  # touched only on the event loop thread, so no lock
+
+    @app.post(
+        "/featurize",
+        response_model=FeaturizeResponse,
+        tags=["featurizer"],
+        summary="Verbalize a batch of images",
+    )
+    async def featurize(body: FeaturizeRequest, featurizer: FeaturizerDep) -> FeaturizeResponse:
+        nonlocal in_flight
+        if len(body.images) > settings.max_images_per_request:
+            raise InvalidInput(
+                f"{len(body.images)} images in one request; the limit is "
+                f"{settings.max_images_per_request}"
+            )
+        if in_flight >= settings.max_pending_requests:
+            raise Overloaded("the featurizer is busy; retry shortly", retry_after=1.0)
+        in_flight += 1
+        try:
+            started = time.perf_counter()
+            images = await asyncio.to_thread(decode_images, body.images, settings.image_limits)
+            decoded = time.perf_counter()
+            verbalizations = await asyncio.to_thread(
+                featurizer.featurize, images, detect_objects=body.detect_objects
+            )
+            logger.debug(
+                "featurized %d images: decode %.1f ms, analysis %.1f ms",
+                len(images),
+                (decoded - started) * 1000,
+                (time.perf_counter() - decoded) * 1000,
+            )
+        finally:
+            in_flight -= 1
+        return FeaturizeResponse(
+            results=[
+                FeaturizeResult(
+                    id=item.id, width=image.width, height=image.height, verbalization=verbalization
+                )
+                for item, image, verbalization in zip(
+                    body.images, images, verbalizations, strict=True
+                )
+            ],
+            featurizer_version=featurizer.version,
+            detector=featurizer.detector_info if body.detect_objects else None,
+        )
+
+    return app
+
+
+def decode_images(inputs: list[ImageInput], limits: ImageLimits) -> list[Image.Image]:
+    """Decode every image or raise the first failure, naming it as ``images[i]``."""
+    images = []
+    for index, item in enumerate(inputs):
+        what = f"images[{index}]"
+        data = decode_base64(item.data_base64, limits=limits, what=what)
+        images.append(decode_image(data, limits=limits, what=what))
+    return images
+
+
+def _featurizer(request: Request) -> Featurizer:
+    featurizer: Featurizer | None = request.app.state.featurizer
+    if featurizer is None:  # only between startup and shutdown, or with the lifespan not run
+        raise Overloaded("the featurizer is not ready", retry_after=1.0)
+    return featurizer
+
+
+FeaturizerDep = Annotated[Featurizer, Depends(_featurizer)]

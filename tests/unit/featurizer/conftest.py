@@ -1,0 +1,24 @@
+"""Fixtures of the featurizer tests: the real shapes detector, trained once per machine.
+
+It is trained into the same cache `make models` fills (``$BOIG_HOME/models/yolo-shapes``),
+so later sessions (and CI after `make models`) find it there and start instantly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.featurizer.backends.yolo import YoloDetector
+from services.featurizer.shapes import default_detector_dir, prepare_detector
+
+
+@pytest.fixture(scope="session")
+def shape_detector_weights() -> Path:
+    return prepare_detector(default_detector_dir())
+
+
+@pytest.fixture(scope="session")
+def shape_detector(shape_detector_weights: Path) -> YoloDetector:
+    return YoloDetector.load(shape_detector_weights, device="cpu")
