@@ -12,7 +12,9 @@ contracts_app = typer.Typer(help="Wire contracts in proto/.", no_args_is_help=Tr
 app.add_typer(models_app, name="models")
 app.add_typer(contracts_app, name="contracts")
 
-PROTO = Path(__file__).resolve().parent.parent / "proto"
+REPO = Path(__file__).resolve().parent.parent
+PROTO = REPO / "proto"
+ENV_EXAMPLE = REPO / ".env.example"
 
 
 @models_app.command("prepare")
@@ -25,22 +27,29 @@ def prepare_models() -> None:
 
 @contracts_app.command("write")
 def write_contracts(root: Path = PROTO) -> None:
-    """Regenerate proto/ from the code."""
+    """Regenerate proto/ and .env.example from the code."""
+    from services.tooling import env_example
     from services.tooling.contracts import write
 
     changed = write(root)
+    if env_example.write(ENV_EXAMPLE):
+        changed.append(ENV_EXAMPLE.name)
     typer.echo("\n".join(f"wrote {path}" for path in changed) or "proto/ already up to date")
 
 
 @contracts_app.command("check")
 def check_contracts(root: Path = PROTO) -> None:
-    """Exit 1 when proto/ differs from what the code generates."""
+    """Exit 1 when proto/ or .env.example differs from what the code generates."""
+    from services.tooling import env_example
     from services.tooling.contracts import check
 
     problems = check(root)
+    env_problem = env_example.check(ENV_EXAMPLE)
+    if env_problem:
+        problems.append(env_problem)
     if problems:
         typer.echo("\n\n".join(problems), err=True)
-        typer.echo("proto/ is out of date: run `make contracts` and commit the result", err=True)
+        typer.echo("out of date: run `make contracts` and commit the result", err=True)
         raise typer.Exit(1)
     typer.echo("proto/ matches the code")
 

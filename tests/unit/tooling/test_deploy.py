@@ -20,7 +20,9 @@ def compose() -> dict[str, Any]:
 
 
 def test_every_service_is_built_from_its_own_extra(compose: dict[str, Any]) -> None:
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
     for name in SERVICES:
         build = compose["services"][name]["build"]
         assert build["dockerfile"] == "deploy/Dockerfile"
@@ -62,5 +64,9 @@ def test_prometheus_scrapes_every_service() -> None:
 
 
 def test_gateway_image_needs_no_torch() -> None:
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert not any(dep.startswith(("torch", "transformers", "ultralytics")) for dep in extras["gateway"])
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert not any(
+        dep.startswith(("torch", "transformers", "ultralytics")) for dep in extras["gateway"]
+    )

@@ -1,0 +1,155 @@
+"""`POST /v1/score` of 16 creatives end to end vs the sum of its in-process component times.
+
+Run: ``python tests/bench/bench_score.py [--rounds N]``. Each round uses a new context so
+the describer really generates (its cache would otherwise hide the model). First the
+components run in this process (decode, featurize, describe, reward), then the same work
+goes through gateway -> scorer -> featurizer + describer as processes on loopback. The goal
+is HTTP/service overhead <= 30% over the component sum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import gc
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image, ImageOps
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain script
+
+from services.common.contracts import Context, KpiTarget
+from services.common.images import decode_base64, decode_image
+from services.common.settings import ImageLimits
+from services.demo.__main__ import SAMPLES, create_api_key
+from services.describer.backends import create_backend
+from services.describer.service import Describer
+from services.describer.settings import DescriberSettings
+from services.featurizer.backends import load_detector
+from services.featurizer.service import Featurizer
+from services.featurizer.settings import FeaturizerSettings
+from services.scorer.rewards import match_rewards
+from services.scorer.settings import ScorerSettings
+from services.tooling.models import prepare_all
+from services.tooling.stack import local_stack
+
+GOAL_OVERHEAD = 0.30
+CREATIVES = 16
+
+
+def creatives() -> list[dict[str, str]]:
+    """16 distinct creatives: the samples, then mirrored and rotated copies of them."""
+    base = [Image.open(path).convert("RGB") for path in sorted(SAMPLES.glob("*.*g"))]
+    variants = [lambda im: im, ImageOps.mirror, lambda im: im.rotate(90, expand=True)]
+    out = []
+    for index in range(CREATIVES):
+        image = variants[index // len(base) % len(variants)](base[index % len(base)])
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        out.append(
+            {"id": f"c{index}", "image_base64": base64.b64encode(buffer.getvalue()).decode()}
+        )
+    return out
+
+
+def context(tag: str) -> Context:
+    return Context(
+        account=f"bench{tag}", text=f"Autumn sale {tag}: boots and scarves", keywords=["sale"]
+    )
+
+
+def in_process(rounds: int, items: list[dict[str, str]]) -> list[dict[str, float]]:
+    limits = ImageLimits()
+    featurizer_settings = FeaturizerSettings()
+    featurizer = Featurizer.from_settings(featurizer_settings, load_detector(featurizer_settings))
+    describer_settings = DescriberSettings()
+    describer = Describer(create_backend(describer_settings), describer_settings)
+    weights = ScorerSettings().match_weights()
+    target = KpiTarget()
+    timings = []
+    for index in range(rounds + 1):  # round 0 warms up
+        started = time.perf_counter()
+        images = [
+            decode_image(decode_base64(c["image_base64"], limits=limits), limits=limits)
+            for c in items
+        ]
+        decoded = time.perf_counter()
+        verbalizations = featurizer.featurize(images)
+        featurized = time.perf_counter()
+        brief = asyncio.run(describer.describe(context=context(f"in{index}"), target=target))
+        described = time.perf_counter()
+        match_rewards(verbalizations, brief.verbalization, weights)
+        rewarded = time.perf_counter()
+        if index:
+            timings.append(
+                {
+                    "decode": decoded - started,
+                    "featurize": featurized - decoded,
+                    "describe": described - featurized,
+                    "reward": rewarded - described,
+                }
+            )
+    return timings
+
+
+def over_http(rounds: int, items: list[dict[str, str]]) -> list[float]:
+    latencies = []
+    with tempfile.TemporaryDirectory() as run_dir, local_stack(Path(run_dir)) as stack:
+        headers = {"Authorization": f"Bearer {create_api_key(stack.database_url)}"}
+        with httpx.Client(base_url=stack.url("gateway"), headers=headers, timeout=600) as client:
+            for index in range(rounds + 1):
+                body = {
+                    "context": json.loads(context(f"http{index}").model_dump_json()),
+                    "target": {"name": "likes", "level": "high"},
+                    "reward": "match",
+                    "creatives": items,
+                }
+                started = time.perf_counter()
+                response = client.post("/v1/score", json=body)
+                elapsed = time.perf_counter() - started
+                response.raise_for_status()
+                if index:
+                    latencies.append(elapsed)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    prepare_all(log=False)
+    items = creatives()
+
+    components = in_process(args.rounds, items)
+    gc.collect()
+    latencies = over_http(args.rounds, items)
+
+    median = {name: statistics.median(t[name] for t in components) for name in components[0]}
+    component_sum = sum(median.values())
+    critical_path = (
+        median["decode"] + max(median["featurize"], median["describe"]) + median["reward"]
+    )
+    end_to_end = statistics.median(latencies)
+    overhead = end_to_end / component_sum - 1
+    print(f"/v1/score, {CREATIVES} creatives, match reward, {args.rounds} rounds (medians)")
+    for name, seconds in median.items():
+        print(f"  in-process {name:<10} {seconds * 1000:9.1f} ms")
+    print(f"  in-process sum        {component_sum * 1000:9.1f} ms")
+    spread = f"min {min(latencies) * 1000:.1f}, max {max(latencies) * 1000:.1f}"
+    verdict = "met" if overhead <= GOAL_OVERHEAD else "NOT met"
+    print(f"  critical path         {critical_path * 1000:9.1f} ms  (featurize || describe)")
+    print(f"  end to end over HTTP  {end_to_end * 1000:9.1f} ms  ({spread})")
+    print(f"  overhead vs sum       {overhead * 100:+9.1f} %   goal <= 30%: {verdict}")
+    print(f"  overhead vs critical  {(end_to_end / critical_path - 1) * 100:+9.1f} %")
+
+
+if __name__ == "__main__":
+    main()
