@@ -1,0 +1,399 @@
+"""In-process transformers backend: a local HF causal LM on CPU or CUDA (the embedded default)."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+from transformers.utils import logging as hf_logging
+
+from services.common.contracts import ModelInfo
+from services.describer.model_prep import MANIFEST
+from services.describer.prompts import ChatMessage, render_plain_chat
+from services.describer.settings import DescriberSettings
+
+logger = logging.getLogger(__name__)
+
+_FULL_HASH_LIMIT = 64 * 1024 * 1024
+_SAMPLE_BYTES = 4 * 1024 * 1024
+
+
+class TransformersBackend:
+    """One model and tokenizer, loaded from a local folder only (never the hub)."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, *, info: ModelInfo, max_batch_size: int = 16
+    ) -> None:
+        self._model = model.eval()
+        self._tokenizer = tokenizer
+        self._info = info
+        self._max_batch_size = max_batch_size
+        # Left padding keeps every row's last prompt token in the last column, which both
+        # generation and the "logits of the last position" shortcut below rely on.
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token is None:
+                raise ValueError("the tokenizer has neither a pad nor an eos token to pad with")
+            tokenizer.pad_token = tokenizer.eos_token
+        self._eos_ids = _eos_token_ids(model, tokenizer)
+        # Token ids and KV cache of the last single-prompt generation (see _reusable_cache).
+        self._last: tuple[list[int], Any] | None = None
+        # transformers 5 renamed the KV cache argument; the old name still works but warns.
+        parameters = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch_size: int = 16,
+    ) -> TransformersBackend:
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no model folder (config.json) at {path}")
+        resolved_device = _resolve_device(device)
+        resolved_dtype = _resolve_dtype(dtype, resolved_device)
+        started = time.perf_counter()
+        # A service logs one line per load; tqdm bars would only clutter its log.
+        hf_logging.disable_progress_bar()
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            str(path), local_files_only=True, dtype=resolved_dtype
+        )
+        model = model.to(resolved_device)
+        info = ModelInfo(name=_model_name(path), version=model_version(path))
+        logger.info(
+            "loaded %s (%s) on %s as %s in %.2f s",
+            info.name,
+            info.version,
+            resolved_device,
+            resolved_dtype,
+            time.perf_counter() - started,
+        )
+        return cls(model, tokenizer, info=info, max_batch_size=max_batch_size)
+
+    @classmethod
+    def from_settings(cls, settings: DescriberSettings) -> TransformersBackend:
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        return cls.load(
+            settings.model_path,
+            device=settings.device,
+            dtype=settings.dtype,
+            max_batch_size=settings.max_batch_size,
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def chat_prompt(self, messages: list[ChatMessage]) -> str:
+        if getattr(self._tokenizer, "chat_template", None):
+            text = self._tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            return str(text)
+        return render_plain_chat(messages, bos_token=self._tokenizer.bos_token)
+
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        temperature: float = 0.0,
+    ) -> list[str]:
+        results: list[str] = []
+        for chunk in _chunks(prompts, self._max_batch_size):
+            results.extend(self._generate_batch(chunk, max_new_tokens, tuple(stop), temperature))
+        return results
+
+    def _generate_batch(
+        self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...], temperature: float
+    ) -> list[str]:
+        encoded = self._encode(prompts)
+        prompt_length = encoded["input_ids"].shape[1]
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_k=None,
+            top_p=None,
+            pad_token_id=self._tokenizer.pad_token_id,
+            eos_token_id=self._eos_ids,
+            return_dict_in_generate=True,
+        )
+        criteria = StoppingCriteriaList()
+        if stop:
+            criteria.append(_StopOnText(self._tokenizer, prompt_length, stop))
+        reused = self._reusable_cache(encoded["input_ids"])
+        self._last = None  # generate extends the cache in place: stale if it fails midway
+        with torch.inference_mode():
+            output = self._model.generate(
+                **encoded,
+                generation_config=config,
+                stopping_criteria=criteria,
+                **({self._cache_kwarg: reused} if reused is not None else {}),
+            )
+        sequences = output.sequences
+        cache = _output_cache(output)
+        if len(prompts) == 1 and cache is not None:
+            # The cache holds every token but the last one generated (never fed back).
+            self._last = (sequences[0, : cache.get_seq_length()].tolist(), cache)
+        texts = self._tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
+        return [_cut_at_stop(text, stop) for text in texts]
+
+    def _reusable_cache(self, input_ids: torch.Tensor) -> Any | None:
+        """The previous single-prompt call's KV cache, cut back to the tokens it shares with
+        this prompt, or None. Describing fills one line at a time, each prompt being the
+        last prompt plus its answer plus a key, and every description starts with the same
+        system prompt and examples: without reuse each line would re-read ~700 tokens."""
+        if self._last is None or input_ids.shape[0] != 1:
+            return None
+        previous_ids, cache = self._last
+        # At least one prompt token must be left to run, to produce the next-token logits.
+        shared = min(
+            _common_prefix_length(previous_ids, input_ids[0].tolist()), input_ids.shape[1] - 1
+        )
+        if shared <= 0:
+            return None
+        try:
+            # A negative count means "remove this many" in every transformers version.
+            cache.crop(shared - cache.get_seq_length())
+        except (ValueError, RuntimeError, AttributeError):  # a cache kind that cannot be cut
+            return None
+        return cache
+
+    def continuation_logprobs(
+        self, prompts: list[str], continuations: list[str]
+    ) -> list[list[float]]:
+        if not continuations:
+            return [[] for _ in prompts]
+        if not all(continuations):
+            raise ValueError("continuations must be non-empty strings")
+        results: list[list[float]] = []
+        for chunk in _chunks(prompts, self._max_batch_size):
+            results.extend(self._score_batch(chunk, continuations))
+        return results
+
+    def _score_batch(self, prompts: list[str], continuations: list[str]) -> list[list[float]]:
+        """Score every continuation after every prompt with one pass over each prompt.
+
+        Prompt and continuation are encoded together, because BPE merges across the boundary
+        (the leading space joins the next word), and the prompt is cut back to the longest
+        token prefix it shares with *every* joint encoding. That shared prefix runs once;
+        its KV cache is then repeated per continuation and only the short tails run again.
+        """
+        n_cont = len(continuations)
+        prefixes: list[list[int]] = []
+        tails: list[list[int]] = []  # row i * n_cont + j: tokens scored for (prompt i, cont j)
+        for prompt in prompts:
+            prompt_ids = self._token_ids(prompt)
+            joints = [self._token_ids(prompt + continuation) for continuation in continuations]
+            shared = min(_common_prefix_length(prompt_ids, joint) for joint in joints)
+            if shared == 0:
+                raise ValueError("prompt too short: no token precedes the continuation")
+            prefixes.append(prompt_ids[:shared])
+            tails.extend(joint[shared:] for joint in joints)
+
+        device = self._model.device
+        pad_id = self._tokenizer.pad_token_id
+        prefix_ids, prefix_mask = _pad(prefixes, pad_id, left=True, device=device)
+        with torch.inference_mode():
+            output = self._model(
+                input_ids=prefix_ids,
+                attention_mask=prefix_mask,
+                position_ids=_positions(prefix_mask),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            first = output.logits[:, -1, :].float().log_softmax(-1)
+            first = first.repeat_interleave(n_cont, dim=0)
+            longest_tail = max(len(tail) for tail in tails)
+            rest: torch.Tensor | None = None
+            if longest_tail > 1:
+                # Feed each tail but its last token; its outputs score tokens 2..n of the tail.
+                tail_ids, tail_mask = _pad(
+                    [tail[:-1] for tail in tails], pad_id, left=False, device=device
+                )
+                cache = _output_cache(output)
+                cache.batch_repeat_interleave(n_cont)
+                full_mask = torch.cat([prefix_mask.repeat_interleave(n_cont, dim=0), tail_mask], 1)
+                offsets = prefix_mask.sum(-1, keepdim=True).repeat_interleave(n_cont, dim=0)
+                positions = offsets + torch.arange(tail_ids.shape[1], device=device)
+                rest_output = self._model(
+                    input_ids=tail_ids,
+                    attention_mask=full_mask,
+                    position_ids=positions,
+                    use_cache=False,
+                    **{self._cache_kwarg: cache},
+                )
+                rest = rest_output.logits.float().log_softmax(-1)
+
+        scores: list[float] = []
+        for row, tail in enumerate(tails):
+            total = first[row, tail[0]].item()
+            for position, token in enumerate(tail[1:]):
+                assert rest is not None
+                total += rest[row, position, token].item()
+            scores.append(total)
+        return [scores[i * n_cont : (i + 1) * n_cont] for i in range(len(prompts))]
+
+    def _token_ids(self, text: str) -> list[int]:
+        ids: list[int] = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        encoded = self._tokenizer(
+            prompts, add_special_tokens=False, padding=True, return_tensors="pt"
+        )
+        return {key: value.to(self._model.device) for key, value in encoded.items()}
+
+
+class _StopOnText(StoppingCriteria):
+    """Stops each row once its generated text contains a stop string.
+
+    Checked on decoded text rather than token ids: a newline hides inside many BPE tokens
+    (".\\n", "\\n\\n", ")\\n"), so no fixed list of stop token ids catches every case.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_length: int, stop: tuple[str, ...]) -> None:
+        self._tokenizer = tokenizer
+        self._prompt_length = prompt_length
+        self._stop = stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        texts = self._tokenizer.batch_decode(
+            input_ids[:, self._prompt_length :], skip_special_tokens=True
+        )
+        done = [any(stop in text for stop in self._stop) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _output_cache(output: Any) -> Any:
+    cache = getattr(output, "cache", None)  # transformers >= 5
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    cut = min((index for s in stop if (index := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
+def _eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    # Chat models end a turn with a token (<|im_end|>, <|eot_id|>) that the generation config
+    # and the tokenizer may name differently; stop on any of them.
+    ids: set[int] = set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(token) for token in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
+def _common_prefix_length(left: list[int], right: list[int]) -> int:
+    length = 0
+    for a, b in zip(left, right, strict=False):
+        if a != b:
+            break
+        length += 1
+    return length
+
+
+def _pad(
+    rows: list[list[int]], pad_id: int, *, left: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(row) for row in rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        if not row:
+            continue
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[index, span] = torch.tensor(row, dtype=torch.long)
+        mask[index, span] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    # With left padding the first real token must sit at position 0, as in an unpadded pass.
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    resolved: torch.dtype = getattr(torch, dtype)
+    return resolved
+
+
+def _model_name(path: Path) -> str:
+    manifest = path / MANIFEST
+    if manifest.is_file():
+        try:
+            name = json.loads(manifest.read_text()).get("name")
+        except (OSError, ValueError):
+            name = None
+        if isinstance(name, str) and name:
+            return name
+    return path.name
+
+
+def model_version(path: Path) -> str:
+    """A short content hash of the model folder: it keys caches and tells checkpoints apart.
+
+    A folder with a manifest (``make models``, published checkpoints) is identified by the
+    manifest, which records the sha256 of every file. Otherwise every file is hashed, except
+    that files over 64 MiB contribute their size, modification time and first and last 4 MiB,
+    so that a multi-GB model does not add seconds to start-up. The modification time is there
+    because a fine-tune may change only middle layers; a copied folder merely misses the cache.
+    """
+    manifest = path / MANIFEST
+    digest = hashlib.sha256()
+    if manifest.is_file():
+        digest.update(manifest.read_bytes())
+        return digest.hexdigest()[:12]
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(str(file.relative_to(path)).encode())
+        size = file.stat().st_size
+        digest.update(size.to_bytes(8, "little"))
+        with file.open("rb") as handle:
+            if size <= _FULL_HASH_LIMIT:
+                digest.update(handle.read())
+            else:
+                digest.update(file.stat().st_mtime_ns.to_bytes(8, "little"))
+                digest.update(handle.read(_SAMPLE_BYTES))
+                handle.seek(size - _SAMPLE_BYTES)
+                digest.update(handle.read(_SAMPLE_BYTES))
+    return digest.hexdigest()[:12]

@@ -1,0 +1,298 @@
+"""BoigLLM's two directions over any ``LlmBackend``: content simulation (``describe``) and
+behaviour simulation (``likelihood``), with one-at-a-time model access, an LRU result cache
+and single-flight for identical concurrent requests. No FastAPI here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from services.common import metrics
+from services.common.contracts import (
+    KPI_LEVELS,
+    Context,
+    DescribeRequest,
+    DescribeResponse,
+    KpiTarget,
+    LevelDistribution,
+    LikelihoodRequest,
+    LikelihoodResponse,
+    ModelInfo,
+    Verbalization,
+)
+from services.common.errors import BackendError, BoigError, InvalidInput, ModelOutputError
+from services.common.verbalization import render, repair
+from services.describer import prompts
+from services.describer.backends.base import LlmBackend
+from services.describer.settings import DescriberSettings
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "describer"
+
+T = TypeVar("T")
+
+
+class LruCache(Generic[T]):
+    """A bounded mapping that forgets the least recently used entry first; size 0 keeps nothing."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, T] = OrderedDict()
+
+    def get(self, key: str) -> T | None:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: T) -> None:
+        if self.max_entries <= 0:
+            return
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class Describer:
+    """The describer's logic; every public method is a coroutine safe to call concurrently."""
+
+    def __init__(self, backend: LlmBackend, settings: DescriberSettings) -> None:
+        self._backend = backend
+        self._settings = settings
+        self._info = backend.info
+        # Generation and scoring hold the whole CPU (or GPU) and the backend is not
+        # thread-safe, so model calls queue here instead of racing in the thread pool.
+        self._model_lock = asyncio.Lock()
+        self._cache: LruCache[BaseModel] = LruCache(settings.cache_size)
+        self._in_flight: dict[str, asyncio.Task[Any]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def model(self) -> ModelInfo:
+        return self._info
+
+    # --- content simulation -----------------------------------------------------------
+
+    async def describe(self, *, context: Context, target: KpiTarget) -> DescribeResponse:
+        """How an image for ``context`` should look to reach ``target`` (design §1, BoigLLM)."""
+        request = DescribeRequest(context=context, target=target)
+        # Sampled descriptions are meant to differ between calls: only greedy ones are cached.
+        cacheable = self._settings.temperature == 0
+        response, cached = await self._single_flight(
+            self._cache_key("describe", request) if cacheable else None,
+            lambda: self._describe_uncached(context, target),
+        )
+        assert isinstance(response, DescribeResponse)
+        return response.model_copy(update={"cached": True}) if cached else response
+
+    async def _describe_uncached(self, context: Context, target: KpiTarget) -> DescribeResponse:
+        raw = await self._run_model("describe", self._generate_description, context, target)
+        logger.debug("describe raw model output: %r", raw)
+        try:
+            repaired = repair(raw)
+        except ValidationError as exc:
+            raise ModelOutputError(
+                f"model output does not form a valid description: {exc}"
+            ) from exc
+        verbalization = repaired.verbalization
+        if not (verbalization.colors or verbalization.tones or verbalization.objects):
+            raise ModelOutputError(
+                "the model's output held no readable colors, tones or objects; "
+                f"{len(repaired.repairs)} parts were unreadable"
+            )
+        if repaired.repairs:
+            metrics.REPAIRS.labels(SERVICE).inc()
+            logger.info("describe output needed %d repairs", len(repaired.repairs))
+        return DescribeResponse(
+            verbalization=verbalization,
+            text=render(verbalization),
+            repairs=repaired.repairs,
+            model=self._info,
+            prompt_version=prompts.PROMPT_VERSION,
+            cached=False,
+        )
+
+    def _generate_description(self, context: Context, target: KpiTarget) -> str:
+        """Blocking: the model's description in text form (runs in a worker thread)."""
+        settings = self._settings
+        prompt = self._backend.chat_prompt(prompts.describe_messages(context, target))
+        if settings.describe_decoding == "free":
+            return self._backend.generate(
+                [prompt],
+                max_new_tokens=settings.max_new_tokens,
+                stop=("\n\n",),
+                temperature=settings.temperature,
+            )[0]
+        # 'fields': we write each key and the model fills one line, so an untuned model cannot
+        # skip, reorder or invent fields, and a looping line ends at its own token budget.
+        lines: list[str] = []
+        for key in prompts.DESCRIBE_FIELDS:
+            head = "".join(f"{line}\n" for line in lines) + f"{key}:"
+            value = self._backend.generate(
+                [prompt + head],
+                max_new_tokens=min(prompts.FIELD_TOKEN_BUDGETS[key], settings.max_new_tokens),
+                stop=prompts.FIELD_STOPS[key],
+                temperature=settings.temperature,
+            )[0]
+            lines.append(f"{key}: {value.strip()}")
+        return "\n".join(lines)
+
+    # --- behaviour simulation ---------------------------------------------------------
+
+    async def likelihood(
+        self, *, context: Context, kpi_name: str, verbalizations: list[Verbalization]
+    ) -> LikelihoodResponse:
+        """P(level) of the KPI for each described image in ``context`` (behaviour simulation)."""
+        limit = self._settings.max_verbalizations_per_request
+        if len(verbalizations) > limit:
+            raise InvalidInput(
+                f"{len(verbalizations)} verbalizations in one request; the limit is {limit}"
+            )
+        request = LikelihoodRequest(
+            context=context, kpi_name=kpi_name, verbalizations=verbalizations
+        )
+        response, _ = await self._single_flight(
+            self._cache_key("likelihood", request),
+            lambda: self._likelihood_uncached(context, kpi_name, verbalizations),
+        )
+        assert isinstance(response, LikelihoodResponse)
+        return response
+
+    async def _likelihood_uncached(
+        self, context: Context, kpi_name: str, verbalizations: list[Verbalization]
+    ) -> LikelihoodResponse:
+        logprobs = await self._run_model(
+            "likelihood", self._level_logprobs, context, kpi_name, verbalizations
+        )
+        return LikelihoodResponse(
+            results=[self._distribution(row) for row in logprobs],
+            model=self._info,
+            prompt_version=prompts.PROMPT_VERSION,
+        )
+
+    def _level_logprobs(
+        self, context: Context, kpi_name: str, verbalizations: list[Verbalization]
+    ) -> list[list[float]]:
+        """Blocking: log P(level word | prompt) for each verbalization x level."""
+        prompt_texts = [
+            self._backend.chat_prompt(prompts.behaviour_messages(context, kpi_name, render(v)))
+            + prompts.BEHAVIOUR_ANSWER_PREFIX
+            for v in verbalizations
+        ]
+        continuations = [prompts.level_continuation(level) for level in KPI_LEVELS]
+        return self._backend.continuation_logprobs(prompt_texts, continuations)
+
+    def _distribution(self, logprobs: list[float]) -> LevelDistribution:
+        # Softmax over the three level words only: the model's mass on any other token says
+        # nothing about the KPI, so the probabilities are conditional on answering a level.
+        if len(logprobs) != len(KPI_LEVELS) or not all(math.isfinite(lp) for lp in logprobs):
+            raise BackendError(f"backend returned unusable level log-probabilities {logprobs!r}")
+        top = max(logprobs)
+        weights = [math.exp(lp - top) for lp in logprobs]
+        total = sum(weights)
+        probabilities = {level: w / total for level, w in zip(KPI_LEVELS, weights, strict=True)}
+        midpoints = self._settings.level_midpoints
+        expected = sum(p * midpoints[level] for level, p in probabilities.items())
+        return LevelDistribution(
+            probabilities=probabilities, expected_percentile=min(1.0, max(0.0, expected))
+        )
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _cache_key(self, operation: str, request: BaseModel) -> str:
+        settings = self._settings
+        canonical = json.dumps(
+            {
+                "operation": operation,
+                "request": request.model_dump(mode="json"),
+                "model": self._info.version,
+                "prompts": prompts.PROMPT_VERSION,
+                # Anything else that changes the answer for the same request and model.
+                "decoding": [settings.describe_decoding, settings.max_new_tokens],
+                "midpoints": {level.value: settings.level_midpoints[level] for level in KPI_LEVELS},
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    async def _single_flight(
+        self, key: str | None, compute: Callable[[], Awaitable[T]]
+    ) -> tuple[T, bool]:
+        """The result for ``key`` and whether it was shared rather than computed for this call.
+
+        The computation runs in a task of its own that every caller awaits through a shield:
+        a caller that goes away (client disconnect) must neither cancel the work other callers
+        wait on nor release the model lock while its thread is still running.
+        """
+        if key is None:
+            return await asyncio.shield(self._start(compute)), False
+        cached = self._cache.get(key)
+        if cached is not None:
+            metrics.CACHE_LOOKUPS.labels(SERVICE, "result", "hit").inc()
+            return cached, True  # type: ignore[return-value]
+        task = self._in_flight.get(key)
+        if task is not None:
+            metrics.CACHE_LOOKUPS.labels(SERVICE, "result", "hit").inc()
+            return await asyncio.shield(task), True
+        metrics.CACHE_LOOKUPS.labels(SERVICE, "result", "miss").inc()
+        task = self._start(compute)
+        self._in_flight[key] = task
+        task.add_done_callback(lambda done: self._settle(key, done))
+        return await asyncio.shield(task), False
+
+    def _start(self, compute: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
+        async def run() -> T:
+            return await compute()
+
+        task = asyncio.create_task(run())
+        # The event loop holds tasks weakly; keep each one alive until it is done.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _settle(self, key: str, task: asyncio.Task[Any]) -> None:
+        self._in_flight.pop(key, None)
+        # Retrieving the exception also keeps asyncio from logging it as never retrieved when
+        # every caller has gone; failures are not cached, the next request tries again.
+        if not task.cancelled() and task.exception() is None:
+            self._cache.put(key, task.result())
+
+    async def _run_model(self, operation: str, call: Callable[..., T], *args: Any) -> T:
+        queued = time.perf_counter()
+        async with self._model_lock:
+            started = time.perf_counter()
+            metrics.MODEL_QUEUE_SECONDS.labels(SERVICE, operation).observe(started - queued)
+            try:
+                return await asyncio.to_thread(call, *args)
+            except BoigError:
+                raise
+            except Exception as exc:
+                logger.exception("%s failed in the model backend", operation)
+                raise BackendError(
+                    f"the model failed during {operation}; see the describer log"
+                ) from exc
+            finally:
+                elapsed = time.perf_counter() - started
+                metrics.MODEL_SECONDS.labels(SERVICE, operation).observe(elapsed)
+                logger.info(
+                    "%s model call: %.0f ms queued, %.0f ms compute",
+                    operation,
+                    (started - queued) * 1000,
+                    elapsed * 1000,
+                )

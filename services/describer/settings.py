@@ -1,0 +1,137 @@
+"""The describer's settings (env prefix ``BOIG_DESCRIBER_``); read once, at app creation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.common.contracts import KPI_LEVELS, MAX_BATCH_IMAGES, KpiLevel
+from services.common.settings import ServiceSettings
+from services.describer.model_prep import default_smollm2_dir
+
+BackendName = Literal["transformers"]
+"""Names in ``backends.BACKENDS``; "vllm" joins both when its backend exists."""
+
+DEFAULT_LEVEL_MIDPOINTS: dict[KpiLevel, float] = {
+    # Midpoints of the default percentile buckets low < 0.6 <= medium < 0.9 <= high (design §4).
+    KpiLevel.LOW: 0.3,
+    KpiLevel.MEDIUM: 0.75,
+    KpiLevel.HIGH: 0.95,
+}
+
+
+class DescriberSettings(ServiceSettings):
+    """BoigLLM serving: which model, how it decodes, and the limits of one request."""
+
+    model_config = SettingsConfigDict(env_prefix="BOIG_DESCRIBER_", extra="ignore", frozen=True)
+
+    port: int = Field(default=8102, ge=0, le=65535, description="TCP port to bind.")
+    max_body_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest request body accepted, in bytes; larger bodies get 413. Requests here are "
+            "text only: 32 verbalizations with many objects stay well under 1 MiB."
+        ),
+    )
+    backend: BackendName = Field(
+        default="transformers",
+        description="Model backend: 'transformers' runs the model in this process (CPU or CUDA).",
+    )
+    model_path: Path = Field(
+        default_factory=default_smollm2_dir,
+        description=(
+            "Local folder of an HF causal LM (config, safetensors, tokenizer). Default: the "
+            "SmolLM2-135M-Instruct folder that `make models` prepares under BOIG_HOME/models. "
+            "Never downloaded: only local files are read."
+        ),
+    )
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
+        description="Torch device; 'auto' picks CUDA when available, else CPU.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description=(
+            "Weights and activations dtype; 'auto' is float32 on CPU (exact and portable) and "
+            "bfloat16 on CUDA. bfloat16 on CPU is ~2x faster but shifts log-probs slightly."
+        ),
+    )
+    torch_threads: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Intra-op CPU threads for torch; 0 keeps torch's default (all cores).",
+    )
+    max_batch_size: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description=(
+            "Most prompts in one forward pass; bigger batches are split. Bounds peak memory "
+            "(likelihood keeps one KV cache per prompt x level)."
+        ),
+    )
+    max_new_tokens: int = Field(
+        default=160,
+        ge=8,
+        le=1024,
+        description=(
+            "Most tokens generated for one description in 'free' decoding; in 'fields' "
+            "decoding, the cap for each line, which also has its own smaller budget "
+            "(prompts.FIELD_TOKEN_BUDGETS)."
+        ),
+    )
+    temperature: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=2.0,
+        description=(
+            "Sampling temperature for /describe; 0 is greedy (deterministic, and only then are "
+            "descriptions cached). /likelihood never samples."
+        ),
+    )
+    describe_decoding: Literal["fields", "free"] = Field(
+        default="fields",
+        description=(
+            "'fields': the line keys (caption, colors, tones, objects) are written by us and the "
+            "model fills one line at a time, which keeps an untuned model on the format; 'free': "
+            "the model writes the whole description (for fine-tuned checkpoints)."
+        ),
+    )
+    cache_size: int = Field(
+        default=1024,
+        ge=0,
+        le=1_000_000,
+        description="Entries in the LRU result cache (describe and likelihood together); 0 = off.",
+    )
+    level_midpoints: dict[KpiLevel, float] = Field(
+        default_factory=lambda: dict(DEFAULT_LEVEL_MIDPOINTS),
+        description=(
+            "Normalized KPI (percentile in [0,1]) that stands for each level in "
+            "expected_percentile = sum P(level) x midpoint; keep consistent with the buckets. "
+            'JSON in the environment, e.g. {"low":0.3,"medium":0.75,"high":0.95}.'
+        ),
+    )
+    max_verbalizations_per_request: int = Field(
+        default=32,
+        ge=1,
+        le=MAX_BATCH_IMAGES,
+        description="Most verbalizations one /likelihood request may score; more get 422.",
+    )
+
+    @field_validator("level_midpoints")
+    @classmethod
+    def _midpoints_ordered(cls, midpoints: dict[KpiLevel, float]) -> dict[KpiLevel, float]:
+        if set(midpoints) != set(KPI_LEVELS):
+            raise ValueError("level_midpoints needs exactly the levels low, medium and high")
+        values = [midpoints[level] for level in KPI_LEVELS]
+        if not all(0.0 <= value <= 1.0 for value in values):
+            raise ValueError("level midpoints are percentiles, in [0, 1]")
+        if not values[0] < values[1] < values[2]:
+            raise ValueError("level midpoints must increase from low to high")
+        return midpoints

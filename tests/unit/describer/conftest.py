@@ -1,0 +1,208 @@
+"""Fixtures of the describer tests: a tiny random Llama with a BPE tokenizer trained here (for
+fast, exact checks of the backend), a scripted fake backend (for wiring), and the real
+SmolLM2, prepared once into the cache `make models` fills."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from services.common.contracts import (
+    ColorSwatch,
+    Context,
+    DetectedObject,
+    KpiLevel,
+    KpiTarget,
+    ModelInfo,
+    Tone,
+    Verbalization,
+)
+from services.common.verbalization import render
+from services.describer import prompts
+from services.describer.model_prep import default_smollm2_dir, prepare_smollm2
+from services.describer.prompts import ChatMessage, render_plain_chat
+
+# SmolLM2's chat template: the tiny model gets the same shape of prompt as the real one.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def sample_verbalizations() -> list[Verbalization]:
+    return [
+        Verbalization(
+            caption="a runner on a city street at dusk",
+            colors=[
+                ColorSwatch(name="navy", rgb=(20, 30, 90), coverage=0.41),
+                ColorSwatch(name="white", rgb=(245, 245, 245), coverage=0.3),
+            ],
+            tones=[Tone.COOL, Tone.DARK],
+            objects=[DetectedObject(label="person", confidence=0.91, box=(0.1, 0.2, 0.45, 0.95))],
+            text="Just do it",
+        ),
+        Verbalization(
+            colors=[ColorSwatch(name="orange", rgb=(240, 120, 20), coverage=0.6)],
+            tones=[Tone.WARM, Tone.BRIGHT, Tone.SATURATED],
+        ),
+        Verbalization(objects=[DetectedObject(label="cup", confidence=0.5, box=(0, 0, 1, 1))]),
+    ]
+
+
+def sample_context() -> Context:
+    return Context(
+        account="nike",
+        text="New running shoes drop on Friday",
+        keywords=["running", "shoes"],
+        posted_at=datetime(2024, 5, 3, 18, 0, tzinfo=UTC),
+    )
+
+
+@pytest.fixture
+def context() -> Context:
+    return sample_context()
+
+
+@pytest.fixture
+def verbalizations() -> list[Verbalization]:
+    return sample_verbalizations()
+
+
+def _tokenizer_corpus() -> list[str]:
+    context = sample_context()
+    lines = [render(v) for v in sample_verbalizations()]
+    for level in KpiLevel:
+        target = KpiTarget(level=level)
+        lines.extend(m["content"] for m in prompts.describe_messages(context, target))
+        lines.append(prompts.behaviour_completion(level))
+    lines.append("level: low level: medium level: high " * 3)
+    return lines * 4
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama (hidden 64) and a byte-level BPE trained on verbalization-like text."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_tokenizer_corpus(), trainer)
+    # No pad token on purpose: the backend must fall back to eos, as with many base models.
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=bpe.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    # Larger-than-default weights give peaked, input-dependent distributions, so that
+    # mistakes in position or padding handling show up as large log-prob differences.
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.2)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct folder; converted from the GGUF once per machine (~20 s)."""
+    return prepare_smollm2(default_smollm2_dir())
+
+
+class FakeBackend:
+    """Scripted backend for wiring tests: fixed generations, fixed level log-probs, call log."""
+
+    def __init__(
+        self,
+        *,
+        lines: dict[str, str] | None = None,
+        free_text: str = "",
+        level_logprobs: Sequence[float] = (-2.0, -1.0, -0.5),
+        fail_with: Exception | None = None,
+    ) -> None:
+        self.lines = lines or {
+            "caption": " a red shoe on a white floor",
+            "colors": " red (200,20,30) 40%; white (250,250,250) 50%",
+            "tones": " warm, bright",
+            "objects": " shoe 0.80 [0.20,0.30,0.70,0.90]",
+        }
+        self.free_text = free_text
+        self.level_logprobs = list(level_logprobs)
+        self.fail_with = fail_with
+        self.generate_calls: list[list[str]] = []
+        self.score_calls: list[tuple[list[str], list[str]]] = []
+        self.on_call: Callable[[], None] | None = None
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(name="fake", version="fake-1")
+
+    def chat_prompt(self, messages: list[ChatMessage]) -> str:
+        return render_plain_chat(messages)
+
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        temperature: float = 0.0,
+    ) -> list[str]:
+        self._called()
+        self.generate_calls.append(list(prompts))
+        results = []
+        for prompt in prompts:
+            key = prompt.rsplit("\n", 1)[-1].removesuffix(":")
+            results.append(self.lines.get(key, self.free_text))
+        return results
+
+    def continuation_logprobs(
+        self, prompts: list[str], continuations: list[str]
+    ) -> list[list[float]]:
+        self._called()
+        self.score_calls.append((list(prompts), list(continuations)))
+        return [list(self.level_logprobs) for _ in prompts]
+
+    def _called(self) -> None:
+        if self.on_call is not None:
+            self.on_call()
+        if self.fail_with is not None:
+            raise self.fail_with
+
+
+@pytest.fixture
+def fake_backend() -> type[FakeBackend]:
+    """The FakeBackend class, to build one per test with its own script."""
+    return FakeBackend

@@ -1,0 +1,303 @@
+"""The Describer: parsing and repairs, level probabilities, caching and single-flight, errors.
+
+Wiring is checked with a scripted fake backend; the model-facing paths also run once on the
+tiny random Llama."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.common import metrics
+from services.common.contracts import KPI_LEVELS, Context, KpiLevel, KpiTarget, Verbalization
+from services.common.errors import BackendError, InvalidInput, ModelOutputError
+from services.describer import prompts
+from services.describer.backends.transformers_backend import TransformersBackend
+from services.describer.service import Describer, LruCache
+from services.describer.settings import DescriberSettings
+
+
+def make_settings(**overrides: Any) -> DescriberSettings:
+    return DescriberSettings(model_path=Path("/nonexistent"), **overrides)
+
+
+def counter(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_describe_fills_each_field_line_and_parses_it(
+    fake_backend: Any, context: Context
+) -> None:
+    backend = fake_backend()
+    describer = Describer(backend, make_settings())
+
+    response = await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
+
+    # One call per field, each prompt ending in the key the model must complete.
+    heads = [calls[0].rsplit("\n", 1)[-1] for calls in backend.generate_calls]
+    assert heads == [f"{key}:" for key in prompts.DESCRIBE_FIELDS]
+    assert "colors: red (200,20,30) 40%; white (250,250,250) 50%" in backend.generate_calls[3][0]
+    assert [c.name for c in response.verbalization.colors] == ["red", "white"]
+    assert response.verbalization.caption == "a red shoe on a white floor"
+    assert response.text.startswith("caption: a red shoe on a white floor\ncolors: red")
+    assert response.repairs == []
+    assert response.cached is False
+    assert response.model.version == "fake-1"
+    assert response.prompt_version == prompts.PROMPT_VERSION
+
+
+async def test_describe_free_decoding_asks_once_for_the_whole_text(
+    fake_backend: Any, context: Context
+) -> None:
+    backend = fake_backend(lines={}, free_text="colors: blue (0,0,255) 30%\ntones: cool\n")
+    describer = Describer(backend, make_settings(describe_decoding="free"))
+
+    response = await describer.describe(context=context, target=KpiTarget())
+
+    assert len(backend.generate_calls) == 1
+    assert backend.generate_calls[0][0].endswith("### assistant\n")
+    assert response.text == "colors: blue (0,0,255) 30%\ntones: cool"
+
+
+async def test_describe_reports_repairs_of_malformed_output(
+    fake_backend: Any, context: Context
+) -> None:
+    backend = fake_backend(
+        lines={
+            "caption": " a shoe",
+            "colors": " Red (300,20,30) 40%; ???; white (250,250,250) 90%",
+            "tones": " warm, cold, bright, bright",
+            "objects": " shoe [0.2,0.3,1.4,0.9",
+        }
+    )
+    describer = Describer(backend, make_settings())
+    before = counter("boig_verbalization_repairs_total", service="describer")
+
+    response = await describer.describe(context=context, target=KpiTarget())
+
+    assert {c.name for c in response.verbalization.colors} == {"red", "white"}
+    assert all(0 <= channel <= 255 for c in response.verbalization.colors for channel in c.rgb)
+    assert sum(c.coverage for c in response.verbalization.colors) <= 1.0
+    assert [t.value for t in response.verbalization.tones] == ["warm", "bright"]
+    assert response.verbalization.objects == []
+    joined = "\n".join(response.repairs)
+    for fragment in ("clipped rgb", "unreadable color", "rescaled", "unknown tone", "object"):
+        assert fragment in joined
+    assert counter("boig_verbalization_repairs_total", service="describer") == before + 1
+
+
+async def test_describe_refuses_output_without_colors_tones_or_objects(
+    fake_backend: Any, context: Context
+) -> None:
+    garbage = {key: " lorem ipsum )))(((" for key in prompts.DESCRIBE_FIELDS}
+    describer = Describer(fake_backend(lines=garbage), make_settings())
+
+    with pytest.raises(ModelOutputError, match="no readable colors, tones or objects"):
+        await describer.describe(context=context, target=KpiTarget())
+
+
+async def test_likelihood_is_a_softmax_over_the_three_level_words(
+    fake_backend: Any, context: Context, verbalizations: list[Verbalization]
+) -> None:
+    backend = fake_backend(level_logprobs=(-3.0, -1.0, -0.2))
+    describer = Describer(backend, make_settings())
+
+    response = await describer.likelihood(
+        context=context, kpi_name="clicks", verbalizations=verbalizations
+    )
+
+    [(prompt_texts, continuations)] = backend.score_calls
+    assert continuations == [" low", " medium", " high"]
+    assert len(prompt_texts) == len(verbalizations)
+    assert all(p.endswith("### assistant\nlevel:") for p in prompt_texts)
+    assert "KPI: clicks" in prompt_texts[0] and "navy (20,30,90) 41%" in prompt_texts[0]
+    weights = [math.exp(-3.0), math.exp(-1.0), math.exp(-0.2)]
+    expected = {level: w / sum(weights) for level, w in zip(KPI_LEVELS, weights, strict=True)}
+    for result in response.results:
+        assert sum(result.probabilities.values()) == pytest.approx(1.0)
+        assert result.probabilities == pytest.approx(expected)
+        midpoint = 0.3 * expected[KpiLevel.LOW] + 0.75 * expected[KpiLevel.MEDIUM]
+        midpoint += 0.95 * expected[KpiLevel.HIGH]
+        assert result.expected_percentile == pytest.approx(midpoint)
+    assert response.model.name == "fake"
+
+
+async def test_likelihood_survives_extreme_log_probs(
+    fake_backend: Any, context: Context, verbalizations: list[Verbalization]
+) -> None:
+    describer = Describer(fake_backend(level_logprobs=(-2000.0, -1.0, -1500.0)), make_settings())
+    response = await describer.likelihood(
+        context=context, kpi_name="likes", verbalizations=verbalizations[:1]
+    )
+    assert response.results[0].probabilities[KpiLevel.MEDIUM] == pytest.approx(1.0)
+    assert response.results[0].expected_percentile == pytest.approx(0.75)
+
+
+async def test_likelihood_refuses_more_verbalizations_than_configured(
+    fake_backend: Any, context: Context, verbalizations: list[Verbalization]
+) -> None:
+    backend = fake_backend()
+    describer = Describer(backend, make_settings(max_verbalizations_per_request=2))
+    with pytest.raises(InvalidInput, match="limit is 2"):
+        await describer.likelihood(context=context, kpi_name="likes", verbalizations=verbalizations)
+    assert backend.score_calls == []
+
+
+async def test_identical_requests_are_served_from_the_cache(
+    fake_backend: Any, context: Context
+) -> None:
+    backend = fake_backend()
+    describer = Describer(backend, make_settings())
+    target = KpiTarget(level=KpiLevel.LOW)
+    hits = counter("boig_cache_lookups_total", service="describer", cache="result", outcome="hit")
+
+    first = await describer.describe(context=context, target=target)
+    calls_after_first = len(backend.generate_calls)
+    second = await describer.describe(context=context, target=target)
+
+    assert len(backend.generate_calls) == calls_after_first
+    assert (first.cached, second.cached) == (False, True)
+    assert second.verbalization == first.verbalization
+    assert (
+        counter("boig_cache_lookups_total", service="describer", cache="result", outcome="hit")
+        == hits + 1
+    )
+    # A different target is a different request.
+    await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
+    assert len(backend.generate_calls) == 2 * calls_after_first
+
+
+async def test_concurrent_identical_requests_share_one_computation(
+    fake_backend: Any, context: Context, verbalizations: list[Verbalization]
+) -> None:
+    backend = fake_backend()
+    release = threading.Event()
+    backend.on_call = lambda: release.wait(5)  # holds the model until every request is queued
+    describer = Describer(backend, make_settings())
+
+    async def ask() -> Any:
+        return await describer.likelihood(
+            context=context, kpi_name="likes", verbalizations=verbalizations
+        )
+
+    tasks = [asyncio.create_task(ask()) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    release.set()
+    results = await asyncio.gather(*tasks)
+
+    assert len(backend.score_calls) == 1
+    assert all(result == results[0] for result in results)
+
+
+async def test_a_caller_that_goes_away_does_not_cancel_the_shared_work(
+    fake_backend: Any, context: Context
+) -> None:
+    backend = fake_backend()
+    release = threading.Event()
+    backend.on_call = lambda: release.wait(5)
+    describer = Describer(backend, make_settings())
+    target = KpiTarget()
+
+    leaver = asyncio.create_task(describer.describe(context=context, target=target))
+    stayer = asyncio.create_task(describer.describe(context=context, target=target))
+    await asyncio.sleep(0.05)
+    leaver.cancel()
+    release.set()
+
+    response = await stayer
+    assert response.verbalization.colors
+    assert len(backend.generate_calls) == len(prompts.DESCRIBE_FIELDS)
+
+
+async def test_sampled_descriptions_are_not_cached(fake_backend: Any, context: Context) -> None:
+    backend = fake_backend()
+    describer = Describer(backend, make_settings(temperature=0.8))
+    await describer.describe(context=context, target=KpiTarget())
+    second = await describer.describe(context=context, target=KpiTarget())
+    assert second.cached is False
+    assert len(backend.generate_calls) == 2 * len(prompts.DESCRIBE_FIELDS)
+
+
+async def test_failures_are_typed_and_not_cached(fake_backend: Any, context: Context) -> None:
+    backend = fake_backend(fail_with=RuntimeError("CUDA out of memory"))
+    describer = Describer(backend, make_settings())
+
+    with pytest.raises(BackendError, match="see the describer log"):
+        await describer.describe(context=context, target=KpiTarget())
+    backend.fail_with = None
+    response = await describer.describe(context=context, target=KpiTarget())
+    assert response.cached is False
+
+
+async def test_model_calls_never_overlap(fake_backend: Any, context: Context) -> None:
+    backend = fake_backend()
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def track() -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        threading.Event().wait(0.01)
+        with lock:
+            running -= 1
+
+    backend.on_call = track
+    describer = Describer(backend, make_settings())
+    targets = [KpiTarget(name=f"kpi{i}") for i in range(4)]
+    await asyncio.gather(*(describer.describe(context=context, target=t) for t in targets))
+    assert most == 1
+
+
+def test_lru_cache_forgets_the_least_recently_used_entry() -> None:
+    cache: LruCache[int] = LruCache(2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1
+    cache.put("c", 3)
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (1, None, 3)
+    disabled: LruCache[int] = LruCache(0)
+    disabled.put("a", 1)
+    assert disabled.get("a") is None and len(disabled) == 0
+
+
+# --- the same paths on a real (tiny, random) model ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_describer(tiny_model_dir: Path) -> Describer:
+    backend = TransformersBackend.load(tiny_model_dir, device="cpu")
+    return Describer(backend, DescriberSettings(model_path=tiny_model_dir))
+
+
+async def test_tiny_model_likelihood_gives_distributions(
+    tiny_describer: Describer, context: Context, verbalizations: list[Verbalization]
+) -> None:
+    response = await tiny_describer.likelihood(
+        context=context, kpi_name="likes", verbalizations=verbalizations
+    )
+    assert len(response.results) == len(verbalizations)
+    for result in response.results:
+        assert set(result.probabilities) == set(KPI_LEVELS)
+        assert sum(result.probabilities.values()) == pytest.approx(1.0)
+        assert 0.3 <= result.expected_percentile <= 0.95
+    # Different images get different predictions from the same model.
+    assert response.results[0].probabilities != response.results[1].probabilities
+
+
+async def test_tiny_model_describe_ends_in_a_description_or_a_typed_error(
+    tiny_describer: Describer, context: Context
+) -> None:
+    # An untrained model writes noise: the service must turn it into repairs or refuse it.
+    try:
+        response = await tiny_describer.describe(context=context, target=KpiTarget())
+    except ModelOutputError:
+        return
+    assert response.repairs
