@@ -6,11 +6,14 @@ from pathlib import Path
 
 import typer
 
+from services.gateway.cli import app as gateway_app
+
 app = typer.Typer(help="BOIG operator commands.", no_args_is_help=True)
 models_app = typer.Typer(help="Local default models.", no_args_is_help=True)
 contracts_app = typer.Typer(help="Wire contracts in proto/.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(contracts_app, name="contracts")
+app.add_typer(gateway_app, name="gateway", help="Gateway administration: database, API keys.")
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO = REPO / "proto"
