@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from services.featurizer import shapes
 from services.featurizer.backends.yolo import YoloDetector
 from services.featurizer.shapes import default_detector_dir, prepare_detector
 
@@ -22,3 +23,15 @@ def shape_detector_weights() -> Path:
 @pytest.fixture(scope="session")
 def shape_detector(shape_detector_weights: Path) -> YoloDetector:
     return YoloDetector.load(shape_detector_weights, device="cpu")
+
+
+@pytest.fixture
+def plain_world(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shape world without its hard parts: flat or gradient grounds, no distractors, no
+    faint or border-cut shapes, no blur or JPEG."""
+    monkeypatch.setattr(shapes, "BACKGROUND_KINDS", {"flat": 0.5, "gradient": 0.5})
+    monkeypatch.setattr(shapes, "DISTRACTOR_FRACTION", 0.0)
+    monkeypatch.setattr(shapes, "LOW_CONTRAST_FRACTION", 0.0)
+    monkeypatch.setattr(shapes, "CUT_FRACTION", 0.0)
+    monkeypatch.setattr(shapes, "BLUR_FRACTION", 0.0)
+    monkeypatch.setattr(shapes, "JPEG_FRACTION", 0.0)

@@ -16,7 +16,7 @@ from services.common.settings import ImageLimits
 from services.featurizer.backends import DETECTOR_BACKENDS, Detector, load_detector
 from services.featurizer.backends.yolo import YoloDetector, clean_label
 from services.featurizer.settings import FeaturizerSettings
-from services.featurizer.shapes import box_iou, render_scene, scene_rng
+from services.featurizer.shapes import box_iou, render_negative, render_scene, scene_rng
 
 Box = tuple[float, float, float, float]
 
@@ -90,17 +90,44 @@ def _star_box(box: Box) -> Box:
     return normalized((min(xs), min(ys), max(xs), max(ys)))
 
 
-def test_finds_most_shapes_of_fresh_scenes_in_one_batch(shape_detector: YoloDetector) -> None:
-    scenes = [render_scene(scene_rng(0, "test", index)) for index in range(40)]
-    results = shape_detector.detect([image for image, _ in scenes])
+def _recall(detector: YoloDetector, seed: int, *, count: int = 40, min_side: float = 0.0) -> float:
+    """Share of the shapes of fresh scenes (box side >= ``min_side`` of the image) found with
+    the right label and box IoU >= 0.5; the scenes go through the detector in one batch."""
+    scenes = [render_scene(scene_rng(seed, "test", index)) for index in range(count)]
+    results = detector.detect([image for image, _ in scenes])
     assert len(results) == len(scenes)
     found = total = 0
     for (_, shapes), objects in zip(scenes, results, strict=True):
         for shape in shapes:
-            total += 1
             target = normalized(shape.box)
+            if max(target[2] - target[0], target[3] - target[1]) < min_side:
+                continue
+            total += 1
             found += any(o.label == shape.label and box_iou(o.box, target) >= 0.5 for o in objects)
-    assert found / total >= 0.85, f"recalled {found} of {total} shapes"
+    assert total >= count // 2
+    return found / total
+
+
+@pytest.mark.usefixtures("plain_world")
+def test_finds_clearly_drawn_shapes_of_fresh_scenes(shape_detector: YoloDetector) -> None:
+    # Measured with the default detector: 1.00 of shapes over a fifth of the side, 0.89 of all
+    # (the smallest are ~12 px).
+    assert _recall(shape_detector, 0, min_side=0.2) >= 0.9
+    assert _recall(shape_detector, 0) >= 0.75
+
+
+def test_finds_most_shapes_of_the_full_world(shape_detector: YoloDetector) -> None:
+    # Faint, tiny, border-cut, textured and JPEG-compressed ones too. Measured: 0.86 of shapes
+    # over a fifth of the side, 0.76 of all.
+    assert _recall(shape_detector, 0, min_side=0.2) >= 0.75
+    assert _recall(shape_detector, 0) >= 0.6
+
+
+def test_stays_mostly_silent_on_shape_free_images(shape_detector: YoloDetector) -> None:
+    negatives = [render_negative(scene_rng(0, "test", index)) for index in range(40)]
+    results = shape_detector.detect(negatives)
+    confident = sum(any(o.confidence >= 0.5 for o in objects) for objects in results)
+    assert confident <= 8  # measured: 3 of 40 (textures with potato-like blobs)
 
 
 def test_boxes_are_normalized_for_any_image_size(shape_detector: YoloDetector) -> None:
