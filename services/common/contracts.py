@@ -11,7 +11,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 MAX_BATCH_IMAGES = 64
 """Hard ceiling for any batch of images in one internal request; services configure lower."""
@@ -63,11 +71,15 @@ Channel = Annotated[int, Field(ge=0, le=255)]
 Name = Annotated[
     str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9_-]*( [a-z0-9_-]+)*$")
 ]
-# No character that str.splitlines() breaks on, so a caption stays on its line of the text form.
-_LINE_BREAKS = r"\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029"
-OneLine = Annotated[
-    str, Field(min_length=1, max_length=300, pattern=rf"^[^{_LINE_BREAKS}]*\S[^{_LINE_BREAKS}]*$")
-]
+
+
+def _collapse_whitespace(value: object) -> object:
+    # One canonical spelling: no line breaks, control characters or runs of spaces, so a
+    # caption stays on its line of the text form and repair() has nothing left to change.
+    return " ".join(value.split()) if isinstance(value, str) else value
+
+
+OneLine = Annotated[str, BeforeValidator(_collapse_whitespace), Field(min_length=1, max_length=300)]
 
 
 class ColorSwatch(Contract):

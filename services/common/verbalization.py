@@ -176,10 +176,11 @@ def repair(text: str) -> Repaired:
     """Read model output as leniently as is safe; every change is listed in ``repairs``."""
     repairs: list[str] = []
     fields: dict[str, Any] = {}
-    for raw in text.strip().strip("`").splitlines():
-        line = raw.strip().lstrip("-*• ").strip()
-        if not line:
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("```"):  # blank lines and markdown fences
             continue
+        line = line.lstrip("-*• ").strip()
         key, sep, value = line.partition(":")
         canonical = _KEY_ALIASES.get(key.strip().lower())
         if not sep or canonical is None:
