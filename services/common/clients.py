@@ -68,19 +68,21 @@ class ServiceClient:
         return body
 
     async def _post(self, path: str, body: BaseModel, response_model: type[ResponseT]) -> ResponseT:
-        response = await self._send("POST", path, body.model_dump(mode="json"))
+        # pydantic's own JSON encoder: several times faster than json.dumps of a dict for
+        # bodies that carry megabytes of base64 images.
+        response = await self._send("POST", path, body.model_dump_json().encode())
         try:
             return response_model.model_validate_json(response.content)
         except ValidationError as exc:
             raise UpstreamError(f"{self.service} answered {path} outside the contract") from exc
 
-    async def _send(self, method: str, path: str, json: Any) -> httpx.Response:
-        headers = {}
+    async def _send(self, method: str, path: str, content: bytes | None) -> httpx.Response:
+        headers = {"Content-Type": "application/json"}
         request_id = request_id_var.get()
         if request_id:
             headers["X-Request-ID"] = request_id
         try:
-            response = await self._http.request(method, path, json=json, headers=headers)
+            response = await self._http.request(method, path, content=content, headers=headers)
         except httpx.TimeoutException as exc:
             raise UpstreamError(f"{self.service} timed out on {path}") from exc
         except httpx.HTTPError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
 import warnings
 
 from PIL import Image, UnidentifiedImageError
@@ -28,6 +29,32 @@ def decode_base64(data: str, *, limits: ImageLimits, what: str = "image") -> byt
 
 def decode_image(data: bytes, *, limits: ImageLimits, what: str = "image") -> Image.Image:
     """Decode to an RGB image, or raise InvalidImage/PayloadTooLarge naming ``what``."""
+    image = _open_checked(data, limits=limits, what=what)
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidImage(f"{what} is truncated or corrupt") from exc
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
+    return image.convert("RGB")
+
+
+def check_image(data: bytes, *, limits: ImageLimits, what: str = "image") -> tuple[int, int]:
+    """Every check of ``decode_image`` that needs no pixel decoding; returns (width, height).
+
+    For an edge that forwards images to a service that decodes them: format, size and bomb
+    checks here, plus the container's own integrity check (PNG chunk CRCs and the end
+    marker); damage only a full decode can find is left to the decoder, which is just as strict.
+    """
+    image = _open_checked(data, limits=limits, what=what)
+    try:
+        image.verify()
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
+        raise InvalidImage(f"{what} is truncated or corrupt") from exc
+    return image.size
+
+
+def _open_checked(data: bytes, *, limits: ImageLimits, what: str) -> Image.Image:
     if not data:
         raise InvalidImage(f"{what} is empty")
     if len(data) > limits.max_bytes:
@@ -56,13 +83,7 @@ def decode_image(data: bytes, *, limits: ImageLimits, what: str = "image") -> Im
             f"{what} is {width}x{height}; the limits are {limits.max_side} px a side and "
             f"{limits.max_pixels} pixels"
         )
-    try:
-        image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidImage(f"{what} is truncated or corrupt") from exc
-    if getattr(image, "n_frames", 1) > 1:
-        image.seek(0)
-    return image.convert("RGB")
+    return image
 
 
 def encode_png(image: Image.Image) -> bytes:

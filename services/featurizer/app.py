@@ -115,10 +115,14 @@ def create_app(settings: FeaturizerSettings | None = None) -> FastAPI:
 
 
 def decode_images(inputs: list[ImageInput], limits: ImageLimits) -> list[Image.Image]:
-    """Decode every image or raise the first failure, naming it as ``images[i]``."""
+    """Decode every image or raise the first failure, naming it by its id, else ``images[i]``.
+
+    The id matters: callers such as the scorer pass the user's creative ids, and only a
+    full decode here finds some damage (a truncated JPEG) that their cheaper checks pass.
+    """
     images = []
     for index, item in enumerate(inputs):
-        what = f"images[{index}]"
+        what = f"images[{index}] ({item.id!r})" if item.id else f"images[{index}]"
         data = decode_base64(item.data_base64, limits=limits, what=what)
         images.append(decode_image(data, limits=limits, what=what))
     return images

@@ -1,8 +1,9 @@
 """The gateway's logic: validate public requests, then forward them to the internal services.
 
-Every creative is decoded here, under the shared image limits, so that garbage, truncated
-files and decompression bombs are refused at the edge with a message naming the creative,
-and never cost the scorer or featurizer anything. No URLs are ever fetched.
+Every creative is checked here, under the shared image limits, without decoding its pixels:
+garbage, wrong formats, oversize images, decompression bombs and broken PNG containers are
+refused at the edge with a message naming the creative. The featurizer decodes every pixel
+under the same limits and names the creative if a full decode fails. No URLs are fetched.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from services.common.contracts import (
     ScoreResponse,
 )
 from services.common.errors import InvalidInput, PayloadTooLarge
-from services.common.images import decode_base64, decode_image
+from services.common.images import check_image, decode_base64
 from services.common.settings import ImageLimits
 
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]+")
@@ -135,7 +136,9 @@ class Gateway:
         for creative in creatives:
             what = f"creative {creative.id!r}"
             data = decode_base64(creative.image_base64, limits=self.image_limits, what=what)
-            decode_image(data, limits=self.image_limits, what=what)
+            # Header, size, bomb and container checks only: the featurizer decodes every
+            # pixel anyway, under the same limits, and names this creative if that fails.
+            check_image(data, limits=self.image_limits, what=what)
 
 
 def _first_error(exc: ValidationError) -> str:

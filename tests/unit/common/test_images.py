@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from services.common.errors import InvalidImage, PayloadTooLarge
-from services.common.images import decode_base64, decode_image, encode_png
+from services.common.images import check_image, decode_base64, decode_image, encode_png
 from services.common.settings import ImageLimits
 
 LIMITS = ImageLimits(max_bytes=200_000, max_pixels=1_000_000, max_side=2000)
@@ -85,3 +85,30 @@ def test_base64_is_strict_and_size_checked_before_decoding() -> None:
         decode_base64("not*base64!", limits=LIMITS)
     with pytest.raises(PayloadTooLarge):
         decode_base64("A" * 400_000, limits=LIMITS)
+
+
+def jpeg(width: int = 64, height: int = 48) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 30)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_check_image_refuses_what_needs_no_decoding() -> None:
+    assert check_image(png(), limits=LIMITS) == (32, 16)
+    assert check_image(jpeg(), limits=LIMITS) == (64, 48)
+    for bad, message in [
+        (b"", "empty"),
+        (b"not an image", "not a readable image"),
+        (png(200, 200)[:300], "truncated"),
+        (bomb_png(30000, 30000), "limits"),
+    ]:
+        with pytest.raises(InvalidImage, match=message):
+            check_image(bad, limits=LIMITS)
+
+
+def test_damage_only_a_decode_finds_passes_the_check_but_not_the_decoder() -> None:
+    whole = jpeg(300, 300)
+    broken = whole[: len(whole) // 2]  # headers intact, scan data cut
+    assert check_image(broken, limits=LIMITS) == (300, 300)
+    with pytest.raises(InvalidImage, match="truncated"):
+        decode_image(broken, limits=LIMITS)
