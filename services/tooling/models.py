@@ -1,6 +1,8 @@
 """Prepare the embedded default models once: SmolLM2 as an HF folder, the shapes YOLO.
 
 Both are cached under ``boig_home()/models``; a second run finds them and returns at once.
+A model the operator names in settings (BOIG_DESCRIBER_MODEL_PATH,
+BOIG_FEATURIZER_DETECTOR_WEIGHTS) is theirs: it is checked for, never built or overwritten.
 """
 
 from __future__ import annotations
@@ -11,26 +13,47 @@ from pathlib import Path
 from services.common.settings import boig_home
 
 
+class ModelMissing(RuntimeError):
+    pass
+
+
 def models_dir() -> Path:
     return boig_home() / "models"
 
 
 def prepare_all(*, log: bool = True) -> dict[str, Path]:
-    """Prepare every default model; returns where each one lives."""
+    """Prepare (or find) every model the configured services need; returns where each lives."""
     # Imported here: each pulls in torch and its model library.
-    from services.describer.model_prep import prepare_smollm2
-    from services.featurizer.settings import FeaturizerSettings
+    from services.describer.model_prep import default_smollm2_dir, prepare_smollm2
+    from services.describer.settings import DescriberSettings
+    from services.featurizer.settings import FeaturizerSettings, default_detector_weights
     from services.featurizer.shapes import prepare_detector
 
     prepared: dict[str, Path] = {}
     started = time.perf_counter()
-    prepared["llm"] = prepare_smollm2(models_dir() / "smollm2-135m-instruct")
-    if log:
-        print(f"llm ready: {prepared['llm']} ({time.perf_counter() - started:.1f} s)")
+    llm = DescriberSettings().model_path
+    if llm == default_smollm2_dir():
+        prepared["llm"] = prepare_smollm2(llm)
+    elif (llm / "config.json").is_file():
+        prepared["llm"] = llm
+    else:
+        raise ModelMissing(f"BOIG_DESCRIBER_MODEL_PATH={llm} holds no HF model (no config.json)")
+    _report(log, "llm", prepared["llm"], started)
+
     started = time.perf_counter()
-    weights = FeaturizerSettings().detector_weights
-    prepared["detector"] = prepare_detector(weights.parent)
-    if log:
-        print(f"detector ready: {prepared['detector']} ({time.perf_counter() - started:.1f} s)")
-    (models_dir() / ".prepared").touch()
+    featurizer = FeaturizerSettings()
+    if featurizer.detector_backend == "yolo":
+        weights = featurizer.detector_weights
+        if weights == default_detector_weights():
+            prepared["detector"] = prepare_detector(weights.parent)
+        elif weights.is_file():
+            prepared["detector"] = weights
+        else:
+            raise ModelMissing(f"BOIG_FEATURIZER_DETECTOR_WEIGHTS={weights} does not exist")
+        _report(log, "detector", prepared["detector"], started)
     return prepared
+
+
+def _report(log: bool, name: str, path: Path, started: float) -> None:
+    if log:
+        print(f"{name} ready: {path} ({time.perf_counter() - started:.1f} s)")

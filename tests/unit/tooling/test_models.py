@@ -1,0 +1,49 @@
+"""Model preparation respects models the operator names: found, never rebuilt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.tooling.models import ModelMissing, prepare_all
+
+
+def test_named_models_are_used_as_they_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = tmp_path / "my-llm"
+    llm.mkdir()
+    (llm / "config.json").write_text("{}")
+    weights = tmp_path / "yolov8n.pt"
+    weights.write_bytes(b"operator's weights")
+    monkeypatch.setenv("BOIG_DESCRIBER_MODEL_PATH", str(llm))
+    monkeypatch.setenv("BOIG_FEATURIZER_DETECTOR_WEIGHTS", str(weights))
+    assert prepare_all(log=False) == {"llm": llm, "detector": weights}
+    assert weights.read_bytes() == b"operator's weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my-llm", "yolov8n.pt"]
+
+
+def test_no_detector_backend_needs_no_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    llm = tmp_path / "my-llm"
+    llm.mkdir()
+    (llm / "config.json").write_text("{}")
+    monkeypatch.setenv("BOIG_DESCRIBER_MODEL_PATH", str(llm))
+    monkeypatch.setenv("BOIG_FEATURIZER_DETECTOR_BACKEND", "none")
+    assert prepare_all(log=False) == {"llm": llm}
+
+
+@pytest.mark.parametrize("missing", ["llm", "detector"])
+def test_missing_named_models_are_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    llm = tmp_path / "my-llm"
+    llm.mkdir()
+    if missing != "llm":
+        (llm / "config.json").write_text("{}")
+    monkeypatch.setenv("BOIG_DESCRIBER_MODEL_PATH", str(llm))
+    monkeypatch.setenv("BOIG_FEATURIZER_DETECTOR_WEIGHTS", str(tmp_path / "absent.pt"))
+    with pytest.raises(
+        ModelMissing, match="BOIG_DESCRIBER_MODEL_PATH" if missing == "llm" else "absent.pt"
+    ):
+        prepare_all(log=False)
