@@ -1,0 +1,27 @@
+"""Run one service's app under uvicorn: what every ``python -m services.<name>`` does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.common.logging import configure_logging
+from services.common.settings import ServiceSettings
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+def serve(*, service: str, settings: SettingsT, create_app: Callable[[SettingsT], FastAPI]) -> None:
+    """One process per service: models load in the app's lifespan, in the process that serves."""
+    configure_logging(settings.log_level, service=service)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        # The app logs one line per request with its request id; uvicorn's would duplicate it.
+        access_log=False,
+    )
