@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from services.common import metrics
+from services.common import metrics, prompts
 from services.common.contracts import (
     KPI_LEVELS,
     Context,
@@ -32,7 +32,6 @@ from services.common.contracts import (
 )
 from services.common.errors import BackendError, BoigError, InvalidInput, ModelOutputError
 from services.common.verbalization import render, repair
-from services.describer import prompts
 from services.describer.backends.base import LlmBackend
 from services.describer.settings import DescriberSettings
 

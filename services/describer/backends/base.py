@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from services.common.contracts import ModelInfo
-from services.describer.prompts import ChatMessage
+from services.common.prompts import ChatMessage
 
 
 @runtime_checkable

@@ -22,8 +22,8 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from services.common.contracts import ModelInfo
+from services.common.prompts import ChatMessage, render_plain_chat
 from services.describer.model_prep import MANIFEST
-from services.describer.prompts import ChatMessage, render_plain_chat
 from services.describer.settings import DescriberSettings
 
 logger = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common import prompts
 from services.common.contracts import (
     ColorSwatch,
     Context,
@@ -20,10 +21,9 @@ from services.common.contracts import (
     Tone,
     Verbalization,
 )
+from services.common.prompts import ChatMessage, render_plain_chat
 from services.common.verbalization import render
-from services.describer import prompts
 from services.describer.model_prep import default_smollm2_dir, prepare_smollm2
-from services.describer.prompts import ChatMessage, render_plain_chat
 
 # SmolLM2's chat template: the tiny model gets the same shape of prompt as the real one.
 CHAT_TEMPLATE = (

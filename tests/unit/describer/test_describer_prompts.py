@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from services.common import prompts
 from services.common.contracts import Context, KpiLevel, KpiTarget, Verbalization
 from services.common.verbalization import parse, render
-from services.describer import prompts
 
 
 def test_context_is_compact_key_value_lines() -> None:

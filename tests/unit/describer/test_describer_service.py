@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from services.common import metrics
+from services.common import metrics, prompts
 from services.common.contracts import KPI_LEVELS, Context, KpiLevel, KpiTarget, Verbalization
 from services.common.errors import BackendError, InvalidInput, ModelOutputError
-from services.describer import prompts
 from services.describer.backends.transformers_backend import TransformersBackend
 from services.describer.service import Describer, LruCache
 from services.describer.settings import DescriberSettings

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
+from services.common import prompts
 from services.common.contracts import KPI_LEVELS, Context, KpiLevel, KpiTarget
 from services.common.verbalization import render
-from services.describer import prompts
 from services.describer.backends import LlmBackend
 from services.describer.backends.transformers_backend import TransformersBackend, model_version
 

@@ -1,5 +1,6 @@
-"""BoigLLM's prompts, versioned in one place: fine-tuning trains on exactly these, so any change
-to a message here must bump PROMPT_VERSION (it keys the result cache and checkpoint manifests).
+"""BoigLLM's prompts, versioned in one place: the describer renders its requests from them and
+the trainer renders its fine-tuning examples from them, so any change to a message here must
+bump PROMPT_VERSION (it keys the result cache and checkpoint manifests).
 
 Both directions are chat conversations rendered by the model's own chat template:
 content simulation (context + target level -> verbalization text) and behaviour simulation

@@ -1,0 +1,1 @@
+"""BoigLLM LoRA fine-tuning on the instruction dataset, rendered with the describer's prompts."""

@@ -1,0 +1,211 @@
+"""Hyper-parameters of BoigLLM LoRA fine-tuning, each documented, with named presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+RESUME_INDEPENDENT_FIELDS = frozenset({"max_steps", "eval_every", "checkpoint_every"})
+"""Fields that may change between an interrupted run and its resumption: they decide when the
+run stops and what it writes, not the path the weights take (the learning-rate schedule is a
+function of ``max_steps`` too, so changing it on resume bends the remaining schedule)."""
+
+
+class FinetuneConfig(BaseModel):
+    """One fine-tuning run. Defaults are the ``cpu`` preset's choices where one applies."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_model: Path = Field(
+        description=(
+            "Local folder of a Hugging Face causal LM (config.json, weights, tokenizer), loaded "
+            "with local_files_only: never the hub. Its chat template renders the prompts, as "
+            "the describer's transformers backend does."
+        ),
+    )
+    lora_r: int = Field(
+        default=16,
+        ge=1,
+        le=512,
+        description=(
+            "LoRA rank: width of the low-rank update per adapted matrix. Trainable parameters "
+            "grow linearly with it; 8-16 suits a 135M model."
+        ),
+    )
+    lora_alpha: int = Field(
+        default=32,
+        gt=0,
+        description=(
+            "LoRA scaling numerator: the update is multiplied by lora_alpha / lora_r, so "
+            "doubling lora_r at a fixed alpha halves the effective step of each direction. "
+            "Interacts with learning_rate."
+        ),
+    )
+    lora_dropout: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Dropout probability on the LoRA input during training (none at inference). "
+            "Reseeded every step from seed and step, so resumed runs draw the same masks."
+        ),
+    )
+    lora_target_modules: tuple[str, ...] = Field(
+        default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        min_length=1,
+        description=(
+            "Names (suffixes) of the linear layers that get adapters; the defaults are every "
+            "attention and MLP projection of Llama-family models such as SmolLM2."
+        ),
+    )
+    learning_rate: float = Field(
+        default=2e-4,
+        gt=0,
+        description=(
+            "Peak AdamW learning rate (per optimizer step). Reached after warmup_steps, then "
+            "decays on a cosine to min_lr_ratio x peak at max_steps."
+        ),
+    )
+    warmup_steps: int = Field(
+        default=10,
+        ge=0,
+        description="Steps of linear warm-up from 0 to learning_rate; must be below max_steps.",
+    )
+    min_lr_ratio: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Learning rate at max_steps as a fraction of the peak (cosine floor).",
+    )
+    weight_decay: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="AdamW decoupled weight decay on the LoRA weights (per step, x lr).",
+    )
+    max_grad_norm: float = Field(
+        default=1.0,
+        gt=0,
+        description="Global L2 norm the gradients are clipped to before each optimizer step.",
+    )
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        description=(
+            "Examples per optimizer step (no accumulation). CPU time per step grows about "
+            "linearly with batch_size x sequence length."
+        ),
+    )
+    max_steps: int = Field(
+        default=160,
+        ge=1,
+        description=(
+            "Optimizer steps of the whole run; also the end of the learning-rate schedule. "
+            "Examples are drawn with reshuffled passes, so it need not divide the data size."
+        ),
+    )
+    max_seq_length: int = Field(
+        default=1024,
+        ge=8,
+        description=(
+            "Most tokens of prompt + target. Examples longer than this are skipped (counted "
+            "in the result), never truncated: a cut prompt is not the describer's prompt. The "
+            "content prompt carries two worked examples (~600 SmolLM2 tokens)."
+        ),
+    )
+    content_fraction: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Share of each batch drawn from content simulation (context + level -> "
+            "verbalization); the rest is behaviour simulation (context + verbalization -> "
+            "level). 1.0 or 0.0 trains one direction only; its examples must exist."
+        ),
+    )
+    seed: int = Field(
+        default=0,
+        description=(
+            "Seeds the LoRA initialization, the example order and the dropout masks: equal "
+            "seeds and data give equal runs, also across an interruption."
+        ),
+    )
+    dtype: Dtype = Field(
+        default="auto",
+        description=(
+            "Weight dtype of the base model. auto: bfloat16 on CUDA, float32 on CPU (CPU "
+            "bfloat16 training is slower on most CPUs and loses precision in the optimizer)."
+        ),
+    )
+    device: Device = Field(default="auto", description="auto: cuda when available, else cpu.")
+    eval_every: int = Field(
+        default=40,
+        ge=0,
+        description=(
+            "Every this many steps (and at the end), the mean target loss on up to "
+            "eval_examples test examples is logged; 0 turns evaluation off."
+        ),
+    )
+    eval_examples: int = Field(
+        default=32,
+        ge=1,
+        description="Test examples per evaluation, split between directions like a batch.",
+    )
+    checkpoint_every: int = Field(
+        default=25,
+        ge=1,
+        description=(
+            "Every this many steps (and at the last step) adapter + optimizer state are saved "
+            "under out/checkpoints; a re-run with the same out folder resumes from the newest. "
+            "Each SmolLM2 r=16 checkpoint is ~30 MB (adapter + two Adam moments)."
+        ),
+    )
+    keep_checkpoints: int = Field(
+        default=2, ge=1, description="Newest checkpoints kept; older ones are deleted."
+    )
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> FinetuneConfig:
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})"
+            )
+        return self
+
+    def resume_fingerprint(self) -> dict[str, Any]:
+        """The fields a checkpoint must agree with to be resumed by this config."""
+        return self.model_dump(mode="json", exclude=set(RESUME_INDEPENDENT_FIELDS))
+
+
+def cpu_preset(base_model: Path) -> FinetuneConfig:
+    """SmolLM2-135M on 2 CPU cores: 160 steps, past the ~60-100 where the loss plateaus.
+
+    About 20 minutes at ~6.5 s per step on ~150-token behaviour examples, but content prompts
+    carry two worked examples (~600 tokens): a half-content batch measured ~20-27 s per step,
+    so a mixed run takes about an hour (content_fraction trades one for the other)."""
+    return FinetuneConfig(base_model=base_model)
+
+
+def tiny_preset(base_model: Path) -> FinetuneConfig:
+    """A tiny random model in seconds, for tests: a high learning rate, small batches."""
+    return FinetuneConfig(
+        base_model=base_model,
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        learning_rate=3e-2,
+        warmup_steps=2,
+        batch_size=4,
+        max_steps=30,
+        max_seq_length=2048,
+        eval_every=10,
+        eval_examples=8,
+        checkpoint_every=10,
+    )
+
+
+PRESETS = {"cpu": cpu_preset, "tiny": tiny_preset}

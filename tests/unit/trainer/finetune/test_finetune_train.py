@@ -1,0 +1,111 @@
+"""LoRA fine-tuning on a tiny Llama: it learns, it resumes exactly, it writes no pickle."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from services.common.prompts import PROMPT_VERSION
+from services.trainer.finetune.config import FinetuneConfig, tiny_preset
+from services.trainer.finetune.train import (
+    CHECKPOINTS,
+    StepReport,
+    TrainResult,
+    finetune,
+    learning_rate_at,
+)
+
+SAFE_SUFFIXES = {".safetensors", ".json", ".jsonl", ".jinja"}
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tiny_model_dir: Path, dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> TrainResult:
+    return finetune(dataset_dir, tmp_path_factory.mktemp("run"), tiny_preset(tiny_model_dir))
+
+
+def test_loss_goes_down_on_a_learnable_mapping(trained: TrainResult) -> None:
+    assert len(trained.losses) == 30
+    first, last = sum(trained.losses[:5]) / 5, sum(trained.losses[-5:]) / 5
+    assert last < 0.5 * first, trained.losses
+    assert trained.eval_loss is not None and trained.eval_loss < 0.5 * first
+
+
+def test_output_folder_holds_adapter_tokenizer_state_and_metrics(trained: TrainResult) -> None:
+    out = trained.out_dir
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["step"] == 30
+    assert state["final_loss"] == pytest.approx(trained.losses[-1])
+    assert state["prompt_version"] == PROMPT_VERSION
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == list(range(1, 31))
+    assert [line["loss"] for line in lines] == pytest.approx(trained.losses)
+    assert [line["step"] for line in lines if "eval_loss" in line] == [10, 20, 30]
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    assert weights and all("lora_" in key for key in weights)
+
+
+def test_outputs_are_safetensors_or_json_only(trained: TrainResult) -> None:
+    files = [path for path in trained.out_dir.rglob("*") if path.is_file()]
+    assert any(CHECKPOINTS in path.parts for path in files)
+    for path in files:
+        assert path.suffix in SAFE_SUFFIXES, path
+        assert not path.read_bytes().startswith(b"\x80"), f"{path} looks like a pickle"
+
+
+def test_interrupted_run_resumes_to_the_same_final_state(
+    tiny_model_dir: Path, dataset_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_preset(tiny_model_dir).model_copy(
+        update={"max_steps": 10, "checkpoint_every": 4, "lora_dropout": 0.1}
+    )
+    straight = finetune(dataset_dir, tmp_path / "straight", config)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_six(report: StepReport) -> None:
+        if report.step == 6:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        finetune(dataset_dir, tmp_path / "resumed", config, progress=stop_after_six)
+    resumed = finetune(dataset_dir, tmp_path / "resumed", config)
+
+    assert resumed.resumed_from_step == 4
+    assert len(resumed.losses) == 6
+    assert resumed.losses == pytest.approx(straight.losses[4:], rel=1e-4)
+    expected = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
+    actual = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-4, atol=1e-6)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").open()]
+    assert steps == list(range(1, 11))
+
+
+def test_resume_with_other_settings_is_refused(
+    tiny_model_dir: Path, dataset_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_preset(tiny_model_dir).model_copy(update={"max_steps": 3, "warmup_steps": 1})
+    finetune(dataset_dir, tmp_path, config)
+    with pytest.raises(ValueError, match="learning_rate"):
+        finetune(dataset_dir, tmp_path, config.model_copy(update={"learning_rate": 1e-3}))
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
+    config = FinetuneConfig(
+        base_model=Path("m"), learning_rate=1.0, warmup_steps=4, max_steps=20, min_lr_ratio=0.1
+    )
+    rates = [learning_rate_at(step, config) for step in range(20)]
+    assert rates[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert all(a >= b for a, b in itertools.pairwise(rates[4:]))
+    assert learning_rate_at(20, config) == pytest.approx(0.1)
