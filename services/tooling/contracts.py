@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from services.common import contracts
+from services.common import checkpoints, contracts
 
 SERVICES = ("gateway", "describer", "featurizer", "scorer")
 SHARED_MESSAGES: tuple[type[BaseModel], ...] = (
@@ -29,6 +29,7 @@ SHARED_MESSAGES: tuple[type[BaseModel], ...] = (
     contracts.LikelihoodResponse,
     contracts.ScoreRequest,
     contracts.ScoreResponse,
+    checkpoints.CheckpointManifest,
 )
 ERROR_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
