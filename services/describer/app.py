@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from services.common.app import create_service_app
+from services.common.checkpoints import (
+    KIND_BOIGLLM_LORA,
+    CheckpointError,
+    CheckpointRef,
+    CheckpointWatcher,
+    load_manifest,
+)
 from services.common.contracts import (
     DescribeRequest,
     DescribeResponse,
@@ -38,13 +46,21 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        watch: asyncio.Task[None] | None = None
         if backend is not None:
             app.state.describer = Describer(backend, settings)
         else:
             app.state.describer = await _load(app, settings)
+            watcher = app.state.checkpoint_watcher
+            if watcher is not None and app.state.describer is not None:
+                watch = asyncio.create_task(_watch_checkpoints(app, settings, watcher))
         try:
             yield
         finally:
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
             app.state.describer = None
 
     async def readiness() -> dict[str, Any]:
@@ -52,7 +68,12 @@ def create_app(
         if describer is None:
             return {"ready": False, "model": None, "error": app.state.load_error}
         info = describer.model
-        return {"ready": True, "model": {"name": info.name, "version": info.version}}
+        return {
+            "ready": True,
+            "model": {"name": info.name, "version": info.version},
+            "checkpoint": app.state.checkpoint,
+            "checkpoint_error": app.state.checkpoint_error,
+        }
 
     app = create_service_app(
         service=SERVICE,
@@ -68,6 +89,9 @@ def create_app(
     app.state.settings = settings
     app.state.describer = None
     app.state.load_error = "the model is loading"
+    app.state.checkpoint_watcher = None
+    app.state.checkpoint = None  # the version served, None for the base model alone
+    app.state.checkpoint_error = None  # why the newest published version was refused
 
     @app.post(
         "/describe",
@@ -103,6 +127,19 @@ async def _load(app: FastAPI, settings: DescriberSettings) -> Describer | None:
         )
         logger.error("%s", app.state.load_error)
         return None
+    if settings.checkpoint_registry is not None:
+        watcher = CheckpointWatcher(settings.checkpoint_registry, settings.checkpoint_name)
+        app.state.checkpoint_watcher = watcher
+        checkpoint = _poll(app, watcher)
+        if checkpoint is not None:
+            try:
+                loaded = await asyncio.to_thread(_load_checkpoint, settings, checkpoint)
+            except Exception as exc:  # serve the base model rather than nothing
+                _refused(app, checkpoint, exc)
+            else:
+                app.state.load_error = None
+                app.state.checkpoint = checkpoint.version
+                return Describer(loaded, settings)
     try:
         loaded = await asyncio.to_thread(create_backend, settings)
     except Exception as exc:  # the service stays up and says why it is not ready
@@ -114,6 +151,62 @@ async def _load(app: FastAPI, settings: DescriberSettings) -> Describer | None:
         return None
     app.state.load_error = None
     return Describer(loaded, settings)
+
+
+def _load_checkpoint(settings: DescriberSettings, checkpoint: CheckpointRef) -> LlmBackend:
+    """Blocking: verify every file of ``checkpoint`` against its manifest, then load it."""
+    manifest = load_manifest(checkpoint, verify=True)
+    if manifest.kind != KIND_BOIGLLM_LORA:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.name}/{checkpoint.version} is a {manifest.kind!r}, "
+            f"not a {KIND_BOIGLLM_LORA!r}"
+        )
+    return create_backend(settings, checkpoint)
+
+
+def _poll(app: FastAPI, watcher: CheckpointWatcher) -> CheckpointRef | None:
+    try:
+        return watcher.poll()
+    except CheckpointError as exc:  # a broken pointer: keep serving, say why
+        logger.error("checkpoint registry unreadable: %s", exc)
+        app.state.checkpoint_error = str(exc)
+        return None
+
+
+def _refused(app: FastAPI, checkpoint: CheckpointRef, exc: Exception) -> None:
+    logger.error(
+        "checkpoint %s/%s refused, keeping the current model: %s",
+        checkpoint.name,
+        checkpoint.version,
+        exc,
+        exc_info=not isinstance(exc, CheckpointError),
+    )
+    app.state.checkpoint_error = (
+        f"checkpoint {checkpoint.version} refused ({type(exc).__name__}); see the describer log"
+    )
+
+
+async def _watch_checkpoints(
+    app: FastAPI, settings: DescriberSettings, watcher: CheckpointWatcher
+) -> None:
+    """Hot reload: when the registry pointer moves, verify and load the new version off the
+    event loop while the current model keeps serving, then swap it in."""
+    while True:
+        await asyncio.sleep(settings.checkpoint_poll_seconds)
+        describer: Describer | None = app.state.describer
+        checkpoint = _poll(app, watcher)
+        if describer is None or checkpoint is None:
+            continue
+        logger.info("checkpoint pointer moved to %s; loading it", checkpoint.version)
+        try:
+            loaded = await asyncio.to_thread(_load_checkpoint, settings, checkpoint)
+        except Exception as exc:  # a bad checkpoint never takes the service down
+            _refused(app, checkpoint, exc)
+            continue
+        await describer.swap_backend(loaded)
+        app.state.checkpoint = checkpoint.version
+        app.state.checkpoint_error = None
+        logger.info("now serving %s (%s)", loaded.info.name, loaded.info.version)
 
 
 def _ready_describer(request: Request) -> Describer:

@@ -85,6 +85,14 @@ class Describer:
     def model(self) -> ModelInfo:
         return self._info
 
+    async def swap_backend(self, backend: LlmBackend) -> None:
+        """Serve ``backend`` from now on (a hot reload). The swap waits for the model lock, so
+        a request already on the model finishes on the old one; cache keys carry the model
+        version, so no result of the old model is served for the new one."""
+        async with self._model_lock:
+            self._backend = backend
+            self._info = backend.info
+
     # --- content simulation -----------------------------------------------------------
 
     async def describe(self, *, context: Context, target: KpiTarget) -> DescribeResponse:
@@ -100,7 +108,7 @@ class Describer:
         return response.model_copy(update={"cached": True}) if cached else response
 
     async def _describe_uncached(self, context: Context, target: KpiTarget) -> DescribeResponse:
-        raw = await self._run_model("describe", self._generate_description, context, target)
+        raw, info = await self._run_model("describe", self._generate_description, context, target)
         logger.debug("describe raw model output: %r", raw)
         try:
             repaired = repair(raw)
@@ -121,7 +129,7 @@ class Describer:
             verbalization=verbalization,
             text=render(verbalization),
             repairs=repaired.repairs,
-            model=self._info,
+            model=info,
             prompt_version=prompts.PROMPT_VERSION,
             cached=False,
         )
@@ -175,12 +183,12 @@ class Describer:
     async def _likelihood_uncached(
         self, context: Context, kpi_name: str, verbalizations: list[Verbalization]
     ) -> LikelihoodResponse:
-        logprobs = await self._run_model(
+        logprobs, info = await self._run_model(
             "likelihood", self._level_logprobs, context, kpi_name, verbalizations
         )
         return LikelihoodResponse(
             results=[self._distribution(row) for row in logprobs],
-            model=self._info,
+            model=info,
             prompt_version=prompts.PROMPT_VERSION,
         )
 
@@ -252,7 +260,8 @@ class Describer:
         metrics.CACHE_LOOKUPS.labels(SERVICE, "result", "miss").inc()
         task = self._start(compute)
         self._in_flight[key] = task
-        task.add_done_callback(lambda done: self._settle(key, done))
+        version = self._info.version  # the model version the key was made for
+        task.add_done_callback(lambda done: self._settle(key, done, version))
         return await asyncio.shield(task), False
 
     def _start(self, compute: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
@@ -265,20 +274,30 @@ class Describer:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _settle(self, key: str, task: asyncio.Task[Any]) -> None:
+    def _settle(self, key: str, task: asyncio.Task[Any], version: str) -> None:
         self._in_flight.pop(key, None)
         # Retrieving the exception also keeps asyncio from logging it as never retrieved when
         # every caller has gone; failures are not cached, the next request tries again.
         if not task.cancelled() and task.exception() is None:
-            self._cache.put(key, task.result())
+            result = task.result()
+            # A hot reload between key and computation means another model answered: caching
+            # that under this key would serve it if the pointer ever moved back.
+            model = getattr(result, "model", None)
+            if not isinstance(model, ModelInfo) or model.version == version:
+                self._cache.put(key, result)
 
-    async def _run_model(self, operation: str, call: Callable[..., T], *args: Any) -> T:
+    async def _run_model(
+        self, operation: str, call: Callable[..., T], *args: Any
+    ) -> tuple[T, ModelInfo]:
+        """``call``'s result and the model that produced it (read under the lock: a hot reload
+        may swap the backend as soon as the lock is free)."""
         queued = time.perf_counter()
         async with self._model_lock:
             started = time.perf_counter()
             metrics.MODEL_QUEUE_SECONDS.labels(SERVICE, operation).observe(started - queued)
+            info = self._info
             try:
-                return await asyncio.to_thread(call, *args)
+                return await asyncio.to_thread(call, *args), info
             except BoigError:
                 raise
             except Exception as exc:

@@ -49,6 +49,28 @@ class DescriberSettings(ServiceSettings):
             "Never downloaded: only local files are read."
         ),
     )
+    checkpoint_registry: Path | None = Field(
+        default=None,
+        description=(
+            "Checkpoint registry folder the trainer publishes to (`--publish`); the LoRA adapter "
+            "its current pointer names is loaded on top of model_path and merged, and a moved "
+            "pointer is picked up without a restart. Unset: serve the base model only."
+        ),
+    )
+    checkpoint_name: str = Field(
+        default="boigllm",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="Registry entry to serve from checkpoint_registry.",
+    )
+    checkpoint_poll_seconds: float = Field(
+        default=5.0,
+        ge=0.05,
+        le=3600.0,
+        description=(
+            "How often the checkpoint pointer is checked (a few bytes read); a new version is "
+            "verified and loaded in the background while the current one keeps serving."
+        ),
+    )
     device: str = Field(
         default="auto",
         pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",

@@ -4,17 +4,25 @@ importing this package stays light."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+from services.common.checkpoints import CheckpointRef
 from services.describer.backends.base import LlmBackend
 from services.describer.settings import DescriberSettings
 
-BackendFactory = Callable[[DescriberSettings], LlmBackend]
+BackendFactory = Callable[[DescriberSettings, CheckpointRef | None], LlmBackend]
+"""Builds a backend from the settings, with the LoRA checkpoint applied when one is given."""
 
 
-def _transformers(settings: DescriberSettings) -> LlmBackend:
+def _transformers(settings: DescriberSettings, checkpoint: CheckpointRef | None) -> LlmBackend:
     from services.describer.backends.transformers_backend import TransformersBackend
 
-    return TransformersBackend.from_settings(settings)
+    adapter: Path | None = checkpoint.path if checkpoint is not None else None
+    return TransformersBackend.from_settings(
+        settings,
+        adapter=adapter,
+        adapter_version=checkpoint.version if checkpoint is not None else None,
+    )
 
 
 BACKENDS: dict[str, BackendFactory] = {
@@ -23,13 +31,16 @@ BACKENDS: dict[str, BackendFactory] = {
 }
 
 
-def create_backend(settings: DescriberSettings) -> LlmBackend:
-    """Build (and load) the backend ``settings.backend`` names; blocking."""
+def create_backend(
+    settings: DescriberSettings, checkpoint: CheckpointRef | None = None
+) -> LlmBackend:
+    """Build (and load) the backend ``settings.backend`` names, with ``checkpoint``'s adapter
+    when given (verify it first: see ``load_manifest``); blocking."""
     try:
         factory = BACKENDS[settings.backend]
     except KeyError:
         raise ValueError(f"unknown describer backend {settings.backend!r}") from None
-    return factory(settings)
+    return factory(settings, checkpoint)
 
 
 __all__ = ["BACKENDS", "BackendFactory", "LlmBackend", "create_backend"]

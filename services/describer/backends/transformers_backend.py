@@ -64,7 +64,13 @@ class TransformersBackend:
         device: str = "auto",
         dtype: str = "auto",
         max_batch_size: int = 16,
+        adapter: Path | None = None,
+        adapter_version: str | None = None,
     ) -> TransformersBackend:
+        """Load the model at ``path``; with ``adapter`` (a PEFT LoRA folder, e.g. a published
+        checkpoint), apply it and merge it into the weights: merged weights serve as fast as
+        the base model (design §7). The adapter's tokenizer is used where it ships one.
+        ``adapter_version`` (the checkpoint version) goes into ``info.version``."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no model folder (config.json) at {path}")
@@ -73,12 +79,23 @@ class TransformersBackend:
         started = time.perf_counter()
         # A service logs one line per load; tqdm bars would only clutter its log.
         hf_logging.disable_progress_bar()
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer_dir = (
+            adapter
+            if adapter is not None and (adapter / "tokenizer_config.json").is_file()
+            else path
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
         model: Any = AutoModelForCausalLM.from_pretrained(
             str(path), local_files_only=True, dtype=resolved_dtype
         )
-        model = model.to(resolved_device)
         info = ModelInfo(name=_model_name(path), version=model_version(path))
+        if adapter is not None:
+            model = _merge_adapter(model, adapter)
+            info = ModelInfo(
+                name=info.name,
+                version=f"{adapter_version or model_version(adapter)}+{info.version}",
+            )
+        model = model.to(resolved_device)
         logger.info(
             "loaded %s (%s) on %s as %s in %.2f s",
             info.name,
@@ -90,7 +107,13 @@ class TransformersBackend:
         return cls(model, tokenizer, info=info, max_batch_size=max_batch_size)
 
     @classmethod
-    def from_settings(cls, settings: DescriberSettings) -> TransformersBackend:
+    def from_settings(
+        cls,
+        settings: DescriberSettings,
+        *,
+        adapter: Path | None = None,
+        adapter_version: str | None = None,
+    ) -> TransformersBackend:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         return cls.load(
@@ -98,6 +121,8 @@ class TransformersBackend:
             device=settings.device,
             dtype=settings.dtype,
             max_batch_size=settings.max_batch_size,
+            adapter=adapter,
+            adapter_version=adapter_version,
         )
 
     @property
@@ -295,6 +320,18 @@ def _output_cache(output: Any) -> Any:
 def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     cut = min((index for s in stop if (index := text.find(s)) >= 0), default=len(text))
     return text[:cut]
+
+
+def _merge_adapter(model: Any, adapter: Path) -> Any:
+    """The base model with the LoRA adapter at ``adapter`` folded into its weights."""
+    from peft import PeftModel
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) at {adapter}")
+    # safetensors only: the registry admits no pickle-based weights, and peft reads
+    # adapter_model.safetensors by default.
+    peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    return peft_model.merge_and_unload()
 
 
 def _eos_token_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from services.common.settings import boig_home
 from services.trainer.finetune.config import PRESETS
+from services.trainer.finetune.publish import publish_trained
 from services.trainer.finetune.train import StepReport, finetune
 
 app = typer.Typer(add_completion=False)
@@ -33,6 +34,13 @@ def main(
     base_model: Annotated[
         Path | None,
         typer.Option(help="Local HF model folder; default: the SmolLM2 `make models` prepares."),
+    ] = None,
+    publish: Annotated[
+        Path | None,
+        typer.Option(
+            help="Checkpoint registry folder: publish the finished adapter there as 'boigllm' "
+            "and move its current pointer (the describer reloads it)."
+        ),
     ] = None,
 ) -> None:
     """Fine-tune a LoRA adapter on both directions; prints the final loss and output folder."""
@@ -58,6 +66,9 @@ def main(
         f"final loss {result.final_loss:.4f}, eval loss {result.eval_loss}, "
         f"{result.seconds:.1f} s -> {result.out_dir}"
     )
+    if publish is not None:
+        ref = publish_trained(result.out_dir, publish, dataset_dir=dataset_dir, config=config)
+        typer.echo(f"published {ref.name} version {ref.version} -> {ref.path}")
 
 
 if __name__ == "__main__":
