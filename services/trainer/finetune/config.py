@@ -142,6 +142,14 @@ class FinetuneConfig(BaseModel):
         ),
     )
     device: Device = Field(default="auto", description="auto: cuda when available, else cpu.")
+    gradient_checkpointing: bool = Field(
+        default=True,
+        description=(
+            "Recompute activations in the backward pass instead of keeping them: about a third "
+            "more compute per step, far less memory. Without it a batch of 8 ~700-token content "
+            "examples of SmolLM2 was killed for memory on a 24 GiB machine."
+        ),
+    )
     eval_every: int = Field(
         default=40,
         ge=0,

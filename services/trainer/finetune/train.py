@@ -98,6 +98,8 @@ def finetune(
         str(config.base_model), local_files_only=True, dtype=dtype
     )
     base.config.use_cache = False
+    if config.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     train = prepare(
         load_examples(dataset_dir, "train"), tokenizer, max_seq_length=config.max_seq_length
