@@ -10,7 +10,7 @@ content simulation (context + target level -> verbalization text) and behaviour 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 from services.common.contracts import Context, KpiLevel, KpiTarget, Verbalization
 from services.common.verbalization import render
@@ -161,3 +161,14 @@ def render_plain_chat(messages: list[ChatMessage], *, bos_token: str | None = No
         parts.append(f"### {message['role']}\n{message['content']}\n\n")
     parts.append("### assistant\n")
     return "".join(parts)
+
+
+def chat_prompt(tokenizer: Any, messages: list[ChatMessage]) -> str:
+    """The prompt text a model reads: its chat template with an open assistant turn, or the
+    plain transcript for tokenizers without one. The describer serves and the trainer trains
+    on exactly this text."""
+    if getattr(tokenizer, "chat_template", None):
+        return str(
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        )
+    return render_plain_chat(messages, bos_token=tokenizer.bos_token)

@@ -22,7 +22,8 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from services.common.contracts import ModelInfo
-from services.common.prompts import ChatMessage, render_plain_chat
+from services.common.prompts import ChatMessage, chat_prompt
+from services.common.torch_device import resolve_device, resolve_dtype
 from services.describer.model_prep import MANIFEST
 from services.describer.settings import DescriberSettings
 
@@ -74,8 +75,8 @@ class TransformersBackend:
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no model folder (config.json) at {path}")
-        resolved_device = _resolve_device(device)
-        resolved_dtype = _resolve_dtype(dtype, resolved_device)
+        resolved_device = resolve_device(device)
+        resolved_dtype = resolve_dtype(dtype, resolved_device)
         started = time.perf_counter()
         # A service logs one line per load; tqdm bars would only clutter its log.
         hf_logging.disable_progress_bar()
@@ -130,12 +131,7 @@ class TransformersBackend:
         return self._info
 
     def chat_prompt(self, messages: list[ChatMessage]) -> str:
-        if getattr(self._tokenizer, "chat_template", None):
-            text = self._tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-            return str(text)
-        return render_plain_chat(messages, bos_token=self._tokenizer.bos_token)
+        return chat_prompt(self._tokenizer, messages)
 
     def generate(
         self,
@@ -380,19 +376,6 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    resolved: torch.dtype = getattr(torch, dtype)
-    return resolved
 
 
 def _model_name(path: Path) -> str:

@@ -62,17 +62,6 @@ def load_examples(dataset_dir: Path, split: str) -> dict[Direction, list[Instruc
     return examples
 
 
-def chat_prompt(tokenizer: Any, messages: list[prompts.ChatMessage]) -> str:
-    """The prompt text exactly as the describer's transformers backend renders it (its
-    ``chat_prompt``): the model's chat template with an open assistant turn, or the plain
-    transcript for tokenizers without one. Kept in step with that backend by a test."""
-    if getattr(tokenizer, "chat_template", None):
-        return str(
-            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        )
-    return prompts.render_plain_chat(messages, bos_token=tokenizer.bos_token)
-
-
 def to_prompt_target(example: InstructionExample, tokenizer: Any) -> PromptTarget:
     """Content simulation: target is the verbalization text. Behaviour simulation: the prompt
     ends with ``level:`` (where the describer scores levels) and the target is the level word."""
@@ -81,12 +70,12 @@ def to_prompt_target(example: InstructionExample, tokenizer: Any) -> PromptTarge
             example.context, KpiTarget(name=example.kpi_name, level=example.level)
         )
         return PromptTarget(
-            example.direction, chat_prompt(tokenizer, messages), example.verbalization
+            example.direction, prompts.chat_prompt(tokenizer, messages), example.verbalization
         )
     messages = prompts.behaviour_messages(example.context, example.kpi_name, example.verbalization)
     return PromptTarget(
         example.direction,
-        chat_prompt(tokenizer, messages) + prompts.BEHAVIOUR_ANSWER_PREFIX,
+        prompts.chat_prompt(tokenizer, messages) + prompts.BEHAVIOUR_ANSWER_PREFIX,
         prompts.level_continuation(example.level),
     )
 

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.common.prompts import PROMPT_VERSION
+from services.common.torch_device import resolve_device, resolve_dtype
 from services.trainer.finetune.config import FinetuneConfig
 from services.trainer.finetune.data import (
     TokenizedExample,
@@ -89,8 +90,8 @@ def finetune(
     """
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = _resolve_device(config.device)
-    dtype = _resolve_dtype(config.dtype, device)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
     tokenizer: Any = AutoTokenizer.from_pretrained(str(config.base_model), local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -434,16 +435,3 @@ def _write_outputs(
     }
     # Written last: its presence says the folder holds a finished adapter.
     (out_dir / TRAIN_STATE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    resolved: torch.dtype = getattr(torch, dtype)
-    return resolved

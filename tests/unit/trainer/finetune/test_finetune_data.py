@@ -14,7 +14,6 @@ from services.common.contracts import KpiTarget
 from services.trainer.finetune.data import (
     IGNORE_INDEX,
     batch_schedule,
-    chat_prompt,
     collate,
     load_examples,
     prepare,
@@ -114,8 +113,8 @@ def test_prompts_render_exactly_as_the_describer_renders_them(
     backend = TransformersBackend.load(tiny_model_dir, device="cpu")
     example = load_examples(dataset_dir, "train")[Direction.BEHAVIOUR][0]
     messages = prompts.behaviour_messages(example.context, "likes", example.verbalization)
-    assert chat_prompt(tokenizer, messages) == backend.chat_prompt(messages)
+    assert prompts.chat_prompt(tokenizer, messages) == backend.chat_prompt(messages)
     tokenizer.chat_template = None
     backend._tokenizer.chat_template = None
-    assert chat_prompt(tokenizer, messages) == backend.chat_prompt(messages)
-    assert chat_prompt(tokenizer, messages).startswith("<|im_start|>### system")
+    assert prompts.chat_prompt(tokenizer, messages) == backend.chat_prompt(messages)
+    assert prompts.chat_prompt(tokenizer, messages).startswith("<|im_start|>### system")
