@@ -124,9 +124,9 @@ def run_demo(stack: LocalStack) -> None:
         show(result, time.perf_counter() - started)
     console.print(f"models: {json.dumps(result['models'])}")
     console.print(
-        "The describer is the base SmolLM2, not yet fine-tuned on KPI history: BoigLLM "
-        "training is the next milestone, so these rankings show the machinery, "
-        "not a brand's learned taste."
+        "The describer here is the base SmolLM2, not fine-tuned on any KPI history, so these "
+        "rankings show the machinery, not a brand's learned taste (see the README's trainer "
+        "commands for fine-tuning and publishing BoigLLM)."
     )
 
 
