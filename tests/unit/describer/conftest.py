@@ -4,7 +4,7 @@ SmolLM2, prepared once into the cache `make models` fills."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,14 +24,6 @@ from services.common.contracts import (
 from services.common.prompts import ChatMessage, render_plain_chat
 from services.common.verbalization import render
 from services.describer.model_prep import default_smollm2_dir, prepare_smollm2
-
-# SmolLM2's chat template: the tiny model gets the same shape of prompt as the real one.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def sample_verbalizations() -> list[Verbalization]:
@@ -85,54 +77,9 @@ def _tokenizer_corpus() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_model_dir(build_tiny_llama: Callable[[Iterable[str], int], Path]) -> Path:
     """A 2-layer Llama (hidden 64) and a byte-level BPE trained on verbalization-like text."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(_tokenizer_corpus(), trainer)
-    # No pad token on purpose: the backend must fall back to eos, as with many base models.
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=bpe.get_vocab_size(),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = LlamaForCausalLM(config)
-    # Larger-than-default weights give peaked, input-dependent distributions, so that
-    # mistakes in position or padding handling show up as large log-prob differences.
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                parameter.normal_(0.0, 0.2)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_tiny_llama(_tokenizer_corpus(), 600)
 
 
 @pytest.fixture(scope="session")
