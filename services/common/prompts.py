@@ -15,7 +15,7 @@ from typing import Any, Literal, TypedDict
 from services.common.contracts import Context, KpiLevel, KpiTarget, Verbalization
 from services.common.verbalization import render
 
-PROMPT_VERSION = "describer-prompts-v1"
+PROMPT_VERSION = "describer-prompts-v2"
 
 
 class ChatMessage(TypedDict):
@@ -56,6 +56,14 @@ _DESCRIBE_SYSTEM = (
     "tones: <warm|cool|neutral>, <dark|bright>, <high-contrast|low-contrast>, <saturated|muted>\n"
     "objects: <label> <confidence> [<x0>,<y0>,<x1>,<y1>]; ... (box corners from 0 to 1)"
 )
+
+_DESCRIBE_SYSTEM_TUNED = (
+    "You describe the image a social media post should use to reach a KPI level, "
+    "in the BoigLLM description format."
+)
+"""The compact content-simulation system line a fine-tuned BoigLLM is trained and served with:
+the format and the examples are in its weights, and leaving them out of the prompt makes a
+training example about a quarter as long (CPU fine-tuning time grows with tokens)."""
 
 _BEHAVIOUR_SYSTEM = (
     "You predict how a social media post will perform. Given the post and a description of "
@@ -117,8 +125,17 @@ def _describe_user(context: Context, target: KpiTarget) -> str:
     return f"{format_context(context)}\ngoal: {target.level.value} {target.name}"
 
 
-def describe_messages(context: Context, target: KpiTarget) -> list[ChatMessage]:
-    """Content simulation prompt: system format spec, two worked examples, then the request."""
+def describe_messages(
+    context: Context, target: KpiTarget, *, few_shot: bool = True
+) -> list[ChatMessage]:
+    """Content simulation prompt. ``few_shot`` (for a base model): the system format spec and
+    two worked examples before the request. Without (for a model fine-tuned on this compact
+    form, see FinetuneConfig.few_shot_prompt): one system line and the request."""
+    if not few_shot:
+        return [
+            {"role": "system", "content": _DESCRIBE_SYSTEM_TUNED},
+            {"role": "user", "content": _describe_user(context, target)},
+        ]
     messages: list[ChatMessage] = [{"role": "system", "content": _DESCRIBE_SYSTEM}]
     for example_context, example_target, answer in _EXAMPLES:
         messages.append(

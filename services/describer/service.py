@@ -137,8 +137,11 @@ class Describer:
     def _generate_description(self, context: Context, target: KpiTarget) -> str:
         """Blocking: the model's description in text form (runs in a worker thread)."""
         settings = self._settings
-        prompt = self._backend.chat_prompt(prompts.describe_messages(context, target))
-        if settings.describe_decoding == "free":
+        few_shot = self._backend.few_shot_prompt
+        prompt = self._backend.chat_prompt(
+            prompts.describe_messages(context, target, few_shot=few_shot)
+        )
+        if self._decoding(few_shot) == "free":
             return self._backend.generate(
                 [prompt],
                 max_new_tokens=settings.max_new_tokens,
@@ -158,6 +161,12 @@ class Describer:
             )[0]
             lines.append(f"{key}: {value.strip()}")
         return "\n".join(lines)
+
+    def _decoding(self, few_shot: bool) -> str:
+        decoding = self._settings.describe_decoding
+        if decoding == "auto":
+            return "fields" if few_shot else "free"
+        return decoding
 
     # --- behaviour simulation ---------------------------------------------------------
 
@@ -230,7 +239,10 @@ class Describer:
                 "model": self._info.version,
                 "prompts": prompts.PROMPT_VERSION,
                 # Anything else that changes the answer for the same request and model.
-                "decoding": [settings.describe_decoding, settings.max_new_tokens],
+                "decoding": [
+                    self._decoding(self._backend.few_shot_prompt),
+                    settings.max_new_tokens,
+                ],
                 "midpoints": {level.value: settings.level_midpoints[level] for level in KPI_LEVELS},
             },
             sort_keys=True,

@@ -117,12 +117,14 @@ class DescriberSettings(ServiceSettings):
             "descriptions cached). /likelihood never samples."
         ),
     )
-    describe_decoding: Literal["fields", "free"] = Field(
-        default="fields",
+    describe_decoding: Literal["auto", "fields", "free"] = Field(
+        default="auto",
         description=(
             "'fields': the line keys (caption, colors, tones, objects) are written by us and the "
             "model fills one line at a time, which keeps an untuned model on the format; 'free': "
-            "the model writes the whole description (for fine-tuned checkpoints)."
+            "the model writes the whole description, as a fine-tuned BoigLLM was trained to; "
+            "'auto': 'fields' for a model served with the few-shot prompt (the base model), "
+            "'free' for a checkpoint fine-tuned on the compact prompt."
         ),
     )
     cache_size: int = Field(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from services.common.checkpoints import CheckpointRef
+from services.common.checkpoints import CheckpointRef, load_manifest
 from services.describer.backends.base import LlmBackend
 from services.describer.settings import DescriberSettings
 
@@ -22,7 +22,15 @@ def _transformers(settings: DescriberSettings, checkpoint: CheckpointRef | None)
         settings,
         adapter=adapter,
         adapter_version=checkpoint.version if checkpoint is not None else None,
+        few_shot_prompt=checkpoint is None or trained_on_few_shot_prompt(checkpoint),
     )
+
+
+def trained_on_few_shot_prompt(checkpoint: CheckpointRef) -> bool:
+    """What the checkpoint's manifest records (the trainer's ``few_shot_prompt``); checkpoints
+    from before that setting existed were trained on the few-shot prompt."""
+    value = load_manifest(checkpoint, verify=False).hyperparameters.get("few_shot_prompt", True)
+    return bool(value)
 
 
 BACKENDS: dict[str, BackendFactory] = {
@@ -43,4 +51,10 @@ def create_backend(
     return factory(settings, checkpoint)
 
 
-__all__ = ["BACKENDS", "BackendFactory", "LlmBackend", "create_backend"]
+__all__ = [
+    "BACKENDS",
+    "BackendFactory",
+    "LlmBackend",
+    "create_backend",
+    "trained_on_few_shot_prompt",
+]

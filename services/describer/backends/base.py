@@ -22,6 +22,12 @@ class LlmBackend(Protocol):
         """Model name and a version that changes whenever the weights or tokenizer change."""
         ...
 
+    @property
+    def few_shot_prompt(self) -> bool:
+        """Whether content simulation prompts carry the format spec and worked examples (a
+        base model needs them) or are the compact form a fine-tuned checkpoint learned."""
+        ...
+
     def chat_prompt(self, messages: list[ChatMessage]) -> str:
         """Render a conversation into prompt text ending in an open assistant turn, with the
         model's chat template where it has one. The text includes any BOS, so ``generate``

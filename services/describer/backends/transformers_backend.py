@@ -37,11 +37,18 @@ class TransformersBackend:
     """One model and tokenizer, loaded from a local folder only (never the hub)."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, *, info: ModelInfo, max_batch_size: int = 16
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        info: ModelInfo,
+        max_batch_size: int = 16,
+        few_shot_prompt: bool = True,
     ) -> None:
         self._model = model.eval()
         self._tokenizer = tokenizer
         self._info = info
+        self._few_shot_prompt = few_shot_prompt
         self._max_batch_size = max_batch_size
         # Left padding keeps every row's last prompt token in the last column, which both
         # generation and the "logits of the last position" shortcut below rely on.
@@ -67,11 +74,13 @@ class TransformersBackend:
         max_batch_size: int = 16,
         adapter: Path | None = None,
         adapter_version: str | None = None,
+        few_shot_prompt: bool = True,
     ) -> TransformersBackend:
         """Load the model at ``path``; with ``adapter`` (a PEFT LoRA folder, e.g. a published
         checkpoint), apply it and merge it into the weights: merged weights serve as fast as
         the base model (design §7). The adapter's tokenizer is used where it ships one.
-        ``adapter_version`` (the checkpoint version) goes into ``info.version``."""
+        ``adapter_version`` (the checkpoint version) goes into ``info.version``;
+        ``few_shot_prompt`` says which content prompt the model was trained for."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no model folder (config.json) at {path}")
@@ -105,7 +114,13 @@ class TransformersBackend:
             resolved_dtype,
             time.perf_counter() - started,
         )
-        return cls(model, tokenizer, info=info, max_batch_size=max_batch_size)
+        return cls(
+            model,
+            tokenizer,
+            info=info,
+            max_batch_size=max_batch_size,
+            few_shot_prompt=few_shot_prompt,
+        )
 
     @classmethod
     def from_settings(
@@ -114,6 +129,7 @@ class TransformersBackend:
         *,
         adapter: Path | None = None,
         adapter_version: str | None = None,
+        few_shot_prompt: bool = True,
     ) -> TransformersBackend:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
@@ -124,11 +140,16 @@ class TransformersBackend:
             max_batch_size=settings.max_batch_size,
             adapter=adapter,
             adapter_version=adapter_version,
+            few_shot_prompt=few_shot_prompt,
         )
 
     @property
     def info(self) -> ModelInfo:
         return self._info
+
+    @property
+    def few_shot_prompt(self) -> bool:
+        return self._few_shot_prompt
 
     def chat_prompt(self, messages: list[ChatMessage]) -> str:
         return chat_prompt(self._tokenizer, messages)

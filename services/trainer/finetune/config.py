@@ -109,12 +109,21 @@ class FinetuneConfig(BaseModel):
         ),
     )
     max_seq_length: int = Field(
-        default=1024,
+        default=512,
         ge=8,
         description=(
             "Most tokens of prompt + target. Examples longer than this are skipped (counted "
-            "in the result), never truncated: a cut prompt is not the describer's prompt. The "
-            "content prompt carries two worked examples (~600 SmolLM2 tokens)."
+            "in the result), never truncated: a cut prompt is not the describer's prompt. "
+            "Compact SmolLM2 examples are ~100-250 tokens; few-shot content ones ~700."
+        ),
+    )
+    few_shot_prompt: bool = Field(
+        default=False,
+        description=(
+            "Train content simulation on the base model's few-shot prompt (format spec and two "
+            "worked examples) instead of the compact one (one system line and the request). "
+            "The manifest records it and the describer serves the checkpoint with the same "
+            "prompt. Compact examples are about a quarter as long, so train ~4x faster."
         ),
     )
     content_fraction: float = Field(

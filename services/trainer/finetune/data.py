@@ -62,12 +62,17 @@ def load_examples(dataset_dir: Path, split: str) -> dict[Direction, list[Instruc
     return examples
 
 
-def to_prompt_target(example: InstructionExample, tokenizer: Any) -> PromptTarget:
-    """Content simulation: target is the verbalization text. Behaviour simulation: the prompt
-    ends with ``level:`` (where the describer scores levels) and the target is the level word."""
+def to_prompt_target(
+    example: InstructionExample, tokenizer: Any, *, few_shot: bool = False
+) -> PromptTarget:
+    """Content simulation: target is the verbalization text, after the compact prompt (or the
+    few-shot one). Behaviour simulation: the prompt ends with ``level:`` (where the describer
+    scores levels) and the target is the level word."""
     if example.direction is Direction.CONTENT:
         messages = prompts.describe_messages(
-            example.context, KpiTarget(name=example.kpi_name, level=example.level)
+            example.context,
+            KpiTarget(name=example.kpi_name, level=example.level),
+            few_shot=few_shot,
         )
         return PromptTarget(
             example.direction, prompts.chat_prompt(tokenizer, messages), example.verbalization
@@ -114,14 +119,18 @@ class PreparedSplit:
 
 
 def prepare(
-    examples: dict[Direction, list[InstructionExample]], tokenizer: Any, *, max_seq_length: int
+    examples: dict[Direction, list[InstructionExample]],
+    tokenizer: Any,
+    *,
+    max_seq_length: int,
+    few_shot: bool = False,
 ) -> PreparedSplit:
     prepared: dict[Direction, list[TokenizedExample]] = {}
     skipped = 0
     for direction, items in examples.items():
         kept = []
         for example in items:
-            tokenized = tokenize(to_prompt_target(example, tokenizer), tokenizer)
+            tokenized = tokenize(to_prompt_target(example, tokenizer, few_shot=few_shot), tokenizer)
             if len(tokenized.input_ids) > max_seq_length:
                 skipped += 1
                 continue

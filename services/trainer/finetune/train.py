@@ -103,7 +103,10 @@ def finetune(
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     train = prepare(
-        load_examples(dataset_dir, "train"), tokenizer, max_seq_length=config.max_seq_length
+        load_examples(dataset_dir, "train"),
+        tokenizer,
+        max_seq_length=config.max_seq_length,
+        few_shot=config.few_shot_prompt,
     )
     test = _eval_examples(dataset_dir, tokenizer, config)
     sizes = {direction: len(items) for direction, items in train.examples.items()}
@@ -272,7 +275,9 @@ def _eval_examples(
     except FileNotFoundError:
         logger.warning("no test split: evaluation is off")
         return []
-    prepared = prepare(raw, tokenizer, max_seq_length=config.max_seq_length).examples
+    prepared = prepare(
+        raw, tokenizer, max_seq_length=config.max_seq_length, few_shot=config.few_shot_prompt
+    ).examples
     content = round(config.eval_examples * config.content_fraction)
     return (
         prepared[Direction.CONTENT][:content]

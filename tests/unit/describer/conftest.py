@@ -98,7 +98,9 @@ class FakeBackend:
         free_text: str = "",
         level_logprobs: Sequence[float] = (-2.0, -1.0, -0.5),
         fail_with: Exception | None = None,
+        few_shot_prompt: bool = True,
     ) -> None:
+        self.few_shot_prompt = few_shot_prompt
         self.lines = lines or {
             "caption": " a red shoe on a white floor",
             "colors": " red (200,20,30) 40%; white (250,250,250) 50%",

@@ -63,6 +63,34 @@ async def test_describe_free_decoding_asks_once_for_the_whole_text(
     assert response.text == "colors: blue (0,0,255) 30%\ntones: cool"
 
 
+async def test_a_checkpoint_tuned_on_the_compact_prompt_gets_it_and_free_decoding(
+    fake_backend: Any, context: Context
+) -> None:
+    backend = fake_backend(
+        lines={}, free_text="colors: blue (0,0,255) 30%\ntones: cool\n", few_shot_prompt=False
+    )
+    describer = Describer(backend, make_settings())  # describe_decoding="auto"
+
+    response = await describer.describe(context=context, target=KpiTarget())
+
+    [prompt] = backend.generate_calls[0]
+    assert "caption: a glass of iced coffee" not in prompt  # no worked examples
+    assert prompt.count("### user") == 1
+    assert response.text == "colors: blue (0,0,255) 30%\ntones: cool"
+
+
+async def test_the_base_model_gets_worked_examples_and_field_decoding(
+    fake_backend: Any, context: Context
+) -> None:
+    backend = fake_backend()
+    describer = Describer(backend, make_settings())
+
+    await describer.describe(context=context, target=KpiTarget())
+
+    assert len(backend.generate_calls) == len(prompts.DESCRIBE_FIELDS)
+    assert "caption: a glass of iced coffee" in backend.generate_calls[0][0]
+
+
 async def test_describe_reports_repairs_of_malformed_output(
     fake_backend: Any, context: Context
 ) -> None:

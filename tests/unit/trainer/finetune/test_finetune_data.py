@@ -42,11 +42,27 @@ def test_content_labels_cover_exactly_the_verbalization(tokenizer: Any, dataset_
     masked = tokenized.labels.index(next(t for t in tokenized.labels if t != IGNORE_INDEX))
     assert tokenizer.decode(tokenized.input_ids[:masked]) == pair.prompt
     assert all(label == IGNORE_INDEX for label in tokenized.labels[:masked])
-    # The prompt is the describer's: system spec, the worked examples, the request.
+    # The prompt is the describer's compact one for tuned checkpoints: one system line and
+    # the request, no worked examples.
+    target = KpiTarget(level=example.level)
     assert pair.prompt.endswith("goal: high likes<|im_end|>\n<|im_start|>assistant\n")
-    assert (
-        prompts.describe_messages(example.context, KpiTarget(level=example.level))[0]["content"]
-        in pair.prompt
+    compact = prompts.describe_messages(example.context, target, few_shot=False)
+    assert compact[0]["content"] in pair.prompt
+    assert pair.prompt.count("<|im_start|>user") == 1
+
+
+def test_few_shot_content_prompt_is_the_base_models_prompt(
+    tokenizer: Any, dataset_dir: Path
+) -> None:
+    example = load_examples(dataset_dir, "train")[Direction.CONTENT][0]
+    few_shot = to_prompt_target(example, tokenizer, few_shot=True)
+    compact = to_prompt_target(example, tokenizer)
+
+    messages = prompts.describe_messages(example.context, KpiTarget(level=example.level))
+    assert few_shot.prompt == prompts.chat_prompt(tokenizer, messages)
+    assert few_shot.target == compact.target
+    assert len(tokenize(compact, tokenizer).input_ids) < len(
+        tokenize(few_shot, tokenizer).input_ids
     )
 
 
@@ -74,7 +90,7 @@ def test_collate_pads_right_and_masks_the_padding() -> None:
 
 def test_too_long_examples_are_skipped_not_truncated(tokenizer: Any, dataset_dir: Path) -> None:
     examples = load_examples(dataset_dir, "train")
-    prepared = prepare(examples, tokenizer, max_seq_length=300)
+    prepared = prepare(examples, tokenizer, max_seq_length=300, few_shot=True)
     assert prepared.examples[Direction.CONTENT] == []  # the few-shot content prompt is longer
     assert len(prepared.examples[Direction.BEHAVIOUR]) == len(examples[Direction.BEHAVIOUR])
     assert prepared.skipped_too_long == len(examples[Direction.CONTENT])
