@@ -109,3 +109,25 @@ def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
     assert rates[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert all(a >= b for a, b in itertools.pairwise(rates[4:]))
     assert learning_rate_at(20, config) == pytest.approx(0.1)
+
+
+def test_target_only_loss_equals_the_models_own_loss(
+    tiny_model_dir: Path, dataset_dir: Path
+) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from services.trainer.finetune.data import collate, load_examples, prepare
+    from services.trainer.finetune.train import _loss
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
+    prepared = prepare(load_examples(dataset_dir, "train"), tokenizer, max_seq_length=2048)
+    rows = [items[0] for items in prepared.examples.values()] * 2  # padded rows of both kinds
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), local_files_only=True)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    pad_id = int(tokenizer.eos_token_id)
+    batch = {key: torch.tensor(value) for key, value in collate(rows, pad_id).items()}
+
+    ours = _loss(model, rows, pad_id, torch.device("cpu"))
+    theirs = model(**batch, use_cache=False).loss
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours, theirs)
