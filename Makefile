@@ -12,7 +12,7 @@ export YOLO_AUTOINSTALL := 0
 export VLLM_NO_USAGE_STATS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup models demo test test-slow test-e2e test-all lint format contracts contracts-check bench clean
+.PHONY: help setup models demo train-llm eval-llm test test-slow test-e2e test-all lint format contracts contracts-check bench clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -33,6 +33,12 @@ models: setup  ## prepare the local default models once (SmolLM2 HF folder, shap
 
 demo: models  ## start the services, score the sample creatives, print the ranking
 	$(PY) -m services.demo
+
+train-llm: models  ## BoigLLM on the synthetic world: ingest, fine-tune SmolLM2 (cpu preset, ~20 min), publish
+	$(PY) -m services.cli llm train
+
+eval-llm: models  ## BoigLLM vs baselines on the held-out split: table + HTML report
+	$(PY) -m services.cli llm evaluate
 
 test: models  ## the default test suite (unit + integration; not slow/e2e/gpu)
 	$(PY) -m pytest

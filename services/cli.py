@@ -1,8 +1,10 @@
-"""`boig`: the operator's command line (models, contracts, API keys)."""
+"""`boig`: the operator's command line (models, contracts, API keys, BoigLLM recipes)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -14,6 +16,11 @@ contracts_app = typer.Typer(help="Wire contracts in proto/.", no_args_is_help=Tr
 app.add_typer(models_app, name="models")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(gateway_app, name="gateway", help="Gateway administration: database, API keys.")
+llm_app = typer.Typer(help="BoigLLM on the synthetic world.", no_args_is_help=True)
+app.add_typer(llm_app, name="llm")
+
+Seed = Annotated[int, typer.Option(help="World seed.")]
+PostsPerBrand = Annotated[int, typer.Option(min=20, help="World size: posts per brand.")]
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO = REPO / "proto"
@@ -55,6 +62,44 @@ def check_contracts(root: Path = PROTO) -> None:
         typer.echo("out of date: run `make contracts` and commit the result", err=True)
         raise typer.Exit(1)
     typer.echo("proto/ matches the code")
+
+
+@llm_app.command("train")
+def train_llm(
+    seed: Seed = 0,
+    posts_per_brand: PostsPerBrand = 300,
+    max_steps: Annotated[
+        int | None, typer.Option(min=2, help="Override the cpu preset's steps.")
+    ] = None,
+) -> None:
+    """World -> dataset -> SmolLM2 LoRA (cpu preset) -> published checkpoint; each stage is
+    reused or resumed when its output exists."""
+    from services.tooling import llm_recipe
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    paths = llm_recipe.default_paths(seed, posts_per_brand)
+    llm_recipe.train(paths, llm_recipe.cpu_config(paths, max_steps))
+
+
+@llm_app.command("evaluate")
+def evaluate_llm(
+    seed: Seed = 0,
+    posts_per_brand: PostsPerBrand = 300,
+    rows_per_level: Annotated[
+        int, typer.Option(min=2, help="Held-out rows per KPI level (stratified sample).")
+    ] = 50,
+    base: Annotated[
+        bool, typer.Option(help="Also evaluate the base model (the slowest part).")
+    ] = True,
+) -> None:
+    """BoigLLM vs the baselines on the held-out split: table + HTML report."""
+    from services.tooling import llm_recipe
+    from services.trainer.evaluate.run import EvaluationSettings
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    paths = llm_recipe.default_paths(seed, posts_per_brand)
+    settings = EvaluationSettings(rows_per_level=rows_per_level)
+    llm_recipe.run_evaluation(paths, settings, with_base=base)
 
 
 def main() -> None:

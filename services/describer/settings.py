@@ -99,11 +99,12 @@ class DescriberSettings(ServiceSettings):
         ),
     )
     max_new_tokens: int = Field(
-        default=160,
+        default=256,
         ge=8,
         le=1024,
         description=(
-            "Most tokens generated for one description in 'free' decoding; in 'fields' "
+            "Most tokens generated for one description in 'free' decoding (a SmolLM2 "
+            "description of 5 colours and 3 objects is ~240 tokens); in 'fields' "
             "decoding, the cap for each line, which also has its own smaller budget "
             "(prompts.FIELD_TOKEN_BUDGETS)."
         ),

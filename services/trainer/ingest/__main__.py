@@ -9,11 +9,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from services.common.clients import FeaturizerClient
 from services.common.errors import BoigError
 from services.common.kpi import KpiBuckets
-from services.trainer.ingest.featurize import HttpFeaturizer
-from services.trainer.ingest.pipeline import IngestOutcome, NoRowsKept, ingest
+from services.trainer.ingest.pipeline import NoRowsKept, ingest_over_http
 from services.trainer.ingest.rows import Variant
 from services.trainer.ingest.split import SplitMode
 
@@ -47,7 +45,7 @@ def main(
     """Validate rows, split, featurize every image (resumable) and write the dataset."""
     try:
         outcome = asyncio.run(
-            _run(
+            ingest_over_http(
                 data_file,
                 out=out,
                 featurizer_url=featurizer_url,
@@ -70,33 +68,6 @@ def main(
         raise typer.Exit(1) from exc
     console.print(outcome.summary.table())
     console.print(f"dataset written to {outcome.version_dir}")
-
-
-async def _run(
-    data_file: Path,
-    *,
-    out: Path,
-    featurizer_url: str,
-    split_mode: SplitMode,
-    test_fraction: float,
-    seed: int,
-    variant: Variant | None,
-    buckets: KpiBuckets,
-    batch_size: int,
-) -> IngestOutcome:
-    async with FeaturizerClient(featurizer_url) as client:
-        featurizer = await HttpFeaturizer.connect(client)
-        return await ingest(
-            data_file,
-            out=out,
-            featurizer=featurizer,
-            split_mode=split_mode,
-            test_fraction=test_fraction,
-            seed=seed,
-            variant=variant,
-            buckets=buckets,
-            batch_size=batch_size,
-        )
 
 
 if __name__ == "__main__":

@@ -5,11 +5,18 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from services.common.clients import FeaturizerClient
 from services.common.kpi import KpiBuckets
 from services.common.settings import ImageLimits
 from services.trainer.ingest.dataset import build_dataset, write_dataset
-from services.trainer.ingest.featurize import FeatureCache, Featurize, featurize_images
+from services.trainer.ingest.featurize import (
+    FeatureCache,
+    Featurize,
+    HttpFeaturizer,
+    featurize_images,
+)
 from services.trainer.ingest.rows import IngestSummary, Variant, read_rows
 from services.trainer.ingest.split import SplitMode, split_rows
 
@@ -75,3 +82,13 @@ async def ingest(
         images_sha256=images,
     )
     return IngestOutcome(summary=result.summary, version_dir=version_dir)
+
+
+async def ingest_over_http(
+    data_file: Path, *, out: Path, featurizer_url: str, **options: Any
+) -> IngestOutcome:
+    """``ingest`` through the featurizer service at ``featurizer_url``; ``options`` are
+    ``ingest``'s keyword arguments."""
+    async with FeaturizerClient(featurizer_url) as client:
+        featurizer = await HttpFeaturizer.connect(client)
+        return await ingest(data_file, out=out, featurizer=featurizer, **options)

@@ -1,0 +1,290 @@
+"""One evaluation: held-out rows -> every method's descriptions and level predictions ->
+metrics per row -> bootstrap estimates per KPI bucket.
+
+BoigLLM and the base model are evaluated as they are served: through a describer's HTTP API
+(one serving the published checkpoint, one serving no checkpoint), so the numbers include the
+prompt, decoding and repair that users get. The baselines run in-process from the training
+split.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from rich.progress import Progress
+
+from services.common.clients import DescriberClient
+from services.common.contracts import KPI_LEVELS, KpiLevel, KpiTarget, ModelInfo, Verbalization
+from services.common.errors import BoigError
+from services.common.verbalization import parse, render
+from services.trainer.evaluate import metrics
+from services.trainer.evaluate.baselines import BrandAveragePalette, Embed, NearestPastImage
+from services.trainer.evaluate.bootstrap import bootstrap_mean, bootstrap_statistic
+from services.trainer.evaluate.results import (
+    ALL_BUCKETS,
+    BEHAVIOUR_METRICS,
+    BUCKETS,
+    DESCRIPTION_METRICS,
+    Estimate,
+    EvaluationResult,
+    ExampleRow,
+)
+from services.trainer.ingest.dataset import Direction, InstructionExample
+
+logger = logging.getLogger(__name__)
+
+BOIGLLM = "BoigLLM"
+BASE_MODEL = "base model (few-shot)"
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    rows_per_level: int = 50
+    """Held-out rows drawn per KPI level (stratified, seeded); all of a level if fewer."""
+    confidence: float = 0.95
+    resamples: int = 2000
+    seed: int = 0
+    report_examples: int = 6
+
+
+def select_rows(
+    examples: Sequence[InstructionExample], per_level: int, seed: int
+) -> list[InstructionExample]:
+    """Up to ``per_level`` rows of each KPI level, drawn without replacement by the seed, so
+    every bucket's interval rests on a comparable number of rows."""
+    rng = random.Random(seed)
+    chosen: list[InstructionExample] = []
+    for level in KPI_LEVELS:
+        pool = [example for example in examples if example.level is level]
+        chosen.extend(rng.sample(pool, min(per_level, len(pool))))
+    return chosen
+
+
+class WrongModelServed(RuntimeError):
+    """The describer answered with another model than the one under evaluation (e.g. it
+    refused the checkpoint and fell back to the base model)."""
+
+
+def _check_model(model: ModelInfo, expect_version: str | None, label: str) -> None:
+    if expect_version is not None and expect_version not in model.version:
+        raise WrongModelServed(
+            f"{label} was answered by {model.name} {model.version}, not {expect_version}"
+        )
+
+
+async def describe_all(
+    client: DescriberClient,
+    rows: Sequence[InstructionExample],
+    progress: Progress,
+    label: str,
+    expect_version: str | None = None,
+) -> list[Verbalization]:
+    """The describer's description for each row's (context, level). A row the describer
+    cannot describe (unreadable model output) counts as an empty description: it scores the
+    worst on every metric rather than vanishing from the average."""
+    task = progress.add_task(f"{label}: describe", total=len(rows))
+    results: list[Verbalization] = []
+    failures = 0
+    for row in rows:
+        try:
+            response = await client.describe(
+                row.context, KpiTarget(name=row.kpi_name, level=row.level)
+            )
+            _check_model(response.model, expect_version, label)
+            results.append(response.verbalization)
+        except BoigError as exc:
+            failures += 1
+            logger.warning("%s could not describe %s: %s", label, row.id, exc)
+            results.append(Verbalization())
+        progress.advance(task)
+    if failures:
+        logger.warning("%s: %d of %d descriptions failed", label, failures, len(rows))
+    return results
+
+
+@dataclass(frozen=True)
+class LevelPredictions:
+    levels: list[KpiLevel]
+    scores: list[float]
+    """Expected normalized KPI per row (the describer's expected_percentile)."""
+
+
+async def predict_levels(
+    client: DescriberClient,
+    rows: Sequence[InstructionExample],
+    progress: Progress,
+    label: str,
+    expect_version: str | None = None,
+) -> LevelPredictions:
+    """Behaviour simulation on each row's real image description."""
+    task = progress.add_task(f"{label}: levels", total=len(rows))
+    levels: list[KpiLevel] = []
+    scores: list[float] = []
+    for row in rows:
+        response = await client.likelihood(
+            row.context, [parse(row.verbalization)], kpi_name=row.kpi_name
+        )
+        _check_model(response.model, expect_version, label)
+        [distribution] = response.results
+        levels.append(max(distribution.probabilities, key=distribution.probabilities.__getitem__))
+        scores.append(distribution.expected_percentile)
+        progress.advance(task)
+    return LevelPredictions(levels=levels, scores=scores)
+
+
+def description_estimates(
+    rows: Sequence[InstructionExample],
+    predictions: dict[str, list[Verbalization]],
+    settings: EvaluationSettings,
+    embed: Embed | None,
+) -> dict[str, dict[str, dict[str, Estimate | None]]]:
+    """metric -> method -> bucket -> estimate; each method is scored on the same rows."""
+    truths = [parse(row.verbalization) for row in rows]
+    buckets: dict[str, list[int]] = {bucket: [] for bucket in BUCKETS}
+    for index, row in enumerate(rows):
+        buckets[ALL_BUCKETS].append(index)
+        buckets[row.level.value].append(index)
+    functions: dict[str, Callable[[Verbalization, Verbalization], float | None]] = dict(
+        metrics.DESCRIPTION_METRIC_FUNCTIONS
+    )
+    if embed is not None:
+        functions["caption_cosine"] = lambda p, t: metrics.caption_cosine(p, t, embed)
+    result: dict[str, dict[str, dict[str, Estimate | None]]] = {}
+    for spec in DESCRIPTION_METRICS:
+        function = functions.get(spec.key)
+        result[spec.key] = {}
+        for method, predicted in predictions.items():
+            values = (
+                [function(p, t) for p, t in zip(predicted, truths, strict=True)]
+                if function is not None
+                else [None] * len(rows)
+            )
+            result[spec.key][method] = {
+                bucket: bootstrap_mean(
+                    [values[i] for i in indices],
+                    confidence=settings.confidence,
+                    resamples=settings.resamples,
+                    seed=settings.seed,
+                )
+                for bucket, indices in buckets.items()
+            }
+    return result
+
+
+def behaviour_estimates(
+    rows: Sequence[InstructionExample],
+    predictions: dict[str, LevelPredictions],
+    settings: EvaluationSettings,
+) -> dict[str, dict[str, Estimate | None]]:
+    truth_levels = [row.level.value for row in rows]
+    truth_scores = [row.percentile for row in rows]
+    result: dict[str, dict[str, Estimate | None]] = {spec.key: {} for spec in BEHAVIOUR_METRICS}
+    for method, predicted in predictions.items():
+        hits = [float(p.value == t) for p, t in zip(predicted.levels, truth_levels, strict=True)]
+        result["level_accuracy"][method] = bootstrap_mean(
+            hits,
+            confidence=settings.confidence,
+            resamples=settings.resamples,
+            seed=settings.seed,
+        )
+        scores = predicted.scores
+
+        def spearman_at(indices: NDArray[np.intp], scores: list[float] = scores) -> float | None:
+            return metrics.spearman(
+                [scores[i] for i in indices], [truth_scores[i] for i in indices]
+            )
+
+        result["spearman"][method] = bootstrap_statistic(
+            len(rows),
+            spearman_at,
+            confidence=settings.confidence,
+            resamples=settings.resamples,
+            seed=settings.seed,
+        )
+    return result
+
+
+def example_rows(
+    rows: Sequence[InstructionExample],
+    predictions: dict[str, list[Verbalization]],
+    media: dict[str, Path],
+    count: int,
+) -> tuple[ExampleRow, ...]:
+    """The first ``count`` rows, spread over the levels (rows come grouped by level)."""
+    if count <= 0 or not rows:
+        return ()
+    step = max(1, len(rows) // count)
+    picked = list(range(0, len(rows), step))[:count]
+    return tuple(
+        ExampleRow(
+            id=rows[i].id,
+            account=rows[i].context.account,
+            level=rows[i].level.value,
+            text=rows[i].context.text,
+            image_path=media.get(rows[i].id),
+            truth=rows[i].verbalization,
+            predictions={method: render(values[i]) for method, values in predictions.items()},
+        )
+        for i in picked
+    )
+
+
+async def evaluate(
+    train: dict[Direction, list[InstructionExample]],
+    test: dict[Direction, list[InstructionExample]],
+    *,
+    boigllm: DescriberClient,
+    base: DescriberClient | None,
+    settings: EvaluationSettings,
+    media: dict[str, Path],
+    embed: Embed,
+    meta: dict[str, str],
+    checkpoint_version: str | None = None,
+) -> EvaluationResult:
+    """Score BoigLLM and the baselines on the same held-out rows; every BoigLLM answer must
+    come from ``checkpoint_version`` when one is given."""
+    content_rows = select_rows(test[Direction.CONTENT], settings.rows_per_level, settings.seed)
+    behaviour_rows = select_rows(test[Direction.BEHAVIOUR], settings.rows_per_level, settings.seed)
+    train_content = train[Direction.CONTENT]
+    with Progress() as progress:
+        descriptions: dict[str, list[Verbalization]] = {
+            BOIGLLM: await describe_all(
+                boigllm, content_rows, progress, BOIGLLM, checkpoint_version
+            )
+        }
+        levels = {
+            BOIGLLM: await predict_levels(
+                boigllm, behaviour_rows, progress, BOIGLLM, checkpoint_version
+            )
+        }
+        if base is not None:
+            descriptions[BASE_MODEL] = await describe_all(base, content_rows, progress, BASE_MODEL)
+            levels[BASE_MODEL] = await predict_levels(base, behaviour_rows, progress, BASE_MODEL)
+    for baseline in (NearestPastImage(train_content, embed), BrandAveragePalette(train_content)):
+        descriptions[baseline.name] = baseline.predict(content_rows)
+    has_captions = any(parse(row.verbalization).caption for row in content_rows)
+    return EvaluationResult(
+        methods=tuple(descriptions),
+        description=description_estimates(
+            content_rows, descriptions, settings, embed if has_captions else None
+        ),
+        behaviour=behaviour_estimates(behaviour_rows, levels, settings),
+        examples=example_rows(content_rows, descriptions, media, settings.report_examples),
+        meta={
+            **meta,
+            "content rows": str(len(content_rows)),
+            "behaviour rows": str(len(behaviour_rows)),
+            "rows per level": str(settings.rows_per_level),
+            "confidence": f"{settings.confidence:.0%} percentile bootstrap, "
+            f"{settings.resamples} resamples of the rows, seed {settings.seed}",
+            "captions": "yes" if has_captions else "none in the data (caption cosine n/a)",
+            "evaluated at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )

@@ -1,0 +1,60 @@
+"""The train-llm / eval-llm recipe's bookkeeping: where each stage writes, and when a stage's
+output is reused instead of rebuilt."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from services.tooling.llm_recipe import LlmPaths, cpu_config, current_dataset, run_evaluation
+from services.trainer.evaluate.run import EvaluationSettings
+
+
+def _paths(tmp_path: Path) -> LlmPaths:
+    return LlmPaths(home=tmp_path, seed=3, posts_per_brand=40)
+
+
+def _dataset(paths: LlmPaths, source_sha256: str, version: str = "v1") -> Path:
+    folder = paths.data / version
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"source": {"sha256": source_sha256}}))
+    (paths.data / "latest").write_text(version)
+    return folder
+
+
+def test_each_world_gets_its_own_folders(tmp_path: Path) -> None:
+    paths = _paths(tmp_path)
+    other = LlmPaths(home=tmp_path, seed=4, posts_per_brand=40)
+    assert paths.world != other.world
+    assert paths.data != other.data and paths.run != other.run
+    assert paths.registry == other.registry  # one registry: the describer serves one name
+
+
+def test_a_dataset_is_reused_only_for_the_same_posts_file(tmp_path: Path) -> None:
+    import hashlib
+
+    paths = _paths(tmp_path)
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text('{"id": "a"}\n')
+    assert current_dataset(paths, posts) is None  # nothing ingested yet
+
+    folder = _dataset(paths, hashlib.sha256(posts.read_bytes()).hexdigest())
+    assert current_dataset(paths, posts) == folder
+
+    posts.write_text('{"id": "b"}\n')  # the world changed: ingest again
+    assert current_dataset(paths, posts) is None
+
+
+def test_cpu_config_overrides_steps_and_keeps_warmup_below_them(tmp_path: Path) -> None:
+    paths = _paths(tmp_path)
+    assert cpu_config(paths).max_steps == 170
+    short = cpu_config(paths, max_steps=4)
+    assert short.max_steps == 4 and short.warmup_steps == 3
+    assert short.base_model == paths.base_model
+
+
+def test_evaluation_without_a_trained_model_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="make train-llm"):
+        run_evaluation(_paths(tmp_path), EvaluationSettings(), with_base=False)
