@@ -37,7 +37,13 @@ from services.trainer.finetune.train import StepReport, TrainResult, finetune
 from services.trainer.ingest.dataset import LATEST, MANIFEST, Direction, InstructionExample
 from services.trainer.ingest.pipeline import ingest_over_http
 from services.trainer.ingest.rows import read_rows
-from services.trainer.world.generate import POSTS_FILE, WORLD_FILE, generate_world
+from services.trainer.world.brands import DEFAULT_BRANDS
+from services.trainer.world.generate import (
+    GENERATOR_VERSION,
+    POSTS_FILE,
+    WORLD_FILE,
+    generate_world,
+)
 
 logger = logging.getLogger(__name__)
 console = Console()
@@ -53,7 +59,9 @@ class LlmPaths:
 
     @property
     def world(self) -> Path:
-        return self.home / "worlds" / f"seed{self.seed}-posts{self.posts_per_brand}"
+        # The generator version is in the name: a new generator never reuses an old world.
+        name = f"v{GENERATOR_VERSION}-seed{self.seed}-posts{self.posts_per_brand}"
+        return self.home / "worlds" / name
 
     @property
     def data(self) -> Path:
@@ -87,13 +95,14 @@ def ensure_world(paths: LlmPaths) -> Path:
         console.print(f"world: reusing {paths.world}")
         return posts
     console.print(f"world: generating {paths.posts_per_brand} posts per brand -> {paths.world}")
-    with tqdm(unit="post") as bar:
+    total = paths.posts_per_brand * len(DEFAULT_BRANDS)
+    with tqdm(total=total, unit="post") as bar:
         generate_world(
             paths.world,
             seed=paths.seed,
             posts_per_brand=paths.posts_per_brand,
             overwrite=True,
-            progress=lambda done: bar.update(done - bar.n),
+            progress=bar.update,  # called with 1 per post
         )
     return posts
 

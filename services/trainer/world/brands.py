@@ -90,8 +90,13 @@ class PostingHabits:
     """Share of creatives that carry overlay text."""
     taste_share: float
     """Probability that each design choice (a colour, an object class) follows the taste
-    rather than being drawn at random: 0 gives a KPI with no learnable creative signal,
+    rather than the brand's other habits: 0 gives a KPI with no learnable creative signal,
     1 gives no contrast to learn from."""
+    house_palette: tuple[RGB, ...]
+    """The house style's other colours: what the designers use when a colour does not follow
+    the audience's taste (most of the time; otherwise any colour). Real brands repeat their
+    own look, liked or not, so a brand's weaker posts look like something too, and what a
+    post should look like to reach a level differs in place, not only in spread."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,7 @@ COFFEE = Brand(
         weekday_weights=(1.0, 1.0, 1.0, 1.0, 1.2, 1.5, 1.3),
         text_overlay_rate=0.3,
         taste_share=0.5,
+        house_palette=((60, 62, 72), (176, 58, 92), (92, 140, 200)),
     ),
     voice=Voice(
         openers=("Slow mornings call for", "Meet our new", "Warm up with", "Back by demand:"),
@@ -195,6 +201,7 @@ SPORTSWEAR = Brand(
         weekday_weights=(1.4, 1.0, 1.0, 1.0, 1.0, 1.2, 1.2),
         text_overlay_rate=0.5,
         taste_share=0.5,
+        house_palette=((205, 70, 35), (125, 125, 135), (85, 45, 125)),
     ),
     voice=Voice(
         openers=("Built for race day:", "Go further in the", "New drop:", "Train harder with the"),
@@ -230,6 +237,7 @@ BANK = Brand(
         weekday_weights=(1.2, 1.2, 1.2, 1.2, 1.0, 0.3, 0.2),
         text_overlay_rate=0.6,
         taste_share=0.5,
+        house_palette=((205, 165, 45), (150, 30, 45), (110, 110, 110)),
     ),
     voice=Voice(
         openers=("Plan ahead with", "Introducing", "Good news about", "Take control with"),
@@ -265,6 +273,7 @@ TOY_SHOP = Brand(
         weekday_weights=(0.8, 0.8, 1.0, 1.0, 1.2, 1.6, 1.4),
         text_overlay_rate=0.25,
         taste_share=0.5,
+        house_palette=((120, 98, 78), (205, 200, 188), (40, 92, 62)),
     ),
     voice=Voice(
         openers=("Playtime just got better:", "Say hello to the", "Fresh on our shelves:"),

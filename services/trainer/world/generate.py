@@ -37,8 +37,9 @@ from services.trainer.world.render import (
 )
 
 GENERATOR = "boig-synthetic-world"
-GENERATOR_VERSION = 1
-"""Bump whenever the same seed would give different files."""
+GENERATOR_VERSION = 2
+"""Bump whenever the same seed would give different files. 2: off-taste colours come mostly
+from the brand's house palette instead of uniformly at random."""
 POSTS_FILE = "posts.jsonl"
 WORLD_FILE = "world.json"
 TRUTH_FILE = "truth.jsonl"
@@ -57,6 +58,8 @@ MIN_FILL_CONTRAST = 20.0
 """Least ΔE76 between a shape's fill and each background colour: no invisible shapes."""
 COLOR_JITTER = 8.0
 """Standard deviation (per sRGB channel) of a designer's deviation from a palette colour."""
+HOUSE_SHARE = 0.8
+"""Share of off-taste colours drawn from the brand's house palette; the rest are any colour."""
 HABIT_HOUR_SHARE = 0.75
 """Share of posts that go out at one of the brand's habitual hours; the rest at any hour."""
 VOLUME_GROWTH = 1.5
@@ -203,18 +206,25 @@ def sample_creative_spec(
 ) -> CreativeSpec:
     """A creative as the brand's designers would draw it at ``year``.
 
-    Each choice follows the brand's taste with probability ``habits.taste_share`` and is
-    random otherwise, so a world holds both on-taste and off-taste creatives (the contrast a
-    KPI model learns from). Designers follow the palette in fashion at the time.
+    Each choice follows the brand's taste with probability ``habits.taste_share``; otherwise
+    a colour comes from the brand's house palette (or, less often, is any colour) and an
+    object class is random, so a world holds both on-taste and off-taste creatives (the
+    contrast a KPI model learns from). Designers follow the palette in fashion at the time.
     """
-    taste, share = brand.taste, brand.habits.taste_share
+    taste, habits = brand.taste, brand.habits
+    share = habits.taste_share
     palette = taste.late_palette if rng.random() < palette_shift(brand, year) else taste.palette
+
+    def jittered(colors: tuple[RGB, ...]) -> RGB:
+        base = np.array(colors[int(rng.integers(len(colors)))], dtype=np.float64)
+        drawn = np.clip(np.round(base + rng.normal(0.0, COLOR_JITTER, 3)), 0, 255)
+        return (int(drawn[0]), int(drawn[1]), int(drawn[2]))
 
     def color() -> RGB:
         if rng.random() < share:
-            base = np.array(palette[int(rng.integers(len(palette)))], dtype=np.float64)
-            jittered = np.clip(np.round(base + rng.normal(0.0, COLOR_JITTER, 3)), 0, 255)
-            return (int(jittered[0]), int(jittered[1]), int(jittered[2]))
+            return jittered(palette)
+        if rng.random() < HOUSE_SHARE:
+            return jittered(habits.house_palette)
         drawn = rng.integers(0, 256, 3)
         return (int(drawn[0]), int(drawn[1]), int(drawn[2]))
 

@@ -15,7 +15,12 @@ from typer.testing import CliRunner
 
 from services.trainer.world.__main__ import cli
 from services.trainer.world.brands import BANK, COFFEE, DEFAULT_BRANDS
-from services.trainer.world.generate import WorldManifest, generate_world
+from services.trainer.world.generate import (
+    HOUSE_SHARE,
+    WorldManifest,
+    generate_world,
+    sample_creative_spec,
+)
 
 ROW_KEYS = ["id", "account", "posted_at", "text", "keywords", "media", "kpi_name", "kpi_value"]
 
@@ -169,3 +174,28 @@ def test_cli_refuses_an_unknown_variant(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--out", str(tmp_path), "--variant", "tv"])
     assert result.exit_code != 0
     assert not (tmp_path / "posts.jsonl").exists()
+
+
+def test_off_taste_colours_come_mostly_from_the_house_palette() -> None:
+    """Weaker posts have a look of their own (the brand's house style), so what a post should
+    look like to reach a level differs in place, not only in spread."""
+    brand = COFFEE
+    rng = np.random.default_rng(5)
+    near = {"taste": 0, "house": 0, "other": 0}
+    for _ in range(400):
+        spec = sample_creative_spec(rng, brand, 2018.0)  # before any palette drift
+        for rgb in spec.background:
+            for name, palette in (
+                ("taste", brand.taste.palette),
+                ("house", brand.habits.house_palette),
+            ):
+                if min(np.linalg.norm(np.subtract(rgb, c)) for c in palette) < 40:
+                    near[name] += 1
+                    break
+            else:
+                near["other"] += 1
+    total = sum(near.values())
+    share = brand.habits.taste_share
+    assert abs(near["taste"] / total - share) < 0.06
+    assert abs(near["house"] / total - (1 - share) * HOUSE_SHARE) < 0.06
+    assert near["other"] > 0  # a few colours are anything at all
