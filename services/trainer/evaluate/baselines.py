@@ -5,7 +5,8 @@
   For a ``high`` target that is the paper's retrieval baseline, "the brand's most similar past
   high-KPI image"; at other levels it answers with the same kind of evidence.
 - BrandAveragePalette: the brand's typical colours (coverage-weighted k-means over every colour
-  of its past images) and its most common tone on each axis; no objects.
+  of its past images) and its most common tone on each axis; no objects. Its ``by_level``
+  variant averages only the past posts at the target level.
 
 The base model, zero/few-shot, is the describer serving no checkpoint (see run.py).
 """
@@ -65,20 +66,25 @@ class NearestPastImage:
 
 
 class BrandAveragePalette:
-    """The brand's average look: k-means colours weighted by coverage, majority tones."""
+    """The brand's average look: k-means colours weighted by coverage, majority tones. With
+    ``by_level``, the average of its past posts at the target level only: the most a point
+    prediction gains from knowing the level, a reference for what a model could learn."""
 
-    name = "brand average palette"
-
-    def __init__(self, train: Sequence[InstructionExample], *, seed: int = 0) -> None:
-        by_account: dict[str, list[Verbalization]] = defaultdict(list)
+    def __init__(
+        self, train: Sequence[InstructionExample], *, by_level: bool = False, seed: int = 0
+    ) -> None:
+        self.name = "brand average at level" if by_level else "brand average palette"
+        self._by_level = by_level
+        groups: dict[tuple[str, KpiLevel | None], list[Verbalization]] = defaultdict(list)
         for example in train:
-            by_account[example.context.account].append(parse(example.verbalization))
-        self._average = {
-            account: average_look(looks, seed=seed) for account, looks in by_account.items()
-        }
+            groups[self._key(example)].append(parse(example.verbalization))
+        self._average = {key: average_look(looks, seed=seed) for key, looks in groups.items()}
+
+    def _key(self, example: InstructionExample) -> tuple[str, KpiLevel | None]:
+        return example.context.account, example.level if self._by_level else None
 
     def predict(self, queries: Sequence[InstructionExample]) -> list[Verbalization]:
-        return [self._average.get(q.context.account, Verbalization()) for q in queries]
+        return [self._average.get(self._key(q), Verbalization()) for q in queries]
 
 
 def average_look(looks: Sequence[Verbalization], *, seed: int = 0) -> Verbalization:

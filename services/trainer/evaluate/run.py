@@ -267,7 +267,12 @@ async def evaluate(
         if base is not None:
             descriptions[BASE_MODEL] = await describe_all(base, content_rows, progress, BASE_MODEL)
             levels[BASE_MODEL] = await predict_levels(base, behaviour_rows, progress, BASE_MODEL)
-    for baseline in (NearestPastImage(train_content, embed), BrandAveragePalette(train_content)):
+    baselines = (
+        NearestPastImage(train_content, embed),
+        BrandAveragePalette(train_content),
+        BrandAveragePalette(train_content, by_level=True),
+    )
+    for baseline in baselines:
         descriptions[baseline.name] = baseline.predict(content_rows)
     has_captions = any(parse(row.verbalization).caption for row in content_rows)
     return EvaluationResult(

@@ -131,6 +131,23 @@ def test_brand_average_palette_finds_the_brands_colours_and_majority_tones() -> 
     assert average.objects == []
 
 
+def test_brand_average_at_level_averages_only_that_levels_posts() -> None:
+    train = [example(f"h{i}", "acme", "post", KpiLevel.HIGH, RED) for i in range(5)]
+    train += [example(f"l{i}", "acme", "post", KpiLevel.LOW, BLUE) for i in range(5)]
+    model = BrandAveragePalette(train, by_level=True)
+    high, low, medium = model.predict(
+        [
+            example("qh", "acme", "post", KpiLevel.HIGH, GREEN),
+            example("ql", "acme", "post", KpiLevel.LOW, GREEN),
+            example("qm", "acme", "post", KpiLevel.MEDIUM, GREEN),
+        ]
+    )
+    assert model.name == "brand average at level"
+    assert [c.name for c in high.colors] == ["red", "white"]
+    assert [c.name for c in low.colors] == ["blue", "black"]
+    assert medium == Verbalization()  # no past medium post
+
+
 def test_select_rows_is_stratified_seeded_and_bounded() -> None:
     rows = [
         example(f"r{i}", "acme", "post", level, RED)
@@ -241,7 +258,7 @@ async def test_evaluate_scores_every_method_on_the_same_rows_and_keeps_failures(
         meta={"checkpoint": "test"},
     )
     assert result.methods[0] == BOIGLLM
-    assert len(result.methods) == 4
+    assert len(result.methods) == 5
     distance = result.description["palette_rgb_distance"]
     boig = distance[BOIGLLM][ALL_BUCKETS]
     base = distance["base model (few-shot)"][ALL_BUCKETS]
