@@ -21,6 +21,9 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from services.common.checkpoints import current_checkpoint
+from services.common.settings import boig_home
+from services.demo.world_sample import ingest_world_sample
 from services.tooling.stack import LocalStack, local_stack
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
@@ -112,7 +115,10 @@ def show(result: dict[str, Any], elapsed: float) -> None:
     console.print(table)
 
 
-def run_demo(stack: LocalStack) -> None:
+def run_demo(stack: LocalStack, run_dir: Path, checkpoint: str | None) -> None:
+    console.rule("1. ingest a sample of the synthetic brand world")
+    ingest_world_sample(stack.url("featurizer"), run_dir, console)
+    console.rule("2. rank the sample creatives through the public API")
     key = create_api_key(stack.database_url)
     console.print(f"API key created for the demo: {key[:12]}… (stored hashed)")
     count = len(list(SAMPLES.glob("*.*g")))
@@ -123,11 +129,18 @@ def run_demo(stack: LocalStack) -> None:
             result = score_samples(stack.url("gateway"), key, reward)
         show(result, time.perf_counter() - started)
     console.print(f"models: {json.dumps(result['models'])}")
-    console.print(
-        "The describer here is the base SmolLM2, not fine-tuned on any KPI history, so these "
-        "rankings show the machinery, not a brand's learned taste (see the README's trainer "
-        "commands for fine-tuning and publishing BoigLLM)."
-    )
+    if checkpoint is None:
+        console.print(
+            "The describer here is the base SmolLM2, not fine-tuned on any KPI history, so "
+            "these rankings show the machinery, not a brand's learned taste. `make train-llm` "
+            "fine-tunes and publishes BoigLLM; the next `make demo` serves it."
+        )
+    else:
+        console.print(
+            f"The describer served BoigLLM {checkpoint}, fine-tuned by `make train-llm` on the "
+            "synthetic world's brands (the sample request's account is not one of them); "
+            "`make eval-llm` measures how its descriptions compare with simple baselines."
+        )
 
 
 def main() -> None:
@@ -135,18 +148,23 @@ def main() -> None:
     console.rule("BOIG demo: rank creatives for a KPI target")
     console.print(f"context: {json.dumps(request['context'])}")
     console.print(f"target:  {request['target']['name']} = {request['target']['level']}")
+    registry = boig_home() / "registry"
+    current = current_checkpoint(registry, "boigllm") if registry.is_dir() else None
+    checkpoint = current.version if current is not None else None
+    extra_env = {"BOIG_DESCRIBER_CHECKPOINT_REGISTRY": str(registry)} if current else {}
     console.print("starting featurizer, describer, scorer and gateway on loopback…")
     started = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix="boig-demo-") as run_dir,
-        local_stack(Path(run_dir)) as stack,
+        local_stack(Path(run_dir), extra_env=extra_env) as stack,
     ):
         console.print(
             f"services healthy in {time.perf_counter() - started:.1f} s "
-            f"(gateway at {stack.url('gateway')})"
+            f"(gateway at {stack.url('gateway')}; describer: "
+            f"{f'BoigLLM {checkpoint}' if checkpoint else 'base SmolLM2'})"
         )
         try:
-            run_demo(stack)
+            run_demo(stack, Path(run_dir), checkpoint)
         except Exception:
             for name in stack.processes:
                 console.print(f"--- {name} log (tail) ---\n{stack.log(name)[-2000:]}")

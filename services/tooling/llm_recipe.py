@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ from services.trainer.world.generate import (
 )
 
 logger = logging.getLogger(__name__)
-console = Console()
+# Under make or a pipe rich would wrap the tables at 80 columns, hiding the metric names.
+console = Console() if sys.stdout.isatty() else Console(width=200)
 
 
 @dataclass(frozen=True)
@@ -221,8 +223,10 @@ def run_evaluation(paths: LlmPaths, settings: EvaluationSettings, *, with_base: 
             )
         )
     report.print_report(result, console)
-    html = report.write_html(result, paths.reports / f"boigllm-{checkpoint.version}.html")
-    console.print(f"HTML report: {html}")
+    stem = paths.reports / f"boigllm-{checkpoint.version}"
+    html = report.write_html(result, stem.with_suffix(".html"))
+    data = report.write_json(result, stem.with_suffix(".json"))
+    console.print(f"HTML report: {html}\nresults as JSON: {data}")
     return html
 
 

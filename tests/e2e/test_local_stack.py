@@ -62,6 +62,24 @@ def test_score_samples_through_the_public_api(stack: LocalStack, headers: dict[s
         assert "e2e-score-1" in stack.log(name), name
 
 
+def test_the_demos_world_sample_is_ingested_through_the_featurizer(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    from rich.console import Console
+
+    from services.demo.world_sample import POSTS_PER_BRAND, ingest_world_sample
+
+    console = Console(record=True, width=120)
+    outcome = ingest_world_sample(stack.url("featurizer"), tmp_path, console)
+
+    assert outcome.summary.kept == outcome.summary.read == 4 * POSTS_PER_BRAND
+    manifest = json.loads((outcome.version_dir / "manifest.json").read_text())
+    assert manifest["rows"]["kept"] == 4 * POSTS_PER_BRAND
+    content = (outcome.version_dir / "content" / "train.jsonl").read_text().splitlines()
+    assert content and "colors:" in json.loads(content[0])["verbalization"]
+    assert "dataset v1" in console.export_text()
+
+
 def test_without_a_key_nothing_is_scored(stack: LocalStack) -> None:
     response = httpx.post(f"{stack.url('gateway')}/v1/score", files=sample_files(), timeout=30)
     assert response.status_code == 401

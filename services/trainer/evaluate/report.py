@@ -7,7 +7,9 @@ do not overlap; a better point estimate alone wins nothing.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -334,6 +336,17 @@ def write_html(result: EvaluationResult, path: Path) -> Path:
         summary_classes={"yes": "good", "partial": "partial", NOT_AVAILABLE: "na"},
     )
     _write_atomically(path, html)
+    return path
+
+
+def write_json(result: EvaluationResult, path: Path) -> Path:
+    """The whole result as JSON (estimates, examples, meta) atomically, for tools and for
+    comparing runs; return ``path``."""
+    data = dataclasses.asdict(result)
+    for example in data["examples"]:
+        if example["image_path"] is not None:
+            example["image_path"] = str(example["image_path"])
+    _write_atomically(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
 
 

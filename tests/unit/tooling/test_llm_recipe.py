@@ -49,7 +49,7 @@ def test_a_dataset_is_reused_only_for_the_same_posts_file(tmp_path: Path) -> Non
 
 def test_cpu_config_overrides_steps_and_keeps_warmup_below_them(tmp_path: Path) -> None:
     paths = _paths(tmp_path)
-    assert cpu_config(paths).max_steps == 170
+    assert cpu_config(paths).max_steps == 120
     short = cpu_config(paths, max_steps=4)
     assert short.max_steps == 4 and short.warmup_steps == 3
     assert short.base_model == paths.base_model

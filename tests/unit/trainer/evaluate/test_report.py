@@ -255,3 +255,18 @@ def test_write_html_replaces_atomically(tmp_path: Path) -> None:
 
     assert [p.name for p in folder.iterdir()] == ["evaluation.html"]
     assert out.read_text().startswith("<!doctype html>")
+
+
+def test_write_json_round_trips_every_estimate(tmp_path: Path) -> None:
+    import json
+
+    from services.trainer.evaluate.report import write_json
+
+    result = _result(tmp_path)
+    data = json.loads(write_json(result, tmp_path / "results.json").read_text())
+
+    assert tuple(data["methods"]) == result.methods
+    boig = data["description"]["object_label_iou"][BOIG]["all"]
+    assert boig == {"value": 0.60, "low": 0.55, "high": 0.65, "n": 50}
+    assert all(isinstance(e["image_path"], str | None) for e in data["examples"])
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".json"] == ["results.json"]

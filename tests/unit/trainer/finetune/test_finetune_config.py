@@ -19,7 +19,7 @@ def test_presets_validate(name: str) -> None:
 def test_cpu_preset_is_sized_for_twenty_minutes_on_two_cores() -> None:
     config = cpu_preset(Path("model"))
     assert config.batch_size == 8
-    assert 150 <= config.max_steps <= 180  # x ~6.5 s per step
+    assert 110 <= config.max_steps <= 130  # x ~9.4 s per step, measured over a whole run
 
 
 def test_warmup_must_end_before_the_last_step() -> None:

@@ -156,10 +156,10 @@ async def test_no_kept_rows_is_an_error_with_the_summary(
 def test_cli_prints_the_summary_and_writes_a_version(
     tmp_path: Path, data_file: Path, featurizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def fake_run(data: Path, **options: object):
+    async def over_fake_http(data: Path, **options: object):
         return await ingest(data, out=options["out"], featurizer=featurizer, progress=False)
 
-    monkeypatch.setattr(cli, "_run", fake_run)
+    monkeypatch.setattr(cli, "ingest_over_http", over_fake_http)
     result = CliRunner().invoke(cli.app, [str(data_file), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "skipped: bad_kpi" in result.output
