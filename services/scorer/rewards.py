@@ -27,6 +27,7 @@ from services.common.contracts import (
     Tone,
     Verbalization,
 )
+from services.common.geometry import box_iou
 
 DEFAULT_COLOR_SCALE = 25.0
 """ΔE at which colour similarity falls to 1/e: near-identical shades score ~0.9, opposite
@@ -149,18 +150,6 @@ def tone_agreement(target_tones: Sequence[Tone], image_tones: Sequence[Tone]) ->
 
 
 # --- objects -----------------------------------------------------------------------------
-
-
-def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    """Intersection over union of two ``[x0, y0, x1, y1]`` boxes."""
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    intersection = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - intersection
-    if union <= 0:
-        # Two-decimal rounding can collapse a tiny box to a line; only the same line matches it.
-        return 1.0 if a == b else 0.0
-    return intersection / union
 
 
 def object_agreement(

@@ -19,8 +19,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.stats import spearmanr
 
 from services.common.contracts import TONE_AXIS, ColorSwatch, Verbalization
+from services.common.geometry import box_iou
 
-Box = tuple[float, float, float, float]
 FloatArray = npt.NDArray[np.floating[Any]]
 DescriptionMetric = Callable[[Verbalization, Verbalization], float | None]
 Embed = Callable[[list[str]], FloatArray]
@@ -45,25 +45,6 @@ def object_label_iou(predicted: Verbalization, truth: Verbalization) -> float | 
     if not union:
         return 1.0
     return len(predicted_labels & true_labels) / len(union)
-
-
-def box_iou(a: Box, b: Box) -> float:
-    """Intersection over union of two normalized ``(x0, y0, x1, y1)`` boxes.
-
-    Boxes carry two decimals, so a tiny object can collapse to zero area; two such boxes
-    score 1.0 when identical and 0.0 otherwise rather than dividing by zero.
-    """
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    intersection = max(0.0, width) * max(0.0, height)
-    union = _area(a) + _area(b) - intersection
-    if union <= 0.0:
-        return 1.0 if a == b else 0.0
-    return intersection / union
-
-
-def _area(box: Box) -> float:
-    return (box[2] - box[0]) * (box[3] - box[1])
 
 
 def matched_box_iou(predicted: Verbalization, truth: Verbalization) -> float | None:
