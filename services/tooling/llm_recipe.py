@@ -27,6 +27,7 @@ from tqdm import tqdm
 from services.common.checkpoints import current_checkpoint
 from services.common.clients import DescriberClient
 from services.common.settings import boig_home
+from services.describer.model_prep import SMOLLM2_NAME
 from services.tooling.stack import local_stack
 from services.trainer.evaluate import metrics, report
 from services.trainer.evaluate.results import EvaluationResult
@@ -83,8 +84,8 @@ class LlmPaths:
 
     @property
     def base_model(self) -> Path:
-        # The folder `make models` prepares (the describer's model_prep; no service import).
-        return self.home / "models" / "smollm2-135m-instruct"
+        """The folder `make models` prepares, under this recipe's home."""
+        return self.home / "models" / SMOLLM2_NAME
 
 
 def default_paths(seed: int = 0, posts_per_brand: int = 300) -> LlmPaths:
