@@ -89,14 +89,21 @@ class PostingHabits:
     text_overlay_rate: float
     """Share of creatives that carry overlay text."""
     taste_share: float
-    """Probability that each design choice (a colour, an object class) follows the taste
-    rather than the brand's other habits: 0 gives a KPI with no learnable creative signal,
+    """Probability that a creative follows the audience's taste (its colours and shapes)
+    rather than the brand's house style: 0 gives a KPI with no learnable creative signal,
     1 gives no contrast to learn from."""
     house_palette: tuple[RGB, ...]
-    """The house style's other colours: what the designers use when a colour does not follow
-    the audience's taste (most of the time; otherwise any colour). Real brands repeat their
-    own look, liked or not, so a brand's weaker posts look like something too, and what a
-    post should look like to reach a level differs in place, not only in spread."""
+    """The house style's colours: what the designers use when a creative does not follow the
+    audience's taste. Real brands repeat their own look, liked or not, so a brand's weaker
+    posts look like something too, and what a post should look like to reach a level differs
+    in place, not only in spread."""
+    house_shapes: tuple[str, ...]
+    """Object classes of the house style (any of :data:`SHAPE_CLASSES`)."""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.house_shapes) - set(SHAPE_CLASSES)
+        if unknown:
+            raise ValueError(f"unknown object classes {sorted(unknown)}; known: {SHAPE_CLASSES}")
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,7 @@ COFFEE = Brand(
         text_overlay_rate=0.3,
         taste_share=0.5,
         house_palette=((60, 62, 72), (176, 58, 92), (92, 140, 200)),
+        house_shapes=("square", "star"),
     ),
     voice=Voice(
         openers=("Slow mornings call for", "Meet our new", "Warm up with", "Back by demand:"),
@@ -202,6 +210,7 @@ SPORTSWEAR = Brand(
         text_overlay_rate=0.5,
         taste_share=0.5,
         house_palette=((205, 70, 35), (125, 125, 135), (85, 45, 125)),
+        house_shapes=("circle", "square"),
     ),
     voice=Voice(
         openers=("Built for race day:", "Go further in the", "New drop:", "Train harder with the"),
@@ -238,6 +247,7 @@ BANK = Brand(
         text_overlay_rate=0.6,
         taste_share=0.5,
         house_palette=((205, 165, 45), (150, 30, 45), (110, 110, 110)),
+        house_shapes=("triangle", "circle"),
     ),
     voice=Voice(
         openers=("Plan ahead with", "Introducing", "Good news about", "Take control with"),
@@ -274,6 +284,7 @@ TOY_SHOP = Brand(
         text_overlay_rate=0.25,
         taste_share=0.5,
         house_palette=((120, 98, 78), (205, 200, 188), (40, 92, 62)),
+        house_shapes=("square", "triangle"),
     ),
     voice=Voice(
         openers=("Playtime just got better:", "Say hello to the", "Fresh on our shelves:"),

@@ -37,9 +37,10 @@ from services.trainer.world.render import (
 )
 
 GENERATOR = "boig-synthetic-world"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Bump whenever the same seed would give different files. 2: off-taste colours come mostly
-from the brand's house palette instead of uniformly at random."""
+from the brand's house palette instead of uniformly at random. 3: a creative follows one
+scheme as a whole (the taste or the house style) instead of a coin flip per colour and shape."""
 POSTS_FILE = "posts.jsonl"
 WORLD_FILE = "world.json"
 TRUTH_FILE = "truth.jsonl"
@@ -58,8 +59,9 @@ MIN_FILL_CONTRAST = 20.0
 """Least ΔE76 between a shape's fill and each background colour: no invisible shapes."""
 COLOR_JITTER = 8.0
 """Standard deviation (per sRGB channel) of a designer's deviation from a palette colour."""
-HOUSE_SHARE = 0.8
-"""Share of off-taste colours drawn from the brand's house palette; the rest are any colour."""
+STRAY_COLOR_SHARE = 0.1
+"""Share of a creative's colours that are any colour at all instead of one of its scheme's:
+designers improvise a little, and a model must not take a palette as a closed list."""
 HABIT_HOUR_SHARE = 0.75
 """Share of posts that go out at one of the brand's habitual hours; the rest at any hour."""
 VOLUME_GROWTH = 1.5
@@ -206,39 +208,46 @@ def sample_creative_spec(
 ) -> CreativeSpec:
     """A creative as the brand's designers would draw it at ``year``.
 
-    Each choice follows the brand's taste with probability ``habits.taste_share``; otherwise
-    a colour comes from the brand's house palette (or, less often, is any colour) and an
-    object class is random, so a world holds both on-taste and off-taste creatives (the
-    contrast a KPI model learns from). Designers follow the palette in fashion at the time.
+    A creative follows one scheme as a whole: with probability ``habits.taste_share`` the
+    audience's taste (its palette in fashion at the time, its liked shapes), otherwise the
+    brand's house style (house palette and shapes). Designers work in schemes, so a post's
+    look is coherent, and a world holds both on-taste and off-taste creatives: the contrast a
+    KPI model learns from, and a look that differs by KPI level in place, not only in spread
+    (v2's coin flip per colour made every creative a mix, so knowing the level told little
+    about the look). A few colours stray from the scheme (``STRAY_COLOR_SHARE``).
     """
     taste, habits = brand.taste, brand.habits
-    share = habits.taste_share
-    palette = taste.late_palette if rng.random() < palette_shift(brand, year) else taste.palette
-
-    def jittered(colors: tuple[RGB, ...]) -> RGB:
-        base = np.array(colors[int(rng.integers(len(colors)))], dtype=np.float64)
-        drawn = np.clip(np.round(base + rng.normal(0.0, COLOR_JITTER, 3)), 0, 255)
-        return (int(drawn[0]), int(drawn[1]), int(drawn[2]))
+    follows_taste = rng.random() < habits.taste_share
+    if follows_taste:
+        in_fashion = rng.random() < palette_shift(brand, year)
+        scheme = taste.late_palette if in_fashion else taste.palette
+        liked = [(label, effect) for label, effect in taste.object_effects.items() if effect > 0]
+        labels = tuple(label for label, _ in liked)
+        label_weights = np.array([effect for _, effect in liked], dtype=np.float64)
+    else:
+        scheme = habits.house_palette
+        labels = habits.house_shapes
+        label_weights = np.ones(len(labels), dtype=np.float64)
 
     def color() -> RGB:
-        if rng.random() < share:
-            return jittered(palette)
-        if rng.random() < HOUSE_SHARE:
-            return jittered(habits.house_palette)
-        drawn = rng.integers(0, 256, 3)
-        return (int(drawn[0]), int(drawn[1]), int(drawn[2]))
+        if rng.random() < STRAY_COLOR_SHARE:
+            drawn = rng.integers(0, 256, 3)
+            return (int(drawn[0]), int(drawn[1]), int(drawn[2]))
+        base = np.array(scheme[int(rng.integers(len(scheme)))], dtype=np.float64)
+        jittered = np.clip(np.round(base + rng.normal(0.0, COLOR_JITTER, 3)), 0, 255)
+        return (int(jittered[0]), int(jittered[1]), int(jittered[2]))
+
+    def shape_label() -> str:
+        if not labels:  # a scheme with no shapes of its own: any class
+            return SHAPE_CLASSES[int(rng.integers(len(SHAPE_CLASSES)))]
+        return labels[int(rng.choice(len(labels), p=label_weights / label_weights.sum()))]
 
     background = (color(),) if rng.random() < 0.5 else (color(), color())
     angle = float(rng.uniform(0, 2 * math.pi))
-    liked = [(label, effect) for label, effect in taste.object_effects.items() if effect > 0]
     ground = srgb_to_lab(list(background))
     shapes: list[ShapeSpec] = []
     for _ in range(int(rng.choice(len(SHAPE_COUNT_WEIGHTS), p=SHAPE_COUNT_WEIGHTS))):
-        if liked and rng.random() < share:
-            weights = np.array([effect for _, effect in liked])
-            label = liked[int(rng.choice(len(liked), p=weights / weights.sum()))][0]
-        else:
-            label = SHAPE_CLASSES[int(rng.integers(len(SHAPE_CLASSES)))]
+        label = shape_label()
         fill = color()
         for _attempt in range(10):
             if np.linalg.norm(srgb_to_lab(fill) - ground, axis=-1).min() >= MIN_FILL_CONTRAST:

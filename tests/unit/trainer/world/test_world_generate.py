@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from services.trainer.world.__main__ import cli
 from services.trainer.world.brands import BANK, COFFEE, DEFAULT_BRANDS
 from services.trainer.world.generate import (
-    HOUSE_SHARE,
+    STRAY_COLOR_SHARE,
     WorldManifest,
     generate_world,
     sample_creative_spec,
@@ -176,26 +177,40 @@ def test_cli_refuses_an_unknown_variant(tmp_path: Path) -> None:
     assert not (tmp_path / "posts.jsonl").exists()
 
 
-def test_off_taste_colours_come_mostly_from_the_house_palette() -> None:
-    """Weaker posts have a look of their own (the brand's house style), so what a post should
-    look like to reach a level differs in place, not only in spread."""
+def test_a_creative_follows_one_scheme_the_taste_or_the_house_style() -> None:
+    """Designers work in schemes: a creative's colours and shapes come from the taste or from
+    the house style as a whole, so what a post should look like to reach a level differs in
+    place, not only in spread. A few colours stray from the scheme."""
     brand = COFFEE
+    liked = {label for label, effect in brand.taste.object_effects.items() if effect > 0}
     rng = np.random.default_rng(5)
-    near = {"taste": 0, "house": 0, "other": 0}
+    schemes = {"taste": 0, "house": 0, "unclear": 0}
+    colours, strays = 0, 0
     for _ in range(400):
         spec = sample_creative_spec(rng, brand, 2018.0)  # before any palette drift
-        for rgb in spec.background:
+        drawn = [*spec.background, *(shape.rgb for shape in spec.shapes)]
+        near = {
+            name: [min(np.linalg.norm(np.subtract(rgb, c)) for c in palette) < 40 for rgb in drawn]
             for name, palette in (
                 ("taste", brand.taste.palette),
                 ("house", brand.habits.house_palette),
-            ):
-                if min(np.linalg.norm(np.subtract(rgb, c)) for c in palette) < 40:
-                    near[name] += 1
-                    break
-            else:
-                near["other"] += 1
-    total = sum(near.values())
+            )
+        }
+        if sum(near["taste"]) == sum(near["house"]):  # e.g. a lone stray colour
+            schemes["unclear"] += 1
+            continue
+        scheme = max(near, key=lambda name: sum(near[name]))
+        schemes[scheme] += 1
+        colours += len(drawn)
+        strays += len(drawn) - sum(near[scheme])
+        labels = {shape.label for shape in spec.shapes}
+        assert labels <= (liked if scheme == "taste" else set(brand.habits.house_shapes))
     share = brand.habits.taste_share
-    assert abs(near["taste"] / total - share) < 0.06
-    assert abs(near["house"] / total - (1 - share) * HOUSE_SHARE) < 0.06
-    assert near["other"] > 0  # a few colours are anything at all
+    assert schemes["unclear"] < 20
+    assert abs(schemes["taste"] / (400 - schemes["unclear"]) - share) < 0.07
+    assert 0 < strays / colours < 2 * STRAY_COLOR_SHARE
+
+
+def test_house_shapes_must_be_known_classes() -> None:
+    with pytest.raises(ValueError, match="unknown object classes"):
+        dataclasses.replace(COFFEE.habits, house_shapes=("hexagon",))
