@@ -92,7 +92,7 @@ def finetune(
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
+    dtype = resolve_dtype(config.dtype, device, bf16_on_capable_cpu=True)
     tokenizer: Any = AutoTokenizer.from_pretrained(str(config.base_model), local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
