@@ -67,7 +67,7 @@ def check_contracts(root: Path = PROTO) -> None:
 @llm_app.command("train")
 def train_llm(
     seed: Seed = 0,
-    posts_per_brand: PostsPerBrand = 300,
+    posts_per_brand: PostsPerBrand = 500,
     max_steps: Annotated[
         int | None, typer.Option(min=2, help="Override the cpu preset's steps.")
     ] = None,
@@ -84,10 +84,10 @@ def train_llm(
 @llm_app.command("evaluate")
 def evaluate_llm(
     seed: Seed = 0,
-    posts_per_brand: PostsPerBrand = 300,
+    posts_per_brand: PostsPerBrand = 500,
     rows_per_level: Annotated[
         int, typer.Option(min=2, help="Held-out rows per KPI level (stratified sample).")
-    ] = 50,
+    ] = 100,
     base: Annotated[
         bool, typer.Option(help="Also evaluate the base model (the slowest part).")
     ] = True,

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, ExitStack, contextmanager
@@ -88,7 +89,7 @@ class LlmPaths:
         return self.home / "models" / SMOLLM2_NAME
 
 
-def default_paths(seed: int = 0, posts_per_brand: int = 300) -> LlmPaths:
+def default_paths(seed: int = 0, posts_per_brand: int = 500) -> LlmPaths:
     return LlmPaths(home=boig_home(), seed=seed, posts_per_brand=posts_per_brand)
 
 
@@ -175,19 +176,29 @@ def cpu_config(paths: LlmPaths, max_steps: int | None = None) -> FinetuneConfig:
 @contextmanager
 def describers(paths: LlmPaths, with_base: bool) -> Iterator[tuple[str, str | None]]:
     """URLs of a describer serving the current checkpoint and, optionally, one serving the
-    base model; both stop when the block ends."""
+    base model; both stop when the block ends. The evaluation asks both at once, so each
+    gets its share of the cores rather than both contending for all of them."""
+    threads = {"BOIG_DESCRIBER_TORCH_THREADS": str(max(1, (os.cpu_count() or 1) // 2))}
+    per_process = threads if with_base else {}
     with ExitStack() as stack:
         tuned = stack.enter_context(
             local_stack(
                 paths.home / "stack" / "describer-boigllm",
                 services=("describer",),
-                extra_env={"BOIG_DESCRIBER_CHECKPOINT_REGISTRY": str(paths.registry)},
+                extra_env={
+                    "BOIG_DESCRIBER_CHECKPOINT_REGISTRY": str(paths.registry),
+                    **per_process,
+                },
             )
         )
         base_url = None
         if with_base:
             base = stack.enter_context(
-                local_stack(paths.home / "stack" / "describer-base", services=("describer",))
+                local_stack(
+                    paths.home / "stack" / "describer-base",
+                    services=("describer",),
+                    extra_env=per_process,
+                )
             )
             base_url = base.url("describer")
         yield tuned.url("describer"), base_url

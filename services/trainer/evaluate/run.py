@@ -9,6 +9,7 @@ split.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -46,7 +47,7 @@ BASE_MODEL = "base model (few-shot)"
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    rows_per_level: int = 50
+    rows_per_level: int = 100
     """Held-out rows drawn per KPI level (stratified, seeded); all of a level if fewer."""
     confidence: float = 0.95
     resamples: int = 2000
@@ -254,19 +255,23 @@ async def evaluate(
     behaviour_rows = select_rows(test[Direction.BEHAVIOUR], settings.rows_per_level, settings.seed)
     train_content = train[Direction.CONTENT]
     with Progress() as progress:
-        descriptions: dict[str, list[Verbalization]] = {
-            BOIGLLM: await describe_all(
-                boigllm, content_rows, progress, BOIGLLM, checkpoint_version
+
+        async def answers(
+            client: DescriberClient, label: str, expect_version: str | None
+        ) -> tuple[list[Verbalization], LevelPredictions]:
+            described = await describe_all(client, content_rows, progress, label, expect_version)
+            return described, await predict_levels(
+                client, behaviour_rows, progress, label, expect_version
             )
-        }
-        levels = {
-            BOIGLLM: await predict_levels(
-                boigllm, behaviour_rows, progress, BOIGLLM, checkpoint_version
-            )
-        }
+
+        # The two models are separate describer processes: asking both at once keeps both
+        # busy (each is given its share of the cores), instead of one waiting for the other.
+        models = {BOIGLLM: answers(boigllm, BOIGLLM, checkpoint_version)}
         if base is not None:
-            descriptions[BASE_MODEL] = await describe_all(base, content_rows, progress, BASE_MODEL)
-            levels[BASE_MODEL] = await predict_levels(base, behaviour_rows, progress, BASE_MODEL)
+            models[BASE_MODEL] = answers(base, BASE_MODEL, None)
+        answered = dict(zip(models, await asyncio.gather(*models.values()), strict=True))
+    descriptions = {label: described for label, (described, _) in answered.items()}
+    levels = {label: predicted for label, (_, predicted) in answered.items()}
     baselines = (
         NearestPastImage(train_content, embed),
         BrandAveragePalette(train_content),
