@@ -34,7 +34,7 @@ models: setup  ## prepare the local default models once (SmolLM2 HF folder, shap
 demo: models  ## start the services, score the sample creatives, print the ranking
 	$(PY) -m services.demo
 
-train-llm: models  ## BoigLLM on the synthetic world: ingest, fine-tune SmolLM2 (cpu preset, ~20 min), publish
+train-llm: models  ## BoigLLM on the synthetic world: ingest, fine-tune SmolLM2 (cpu preset, 20-30 min on 2 cores), publish
 	$(PY) -m services.cli llm train
 
 eval-llm: models  ## BoigLLM vs baselines on the held-out split: table + HTML report

@@ -204,11 +204,15 @@ class FinetuneConfig(BaseModel):
 
 
 def cpu_preset(base_model: Path) -> FinetuneConfig:
-    """SmolLM2-135M on 2 CPU cores in about 20 minutes: 120 steps of 8 compact examples
-    (~220 tokens each) at ~9-10 s per step in bfloat16 (measured over a whole run, with the
-    padding of mixed-length batches), three quarters content simulation (the descriptions
-    are what the generator uses; a level is 2 target tokens, a description ~115). The loss
-    flattens after ~50 steps; a learning rate above the usual 2e-4 because the run is short."""
+    """SmolLM2-135M on 2 CPU cores in 20-30 minutes: 120 steps of 8 compact examples (~250
+    tokens each), three quarters content simulation (the descriptions are what the generator
+    uses; a level is 2 target tokens, a description ~150). Measured over whole runs: ~9.4 s
+    per step in bfloat16 on an earlier 2-core machine where bfloat16 was the faster (19 min),
+    ~13.4 s in float32 on one without native bfloat16 (27 min); dtype auto picks. The loss
+    flattens after ~50 steps; a learning rate above the usual 2e-4 because the run is short.
+    What it does not buy: a 135M model this briefly tuned learns the format and the overall
+    look of the data, not yet how the look depends on the brand and the level (see the
+    README's evaluation)."""
     return FinetuneConfig(
         base_model=base_model,
         learning_rate=5e-4,
