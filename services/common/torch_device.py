@@ -14,7 +14,7 @@ def resolve_device(device: str) -> torch.device:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX). Elsewhere torch
-    emulates it, and a bfloat16 SmolLM2 training step took ~3.5x as long as float32."""
+    emulates it, and a bfloat16 SmolLM2 training step took ~2.5x as long as float32."""
     capabilities = torch.cpu.get_capabilities()
     return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 

@@ -151,7 +151,7 @@ class FinetuneConfig(BaseModel):
             "native bfloat16 (AVX512-BF16, AMX), float32 on other CPUs. The LoRA weights and "
             "their optimizer state stay float32 either way (peft upcasts adapters), so "
             "bfloat16 costs only forward precision; on a 2-core CPU with AVX512-BF16 it made a "
-            "SmolLM2 step ~25% faster, on one without it ~3.5x slower (torch emulates it)."
+            "SmolLM2 step ~25% faster, on one without it ~2.5x slower (torch emulates it)."
         ),
     )
     device: Device = Field(default="auto", description="auto: cuda when available, else cpu.")

@@ -8,7 +8,7 @@ Nothing of the taste is written next to the generated data.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -101,9 +101,7 @@ class PostingHabits:
     """Object classes of the house style (any of :data:`SHAPE_CLASSES`)."""
 
     def __post_init__(self) -> None:
-        unknown = set(self.house_shapes) - set(SHAPE_CLASSES)
-        if unknown:
-            raise ValueError(f"unknown object classes {sorted(unknown)}; known: {SHAPE_CLASSES}")
+        _check_classes(self.house_shapes)
 
 
 @dataclass(frozen=True)
@@ -139,10 +137,14 @@ class Brand:
         return self.audience * self.base_rate
 
 
-def _effects(**effects: float) -> Mapping[str, float]:
-    unknown = set(effects) - set(SHAPE_CLASSES)
+def _check_classes(labels: Iterable[str]) -> None:
+    unknown = set(labels) - set(SHAPE_CLASSES)
     if unknown:
         raise ValueError(f"unknown object classes {sorted(unknown)}; known: {SHAPE_CLASSES}")
+
+
+def _effects(**effects: float) -> Mapping[str, float]:
+    _check_classes(effects)
     # Read-only, so a frozen Brand stays immutable all the way down.
     return MappingProxyType(dict(effects))
 
