@@ -36,6 +36,8 @@ MANIFEST_FILE = "manifest.json"
 POINTER_FILE = "current"
 VERSIONS_DIR = "versions"
 KIND_BOIGLLM_LORA = "boigllm-lora"
+BOIGLLM_CHECKPOINT = "boigllm"
+"""The registry entry BoigLLM is published under and the describer serves by default."""
 KIND_BOIGSD_LORA = "boigsd-lora"
 
 # Only formats that cannot run code when loaded. Pickle-based weights (torch.load, joblib, ...)

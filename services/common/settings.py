@@ -9,6 +9,12 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def checkpoint_registry(home: Path) -> Path:
+    """The checkpoint registry under a BOIG home: where `make train-llm` publishes and what
+    `make demo` serves when it holds a checkpoint."""
+    return home / "registry"
+
+
 def boig_home() -> Path:
     """Where prepared models, the artifact store and the embedded database live."""
     configured = os.environ.get("BOIG_HOME")

@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from services.common.checkpoints import current_checkpoint
-from services.common.settings import boig_home
+from services.common.checkpoints import BOIGLLM_CHECKPOINT, current_checkpoint
+from services.common.settings import boig_home, checkpoint_registry
 from services.demo.world_sample import ingest_world_sample
 from services.tooling.stack import LocalStack, local_stack
 
@@ -148,8 +148,8 @@ def main() -> None:
     console.rule("BOIG demo: rank creatives for a KPI target")
     console.print(f"context: {json.dumps(request['context'])}")
     console.print(f"target:  {request['target']['name']} = {request['target']['level']}")
-    registry = boig_home() / "registry"
-    current = current_checkpoint(registry, "boigllm") if registry.is_dir() else None
+    registry = checkpoint_registry(boig_home())
+    current = current_checkpoint(registry, BOIGLLM_CHECKPOINT) if registry.is_dir() else None
     checkpoint = current.version if current is not None else None
     extra_env = {"BOIG_DESCRIBER_CHECKPOINT_REGISTRY": str(registry)} if current else {}
     console.print("starting featurizer, describer, scorer and gateway on loopback…")

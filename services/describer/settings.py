@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.checkpoints import BOIGLLM_CHECKPOINT
 from services.common.contracts import KPI_LEVELS, MAX_BATCH_IMAGES, KpiLevel
 from services.common.settings import ServiceSettings
 from services.describer.model_prep import default_smollm2_dir
@@ -58,7 +59,7 @@ class DescriberSettings(ServiceSettings):
         ),
     )
     checkpoint_name: str = Field(
-        default="boigllm",
+        default=BOIGLLM_CHECKPOINT,
         pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
         description="Registry entry to serve from checkpoint_registry.",
     )

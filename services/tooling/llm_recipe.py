@@ -25,9 +25,9 @@ from pathlib import Path
 from rich.console import Console
 from tqdm import tqdm
 
-from services.common.checkpoints import current_checkpoint
+from services.common.checkpoints import BOIGLLM_CHECKPOINT, current_checkpoint
 from services.common.clients import DescriberClient
-from services.common.settings import boig_home
+from services.common.settings import boig_home, checkpoint_registry
 from services.describer.model_prep import SMOLLM2_NAME
 from services.tooling.stack import local_stack
 from services.trainer.evaluate import metrics, report
@@ -35,7 +35,7 @@ from services.trainer.evaluate.results import EvaluationResult
 from services.trainer.evaluate.run import EvaluationSettings, evaluate
 from services.trainer.finetune.config import PRESETS, FinetuneConfig
 from services.trainer.finetune.data import load_examples, resolve_dataset_dir
-from services.trainer.finetune.publish import CHECKPOINT_NAME, publish_trained
+from services.trainer.finetune.publish import publish_trained
 from services.trainer.finetune.train import StepReport, TrainResult, finetune
 from services.trainer.ingest.dataset import LATEST, MANIFEST, Direction, InstructionExample
 from services.trainer.ingest.pipeline import ingest_over_http
@@ -77,7 +77,7 @@ class LlmPaths:
 
     @property
     def registry(self) -> Path:
-        return self.home / "registry"
+        return checkpoint_registry(self.home)
 
     @property
     def reports(self) -> Path:
@@ -178,8 +178,8 @@ def describers(paths: LlmPaths, with_base: bool) -> Iterator[tuple[str, str | No
     """URLs of a describer serving the current checkpoint and, optionally, one serving the
     base model; both stop when the block ends. The evaluation asks both at once, so each
     gets its share of the cores rather than both contending for all of them."""
-    threads = {"BOIG_DESCRIBER_TORCH_THREADS": str(max(1, (os.cpu_count() or 1) // 2))}
-    per_process = threads if with_base else {}
+    half_the_cores = str(max(1, (os.cpu_count() or 1) // 2))
+    per_process = {"BOIG_DESCRIBER_TORCH_THREADS": half_the_cores} if with_base else {}
     with ExitStack() as stack:
         tuned = stack.enter_context(
             local_stack(
@@ -207,7 +207,7 @@ def describers(paths: LlmPaths, with_base: bool) -> Iterator[tuple[str, str | No
 def run_evaluation(paths: LlmPaths, settings: EvaluationSettings, *, with_base: bool) -> Path:
     posts = paths.world / POSTS_FILE
     dataset = current_dataset(paths, posts) if posts.is_file() else None
-    checkpoint = current_checkpoint(paths.registry, CHECKPOINT_NAME)
+    checkpoint = current_checkpoint(paths.registry, BOIGLLM_CHECKPOINT)
     if dataset is None or checkpoint is None:
         raise SystemExit("no trained BoigLLM for this world: run `make train-llm` first")
     media = {row.id: row.media for row in read_rows(posts).rows}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from services.common.checkpoints import (
     ALLOWED_SUFFIXES,
+    BOIGLLM_CHECKPOINT,
     KIND_BOIGLLM_LORA,
     BaseModelRef,
     CheckpointRef,
@@ -28,7 +29,6 @@ from services.trainer.finetune.data import resolve_dataset_dir
 from services.trainer.finetune.train import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TRAIN_STATE
 from services.trainer.ingest.dataset import MANIFEST as DATASET_MANIFEST
 
-CHECKPOINT_NAME = "boigllm"
 MODEL_MANIFEST = "manifest.json"
 """What ``make models`` writes into a prepared base folder (the describer's model_prep)."""
 _REQUIRED = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, TRAIN_STATE)
@@ -83,7 +83,7 @@ def publish_trained(
     *,
     dataset_dir: Path,
     config: FinetuneConfig,
-    name: str = CHECKPOINT_NAME,
+    name: str = BOIGLLM_CHECKPOINT,
     make_current: bool = True,
 ) -> CheckpointRef:
     """Publish the finished adapter in ``out_dir`` as a new version of ``name``; the pointer
