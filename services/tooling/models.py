@@ -1,8 +1,10 @@
-"""Prepare the embedded default models once: SmolLM2 as an HF folder, the shapes YOLO.
+"""Prepare the embedded default models once: SmolLM2 as an HF folder, the shapes YOLO, the
+tiny random Stable Diffusion pipeline.
 
-Both are cached under ``boig_home()/models``; a second run finds them and returns at once.
+All are cached under ``boig_home()/models``; a second run finds them and returns at once.
 A model the operator names in settings (BOIG_DESCRIBER_MODEL_PATH,
-BOIG_FEATURIZER_DETECTOR_WEIGHTS) is theirs: it is checked for, never built or overwritten.
+BOIG_FEATURIZER_DETECTOR_WEIGHTS, BOIG_GENERATOR_MODEL_PATH) is theirs: it is checked for,
+never built or overwritten.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def prepare_all(*, log: bool = True) -> dict[str, Path]:
     from services.describer.settings import DescriberSettings
     from services.featurizer.settings import FeaturizerSettings, default_detector_weights
     from services.featurizer.shapes import prepare_detector
+    from services.generator.settings import GeneratorSettings
+    from services.generator.tiny_pipeline import default_tiny_pipeline_dir, prepare_tiny_pipeline
 
     prepared: dict[str, Path] = {}
     started = time.perf_counter()
@@ -51,6 +55,19 @@ def prepare_all(*, log: bool = True) -> dict[str, Path]:
         else:
             raise ModelMissing(f"BOIG_FEATURIZER_DETECTOR_WEIGHTS={weights} does not exist")
         _report(log, "detector", prepared["detector"], started)
+
+    started = time.perf_counter()
+    diffusion = GeneratorSettings().model_path
+    if diffusion == default_tiny_pipeline_dir():
+        prepared["diffusion"] = prepare_tiny_pipeline(diffusion)
+    elif (diffusion / "model_index.json").is_file():
+        prepared["diffusion"] = diffusion
+    else:
+        raise ModelMissing(
+            f"BOIG_GENERATOR_MODEL_PATH={diffusion} holds no diffusers pipeline "
+            "(no model_index.json)"
+        )
+    _report(log, "diffusion", prepared["diffusion"], started)
     return prepared
 
 

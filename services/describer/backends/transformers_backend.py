@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
@@ -22,15 +21,13 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from services.common.contracts import ModelInfo
+from services.common.model_folders import folder_version
 from services.common.prompts import ChatMessage, chat_prompt
 from services.common.torch_device import resolve_device, resolve_dtype
 from services.describer.model_prep import MANIFEST
 from services.describer.settings import DescriberSettings
 
 logger = logging.getLogger(__name__)
-
-_FULL_HASH_LIMIT = 64 * 1024 * 1024
-_SAMPLE_BYTES = 4 * 1024 * 1024
 
 
 class TransformersBackend:
@@ -412,29 +409,5 @@ def _model_name(path: Path) -> str:
 
 
 def model_version(path: Path) -> str:
-    """A short content hash of the model folder: it keys caches and tells checkpoints apart.
-
-    A folder with a manifest (``make models``, published checkpoints) is identified by the
-    manifest, which records the sha256 of every file. Otherwise every file is hashed, except
-    that files over 64 MiB contribute their size, modification time and first and last 4 MiB,
-    so that a multi-GB model does not add seconds to start-up. The modification time is there
-    because a fine-tune may change only middle layers; a copied folder merely misses the cache.
-    """
-    manifest = path / MANIFEST
-    digest = hashlib.sha256()
-    if manifest.is_file():
-        digest.update(manifest.read_bytes())
-        return digest.hexdigest()[:12]
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest.update(str(file.relative_to(path)).encode())
-        size = file.stat().st_size
-        digest.update(size.to_bytes(8, "little"))
-        with file.open("rb") as handle:
-            if size <= _FULL_HASH_LIMIT:
-                digest.update(handle.read())
-            else:
-                digest.update(file.stat().st_mtime_ns.to_bytes(8, "little"))
-                digest.update(handle.read(_SAMPLE_BYTES))
-                handle.seek(size - _SAMPLE_BYTES)
-                digest.update(handle.read(_SAMPLE_BYTES))
-    return digest.hexdigest()[:12]
+    """A short content hash of the model folder: it keys caches and tells checkpoints apart."""
+    return folder_version(path, manifest=MANIFEST)

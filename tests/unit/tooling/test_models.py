@@ -15,11 +15,15 @@ def test_named_models_are_used_as_they_are(tmp_path: Path, monkeypatch: pytest.M
     (llm / "config.json").write_text("{}")
     weights = tmp_path / "yolov8n.pt"
     weights.write_bytes(b"operator's weights")
+    diffusion = tmp_path / "my-sd"
+    diffusion.mkdir()
+    (diffusion / "model_index.json").write_text("{}")
     monkeypatch.setenv("BOIG_DESCRIBER_MODEL_PATH", str(llm))
     monkeypatch.setenv("BOIG_FEATURIZER_DETECTOR_WEIGHTS", str(weights))
-    assert prepare_all(log=False) == {"llm": llm, "detector": weights}
+    monkeypatch.setenv("BOIG_GENERATOR_MODEL_PATH", str(diffusion))
+    assert prepare_all(log=False) == {"llm": llm, "detector": weights, "diffusion": diffusion}
     assert weights.read_bytes() == b"operator's weights"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["my-llm", "yolov8n.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my-llm", "my-sd", "yolov8n.pt"]
 
 
 def test_no_detector_backend_needs_no_weights(
@@ -28,12 +32,16 @@ def test_no_detector_backend_needs_no_weights(
     llm = tmp_path / "my-llm"
     llm.mkdir()
     (llm / "config.json").write_text("{}")
+    diffusion = tmp_path / "my-sd"
+    diffusion.mkdir()
+    (diffusion / "model_index.json").write_text("{}")
     monkeypatch.setenv("BOIG_DESCRIBER_MODEL_PATH", str(llm))
     monkeypatch.setenv("BOIG_FEATURIZER_DETECTOR_BACKEND", "none")
-    assert prepare_all(log=False) == {"llm": llm}
+    monkeypatch.setenv("BOIG_GENERATOR_MODEL_PATH", str(diffusion))
+    assert prepare_all(log=False) == {"llm": llm, "diffusion": diffusion}
 
 
-@pytest.mark.parametrize("missing", ["llm", "detector"])
+@pytest.mark.parametrize("missing", ["llm", "detector", "diffusion"])
 def test_missing_named_models_are_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str
 ) -> None:
@@ -41,9 +49,16 @@ def test_missing_named_models_are_reported(
     llm.mkdir()
     if missing != "llm":
         (llm / "config.json").write_text("{}")
+    weights = tmp_path / ("absent.pt" if missing == "detector" else "yolov8n.pt")
+    if missing != "detector":
+        weights.write_bytes(b"weights")
     monkeypatch.setenv("BOIG_DESCRIBER_MODEL_PATH", str(llm))
-    monkeypatch.setenv("BOIG_FEATURIZER_DETECTOR_WEIGHTS", str(tmp_path / "absent.pt"))
-    with pytest.raises(
-        ModelMissing, match="BOIG_DESCRIBER_MODEL_PATH" if missing == "llm" else "absent.pt"
-    ):
+    monkeypatch.setenv("BOIG_FEATURIZER_DETECTOR_WEIGHTS", str(weights))
+    monkeypatch.setenv("BOIG_GENERATOR_MODEL_PATH", str(tmp_path / "no-sd"))
+    expected = {
+        "llm": "BOIG_DESCRIBER_MODEL_PATH",
+        "detector": "absent.pt",
+        "diffusion": "BOIG_GENERATOR_MODEL_PATH",
+    }[missing]
+    with pytest.raises(ModelMissing, match=expected):
         prepare_all(log=False)

@@ -1,0 +1,1 @@
+"""The generator: Stable Diffusion (BoigSD) image generation on a Celery GPU worker."""
