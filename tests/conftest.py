@@ -1,10 +1,20 @@
-"""Test-wide setup: no network model hubs, ever; the tiny-Llama builder model tests share."""
+"""Test-wide setup: no network model hubs, ever; the tiny-Llama builder model tests share;
+databases for the store tests: SQLite in tmp_path, and the real PostgreSQL and Redis (marked).
+
+Each PostgreSQL test gets its own schema (search_path set per connection), dropped
+afterwards, so tests never see or leave rows in anybody else's tables.
+"""
 
 import os
-from collections.abc import Callable, Iterable
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from services.common.db import Database
 
 # Set before any test module imports transformers/ultralytics, which read them at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -80,3 +90,90 @@ def build_tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> TinyLlamaBuild
         return folder
 
     return build
+
+
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379"
+
+
+def postgres_schema_or_skip() -> tuple[str, str]:
+    """Create a throwaway schema; return (database URL using it, schema name)."""
+    psycopg = pytest.importorskip("psycopg")
+    schema = f"boig_test_{secrets.token_hex(6)}"
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3, autocommit=True) as connection:
+            connection.execute(f'CREATE SCHEMA "{schema}"')
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {POSTGRES_URL} is unreachable: {exc}")
+    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}", schema
+
+
+def drop_postgres_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, connect_timeout=3, autocommit=True) as connection:
+        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@contextmanager
+def postgres_database() -> Iterator[Database]:
+    """A Database on a throwaway PostgreSQL schema (schema not created), dropped after."""
+    url, schema = postgres_schema_or_skip()
+    db = Database(url)
+    try:
+        yield db
+    finally:
+        db.dispose()
+        drop_postgres_schema(schema)
+
+
+@pytest.fixture
+def postgres_db() -> Iterator[Database]:
+    """The real PostgreSQL, a schema of its own; mark the test ``postgres``."""
+    with postgres_database() as db:
+        yield db
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'gateway.db'}")
+        db.create_schema()
+        yield db
+        db.dispose()
+        return
+    with postgres_database() as db:
+        db.create_schema()
+        yield db
+
+
+@pytest.fixture
+def drain_queue() -> Callable[[Any, str], list[str]]:
+    """Empty a Celery app's broker queue; returns the ids of the tasks that were on it."""
+
+    def drain(celery: Any, queue_name: str) -> list[str]:
+        ids = []
+        with celery.connection_for_read() as connection:
+            queue = connection.SimpleQueue(queue_name)
+            try:
+                while True:
+                    message = queue.get(block=True, timeout=0.3)
+                    ids.append(message.headers["id"])
+                    message.ack()
+            except queue.Empty:
+                pass
+            finally:
+                queue.close()
+        return ids
+
+    return drain
+
+
+@pytest.fixture
+def redis_url() -> str:
+    redis = pytest.importorskip("redis")
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
+    return REDIS_URL

@@ -53,6 +53,14 @@ class NotFound(BoigError):
     type = "not_found"
 
 
+class Conflict(BoigError):
+    """The request clashes with the resource's state (an idempotency key reused with another
+    body, a finished job asked to cancel)."""
+
+    status_code = 409
+    type = "conflict"
+
+
 class RateLimited(BoigError):
     status_code = 429
     type = "rate_limited"
@@ -88,6 +96,13 @@ class ModelUnavailable(BackendError):
     type = "model_unavailable"
 
 
+class TimeLimitExceeded(BackendError):
+    """A job ran past its time limit and was stopped."""
+
+    status_code = 504
+    type = "time_limit_exceeded"
+
+
 _ERROR_TYPES: dict[str, type[BoigError]] = {
     cls.type: cls
     for cls in (
@@ -98,12 +113,14 @@ _ERROR_TYPES: dict[str, type[BoigError]] = {
         UnsupportedMediaType,
         Unauthorized,
         NotFound,
+        Conflict,
         RateLimited,
         Overloaded,
         UpstreamError,
         BackendError,
         ModelOutputError,
         ModelUnavailable,
+        TimeLimitExceeded,
     )
 }
 

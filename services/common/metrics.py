@@ -75,3 +75,23 @@ RATE_LIMITED = Counter(
     "Requests refused by the per-key rate limit.",
     registry=REGISTRY,
 )
+GENERATION_JOBS = Counter(
+    "boig_generation_jobs_total",
+    "Generation requests at the gateway: submitted (a new job), replayed (an idempotent "
+    "retry), rejected (queue full).",
+    ["event"],
+    registry=REGISTRY,
+)
+JOB_SECONDS = Histogram(
+    "boig_generation_job_seconds",
+    "Time a worker spent on one job, by strategy and how it ended.",
+    ["strategy", "outcome"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+JOB_QUEUE_SECONDS = Histogram(
+    "boig_generation_queue_wait_seconds",
+    "Time from a job's creation to its first start on a worker.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)

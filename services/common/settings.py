@@ -15,6 +15,12 @@ def checkpoint_registry(home: Path) -> Path:
     return home / "registry"
 
 
+def artifact_store_root(home: Path) -> Path:
+    """The local artifact store under a BOIG home: generated images, shared by the generator
+    (writes) and the gateway (serves)."""
+    return home / "artifacts"
+
+
 def boig_home() -> Path:
     """Where prepared models, the artifact store and the embedded database live."""
     configured = os.environ.get("BOIG_HOME")

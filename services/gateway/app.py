@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from celery import Celery
+from fastapi import FastAPI, Header, Request, Response
 from fastapi.openapi.utils import get_openapi
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -25,7 +26,12 @@ from services.common.contracts import (
 )
 from services.common.db import Database
 from services.common.errors import BoigError, InvalidInput, UnsupportedMediaType
-from services.gateway.auth import KeyStore
+from services.common.generation import GenerateRequest, JobAccepted, JobStatus
+from services.common.jobs import JobStore
+from services.common.queue import QueueSettings, create_celery_app
+from services.common.storage import LocalArtifactStore
+from services.gateway.auth import ApiKeyDep, KeyStore
+from services.gateway.generation import Generation
 from services.gateway.rate_limit import KeyRateLimiter, RateLimitedKey
 from services.gateway.service import Gateway, UploadedCreative, build_score_request
 from services.gateway.settings import GatewaySettings
@@ -73,6 +79,7 @@ def create_app(
     scorer: ScorerClient | None = None,
     describer: DescriberClient | None = None,
     database: Database | None = None,
+    celery: Celery | None = None,
 ) -> FastAPI:
     """Build the gateway app; clients and a database passed in are the caller's to close."""
     settings = settings or GatewaySettings()
@@ -88,6 +95,13 @@ def create_app(
     owns_database = database is None
     db = database if database is not None else Database(settings.database_url)
     upstreams: dict[str, ServiceClient] = {"scorer": scorer, "describer": describer}
+    generation = Generation(
+        store=JobStore(db),
+        celery=celery or create_celery_app(QueueSettings(), name="boig-gateway"),
+        artifacts=LocalArtifactStore(settings.artifact_root),
+        max_queued_jobs=settings.max_queued_jobs,
+        retry_after_seconds=settings.queue_retry_after_seconds,
+    )
     gateway = Gateway(
         scorer=scorer,
         describer=describer,
@@ -177,7 +191,76 @@ def create_app(
     async def describe(body: DescribeRequest, _key: RateLimitedKey) -> DescribeResponse:
         return await gateway.describe(body)
 
-    _declare_score_request_schema(app)
+    @app.post(
+        "/v1/generate",
+        status_code=202,
+        response_model=JobAccepted,
+        tags=["generation"],
+        summary="Start a generation job for a context and KPI target",
+        description=(
+            "Answers 202 with the job id at once; poll `status_url`. With an `Idempotency-Key` "
+            "header the same key and body return the same job, and the same key with another "
+            "body is a 409. While the queue is full: 503 with Retry-After."
+        ),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/GenerateRequest"}}
+                },
+            }
+        },
+    )
+    async def generate(
+        request: Request,
+        response: Response,
+        key: RateLimitedKey,
+        idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
+    ) -> JobAccepted:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type not in ("application/json", ""):
+            raise UnsupportedMediaType(f"unsupported content type {media_type!r}: send JSON")
+        accepted, created = await generation.submit(
+            owner=key.prefix, body=await request.body(), idempotency_key=idempotency_key
+        )
+        response.headers["Location"] = accepted.status_url
+        if not created:
+            response.headers["Idempotent-Replayed"] = "true"
+        return accepted
+
+    @app.get(
+        "/v1/jobs/{job_id}",
+        response_model=JobStatus,
+        tags=["generation"],
+        summary="A job's state, queue position, progress and, once done, its images",
+    )
+    async def job_status(job_id: str, key: ApiKeyDep) -> JobStatus:
+        return await generation.status(job_id, owner=key.prefix)
+
+    @app.delete(
+        "/v1/jobs/{job_id}",
+        response_model=JobStatus,
+        tags=["generation"],
+        summary="Cancel a job: a queued one at once, a running one at its next denoising step",
+    )
+    async def cancel_job(job_id: str, key: RateLimitedKey) -> JobStatus:
+        return await generation.cancel(job_id, owner=key.prefix)
+
+    @app.get(
+        "/v1/images/{image_id}",
+        tags=["generation"],
+        summary="A generated image (PNG)",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    async def image(image_id: str, key: ApiKeyDep) -> Response:
+        data = await generation.image(image_id, owner=key.prefix)
+        # An image id names fixed bytes: caches may keep it, but only for this key's owner.
+        return Response(
+            data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"}
+        )
+
+    _declare_request_schemas(app)
     return app
 
 
@@ -228,11 +311,12 @@ def _ping(db: Database) -> None:
         session.execute(text("SELECT 1"))
 
 
-def _declare_score_request_schema(app: FastAPI) -> None:
-    """Put ScoreRequest into the OpenAPI components.
+def _declare_request_schemas(app: FastAPI) -> None:
+    """Put ScoreRequest and GenerateRequest into the OpenAPI components.
 
-    /v1/score reads its body itself (it takes JSON or multipart), so FastAPI does not see the
-    model; the route's requestBody refers to it and this makes the reference resolve.
+    /v1/score (JSON or multipart) and /v1/generate (its raw bytes are the idempotency
+    fingerprint) read their bodies themselves, so FastAPI does not see the models; the routes'
+    requestBody refers to them and this makes the references resolve.
     """
 
     def openapi() -> dict[str, Any]:
@@ -247,12 +331,13 @@ def _declare_score_request_schema(app: FastAPI) -> None:
                 servers=app.servers,
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            request_schema = ScoreRequest.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            )
-            for name, definition in request_schema.pop("$defs", {}).items():
-                components.setdefault(name, definition)
-            components.setdefault("ScoreRequest", request_schema)
+            for model in (ScoreRequest, GenerateRequest):
+                request_schema = model.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                )
+                for name, definition in request_schema.pop("$defs", {}).items():
+                    components.setdefault(name, definition)
+                components.setdefault(model.__name__, request_schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

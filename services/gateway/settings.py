@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -11,7 +12,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.contracts import MAX_BATCH_IMAGES
 from services.common.db import default_database_url
-from services.common.settings import ImageLimits, ServiceSettings
+from services.common.settings import ImageLimits, ServiceSettings, artifact_store_root, boig_home
 
 RATE_LIMIT_STORAGE_SCHEMES = frozenset({"memory", "redis", "rediss", "redis+unix"})
 
@@ -25,7 +26,8 @@ class GatewaySettings(ServiceSettings):
     database_url: str = Field(
         default_factory=default_database_url,
         description=(
-            "SQLAlchemy URL of the database holding API keys: sqlite:///path (embedded default, "
+            "SQLAlchemy URL of the database holding API keys and generation jobs: sqlite:///path "
+            "(embedded default, "
             "under BOIG_HOME) or postgresql://user@host/db."
         ),
     )
@@ -84,6 +86,21 @@ class GatewaySettings(ServiceSettings):
             "When the rate-limit storage is unreachable: true lets requests through (logged), "
             "false refuses them with 503. Keys are still checked either way."
         ),
+    )
+    max_queued_jobs: int = Field(
+        default=100,
+        ge=1,
+        description=(
+            "Backpressure: while this many generation jobs wait in the queue, POST /v1/generate "
+            "answers 503 with Retry-After."
+        ),
+    )
+    queue_retry_after_seconds: float = Field(
+        default=10.0, gt=0, description="The Retry-After given with a full-queue 503, in seconds."
+    )
+    artifact_root: Path = Field(
+        default_factory=lambda: artifact_store_root(boig_home()),
+        description="Folder of the artifact store the generator writes images to.",
     )
     image_limits: ImageLimits = Field(
         default_factory=ImageLimits,

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from services.common import checkpoints, contracts
+from services.common import checkpoints, contracts, generation
 
 SERVICES = ("gateway", "describer", "featurizer", "scorer")
 SHARED_MESSAGES: tuple[type[BaseModel], ...] = (
@@ -29,6 +29,9 @@ SHARED_MESSAGES: tuple[type[BaseModel], ...] = (
     contracts.LikelihoodResponse,
     contracts.ScoreRequest,
     contracts.ScoreResponse,
+    generation.GenerateRequest,
+    generation.JobAccepted,
+    generation.JobStatus,
     checkpoints.CheckpointManifest,
 )
 ERROR_SCHEMA: dict[str, Any] = {

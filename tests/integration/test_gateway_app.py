@@ -484,26 +484,13 @@ def _refs(node: Any) -> Iterator[str]:
 
 
 @pytest.mark.postgres
-def test_api_keys_on_postgresql() -> None:
-    psycopg = pytest.importorskip("psycopg")
-    schema = f"boig_test_{secrets.token_hex(6)}"
-    try:
-        with psycopg.connect(POSTGRES_URL, connect_timeout=3, autocommit=True) as connection:
-            connection.execute(f'CREATE SCHEMA "{schema}"')
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at {POSTGRES_URL} is unreachable: {exc}")
-    database = Database(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
-    try:
-        for gateway in start_gateway(database):
-            body = score_json({"a": b64(GOOD)})
-            assert gateway.post("/v1/score", json=body).status_code == 200
-            assert_error(
-                gateway.post("/v1/score", key=gateway.key + "x", json=body), 401, "unauthorized"
-            )
-            gateway.store.revoke(gateway.key.split("_")[1])
-            assert_error(gateway.post("/v1/score", json=body), 401, "unauthorized")
-            assert gateway.client.get("/health").json()["database"] == "ok"
-    finally:
-        database.dispose()
-        with psycopg.connect(POSTGRES_URL, connect_timeout=3, autocommit=True) as connection:
-            connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+def test_api_keys_on_postgresql(postgres_db: Database) -> None:
+    for gateway in start_gateway(postgres_db):
+        body = score_json({"a": b64(GOOD)})
+        assert gateway.post("/v1/score", json=body).status_code == 200
+        assert_error(
+            gateway.post("/v1/score", key=gateway.key + "x", json=body), 401, "unauthorized"
+        )
+        gateway.store.revoke(gateway.key.split("_")[1])
+        assert_error(gateway.post("/v1/score", json=body), 401, "unauthorized")
+        assert gateway.client.get("/health").json()["database"] == "ok"

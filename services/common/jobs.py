@@ -1,0 +1,489 @@
+"""Generation jobs and their images in the SQL store: the durable record both sides share.
+
+The gateway creates jobs (with idempotency and backpressure) and reads them; the worker
+claims, finishes, fails or cancels them. Every change of state is one conditional UPDATE, so
+two deliveries of the same task can never both run a job or both record its images: a worker
+holds a *lease* (a token and an expiry) while it runs a job, and only the holder of the
+current lease can finish it. A lease that expires (its worker died) lets the next delivery
+claim the job again. The Celery message carries only the job id; everything else is here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.common.db import Base, Database
+from services.common.errors import Conflict, NotFound, Overloaded
+from services.common.generation import (
+    FINAL_STATES,
+    GenerateRequest,
+    JobError,
+    JobOutcome,
+    JobState,
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobRow(Base):
+    __tablename__ = "generation_jobs"
+    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_job_idempotency"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True, doc="API key prefix.")
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    request_hash: Mapped[str] = mapped_column(String(64), doc="SHA-256 of the client's body.")
+    request_json: Mapped[str] = mapped_column(Text, doc="The request, seed resolved.")
+    state: Mapped[str] = mapped_column(String(16), index=True, default=JobState.QUEUED.value)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), default=None, doc="Last time its task was sent to the broker."
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_token: Mapped[str | None] = mapped_column(String(32), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    worker: Mapped[str | None] = mapped_column(String(255), default=None)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    outcome_json: Mapped[str | None] = mapped_column(Text, default=None)
+    error_type: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class ImageRow(Base):
+    __tablename__ = "generated_images"
+    __table_args__ = (UniqueConstraint("job_id", "rank", name="uq_image_rank"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("generation_jobs.id"), index=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    rank: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    artifact_key: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64))
+    reward: Mapped[float | None] = mapped_column(Float, default=None)
+    breakdown_json: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as read from the store (detached from any session)."""
+
+    id: str
+    owner: str
+    state: JobState
+    request: GenerateRequest
+    created_at: datetime
+    published_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    lease_token: str | None
+    lease_until: datetime | None
+    cancel_requested: bool
+    outcome: JobOutcome | None
+    error: JobError | None
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """An image the worker made, already written to the artifact store."""
+
+    rank: int
+    seed: int
+    width: int
+    height: int
+    artifact_key: str
+    sha256: str
+    reward: float | None
+    breakdown: dict[str, float]
+
+
+@dataclass(frozen=True)
+class StoredImage(NewImage):
+    """An image as recorded: which job made it and whose it is."""
+
+    id: str
+    job_id: str
+    owner: str
+
+
+@dataclass(frozen=True)
+class Lease:
+    job: Job
+    token: str
+
+
+def request_hash(body: bytes) -> str:
+    """The fingerprint an idempotency key is bound to: the canonical JSON of the request."""
+    canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def image_id(job_id: str, rank: int) -> str:
+    # Deterministic: a redelivered job that gets as far as recording images again would
+    # collide on the primary key instead of adding a second copy.
+    return f"{job_id}-{rank}"
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes even for timezone=True columns; they are UTC.
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _job(row: JobRow) -> Job:
+    outcome = JobOutcome.model_validate_json(row.outcome_json) if row.outcome_json else None
+    error = (
+        JobError(type=row.error_type, message=row.error_message or "") if row.error_type else None
+    )
+    return Job(
+        id=row.id,
+        owner=row.owner,
+        state=JobState(row.state),
+        request=GenerateRequest.model_validate_json(row.request_json),
+        created_at=_aware(row.created_at) or utcnow(),
+        published_at=_aware(row.published_at),
+        started_at=_aware(row.started_at),
+        finished_at=_aware(row.finished_at),
+        attempts=row.attempts,
+        lease_token=row.lease_token,
+        lease_until=_aware(row.lease_until),
+        cancel_requested=row.cancel_requested,
+        outcome=outcome,
+        error=error,
+    )
+
+
+def _image(row: ImageRow) -> StoredImage:
+    return StoredImage(
+        id=row.id,
+        job_id=row.job_id,
+        owner=row.owner,
+        rank=row.rank,
+        seed=row.seed,
+        width=row.width,
+        height=row.height,
+        artifact_key=row.artifact_key,
+        sha256=row.sha256,
+        reward=row.reward,
+        breakdown=json.loads(row.breakdown_json),
+    )
+
+
+class JobStore:
+    """Every read and state change of generation jobs."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    # --- the gateway's side -------------------------------------------------------------
+
+    def submit(
+        self,
+        *,
+        owner: str,
+        request: GenerateRequest,
+        body_hash: str,
+        idempotency_key: str | None,
+        max_queued: int,
+        retry_after_seconds: float,
+    ) -> tuple[Job, bool]:
+        """Create a queued job, or return the one this idempotency key already made.
+
+        Returns ``(job, created)``. The same key with another body is a Conflict; a queue
+        longer than ``max_queued`` is Overloaded (checked before creating, so a retried
+        request with a known key is answered even when the queue is full).
+        """
+        if idempotency_key is not None:
+            existing = self._by_idempotency_key(owner, idempotency_key)
+            if existing is not None:
+                return self._same_body(existing, body_hash), False
+        if self.queued_count() >= max_queued:
+            raise Overloaded(
+                f"the generation queue holds {max_queued} or more jobs; retry later",
+                retry_after=retry_after_seconds,
+            )
+        row = JobRow(
+            id=secrets.token_hex(16),
+            owner=owner,
+            idempotency_key=idempotency_key,
+            request_hash=body_hash,
+            request_json=request.model_dump_json(),
+            state=JobState.QUEUED.value,
+            created_at=utcnow(),
+        )
+        try:
+            with self._db.session() as session:
+                session.add(row)
+        except IntegrityError:
+            # Two requests with one key raced; the other one won and its job stands.
+            if idempotency_key is None:
+                raise
+            existing = self._by_idempotency_key(owner, idempotency_key)
+            if existing is None:
+                raise
+            return self._same_body(existing, body_hash), False
+        return _job(row), True
+
+    def _by_idempotency_key(self, owner: str, key: str) -> JobRow | None:
+        with self._db.session() as session:
+            return session.scalars(
+                select(JobRow).where(JobRow.owner == owner, JobRow.idempotency_key == key)
+            ).one_or_none()
+
+    @staticmethod
+    def _same_body(row: JobRow, body_hash: str) -> Job:
+        if row.request_hash != body_hash:
+            raise Conflict(
+                "this Idempotency-Key was used with a different request body; use a new key "
+                "for a new request"
+            )
+        return _job(row)
+
+    def mark_published(self, job_id: str) -> None:
+        with self._db.session() as session:
+            session.execute(update(JobRow).where(JobRow.id == job_id).values(published_at=utcnow()))
+
+    def get(self, job_id: str, *, owner: str | None = None) -> Job:
+        """The job; another owner's job is NotFound, exactly like a job that does not exist."""
+        with self._db.session() as session:
+            row = session.get(JobRow, job_id)
+            if row is None or (owner is not None and row.owner != owner):
+                raise NotFound(f"no job {job_id!r}")
+            return _job(row)
+
+    def queued_count(self) -> int:
+        with self._db.session() as session:
+            return int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(JobRow)
+                    .where(JobRow.state == JobState.QUEUED.value)
+                )
+                or 0
+            )
+
+    def queue_position(self, job: Job) -> int | None:
+        """1 for the next job to start; None unless the job is queued."""
+        if job.state is not JobState.QUEUED:
+            return None
+        with self._db.session() as session:
+            ahead = session.scalar(
+                select(func.count())
+                .select_from(JobRow)
+                .where(JobRow.state == JobState.QUEUED.value, JobRow.created_at < job.created_at)
+            )
+        return int(ahead or 0) + 1
+
+    def request_cancel(self, job_id: str, *, owner: str) -> Job:
+        """Cancel a queued job at once; ask a running one to stop at its next step."""
+        job = self.get(job_id, owner=owner)
+        if job.state is JobState.CANCELED:
+            return job
+        if job.state in FINAL_STATES:
+            raise Conflict(f"job {job_id} already {job.state.value}; nothing to cancel")
+        now = utcnow()
+        with self._db.session() as session:
+            session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == JobState.QUEUED.value)
+                .values(state=JobState.CANCELED.value, finished_at=now, cancel_requested=True)
+            )
+            session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == JobState.RUNNING.value)
+                .values(cancel_requested=True)
+            )
+        return self.get(job_id)
+
+    def images(self, job_id: str) -> list[StoredImage]:
+        with self._db.session() as session:
+            rows = session.scalars(
+                select(ImageRow).where(ImageRow.job_id == job_id).order_by(ImageRow.rank)
+            ).all()
+            return [_image(row) for row in rows]
+
+    def image(self, image_id: str, *, owner: str) -> StoredImage:
+        with self._db.session() as session:
+            row = session.get(ImageRow, image_id)
+            if row is None or row.owner != owner:
+                raise NotFound(f"no image {image_id!r}")
+            return _image(row)
+
+    # --- the worker's side --------------------------------------------------------------
+
+    def claim(self, job_id: str, *, worker: str, lease_seconds: float) -> Lease | None:
+        """Start (or restart after a dead worker) a job; None if it is not ours to run.
+
+        Not ours: it is finished, canceled, or running under another worker's live lease.
+        """
+        now = utcnow()
+        token = secrets.token_hex(16)
+        with self._db.session() as session:
+            claimed = session.execute(
+                update(JobRow)
+                .where(
+                    JobRow.id == job_id,
+                    JobRow.cancel_requested.is_(False),
+                    (JobRow.state == JobState.QUEUED.value)
+                    | ((JobRow.state == JobState.RUNNING.value) & (JobRow.lease_until < now)),
+                )
+                .values(
+                    state=JobState.RUNNING.value,
+                    attempts=JobRow.attempts + 1,
+                    lease_token=token,
+                    lease_until=now + timedelta(seconds=lease_seconds),
+                    worker=worker[:255],
+                    started_at=func.coalesce(JobRow.started_at, now),
+                )
+            ).rowcount  # type: ignore[attr-defined]
+        if claimed != 1:
+            return None
+        return Lease(job=self.get(job_id), token=token)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self._db.session() as session:
+            return bool(session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id)))
+
+    def complete(self, lease: Lease, *, outcome: JobOutcome, images: Sequence[NewImage]) -> bool:
+        """Record the images and the outcome in one transaction; False if the lease was lost."""
+        with self._db.session() as session:
+            done = self._finish(
+                session,
+                lease,
+                state=JobState.SUCCEEDED,
+                outcome_json=outcome.model_dump_json(),
+            )
+            if done:
+                session.add_all(
+                    ImageRow(
+                        id=image_id(lease.job.id, image.rank),
+                        job_id=lease.job.id,
+                        owner=lease.job.owner,
+                        rank=image.rank,
+                        seed=image.seed,
+                        width=image.width,
+                        height=image.height,
+                        artifact_key=image.artifact_key,
+                        sha256=image.sha256,
+                        reward=image.reward,
+                        breakdown_json=json.dumps(image.breakdown),
+                    )
+                    for image in images
+                )
+        return done
+
+    def fail(self, lease: Lease, error: JobError, *, outcome: JobOutcome | None = None) -> bool:
+        with self._db.session() as session:
+            return self._finish(
+                session,
+                lease,
+                state=JobState.FAILED,
+                error_type=error.type,
+                error_message=error.message,
+                outcome_json=outcome.model_dump_json() if outcome else None,
+            )
+
+    def finish_canceled(self, lease: Lease) -> bool:
+        with self._db.session() as session:
+            return self._finish(session, lease, state=JobState.CANCELED)
+
+    def release(self, lease: Lease) -> bool:
+        """Give a job back to the queue (a transient error; the task will be retried)."""
+        with self._db.session() as session:
+            released = session.execute(
+                update(JobRow)
+                .where(JobRow.id == lease.job.id, JobRow.lease_token == lease.token)
+                .values(state=JobState.QUEUED.value, lease_token=None, lease_until=None)
+            ).rowcount  # type: ignore[attr-defined]
+        return bool(released == 1)
+
+    @staticmethod
+    def _finish(session: object, lease: Lease, *, state: JobState, **values: object) -> bool:
+        finished = session.execute(  # type: ignore[attr-defined]
+            update(JobRow)
+            .where(
+                JobRow.id == lease.job.id,
+                JobRow.lease_token == lease.token,
+                JobRow.state == JobState.RUNNING.value,
+            )
+            .values(state=state.value, finished_at=utcnow(), lease_until=None, **values)
+        ).rowcount
+        return bool(finished == 1)
+
+    # --- the sweeper's side -------------------------------------------------------------
+
+    def jobs_to_publish(self, *, unpublished_for: float, all_queued: bool = False) -> list[str]:
+        """Jobs whose task may not be on the broker.
+
+        Queued jobs never published (the gateway died between commit and send) for longer
+        than ``unpublished_for`` seconds, running jobs whose lease ran out (their worker
+        died and the broker may not hand the message out again), and, when the broker lost
+        its state (``all_queued``), every queued job.
+        """
+        now = utcnow()
+        cutoff = now - timedelta(seconds=unpublished_for)
+        queued = JobRow.state == JobState.QUEUED.value
+        never_sent = queued & JobRow.published_at.is_(None) & (JobRow.created_at < cutoff)
+        # Sent again at most once per ``unpublished_for``: with no worker up, a sweep must
+        # not pile a new message onto the broker every time it runs.
+        orphaned = (
+            (JobRow.state == JobState.RUNNING.value)
+            & (JobRow.lease_until < now)
+            & (JobRow.published_at.is_(None) | (JobRow.published_at < cutoff))
+        )
+        condition = (queued | orphaned) if all_queued else (never_sent | orphaned)
+        with self._db.session() as session:
+            return list(
+                session.scalars(
+                    select(JobRow.id)
+                    .where(condition, JobRow.cancel_requested.is_(False))
+                    .order_by(JobRow.created_at)
+                ).all()
+            )
+
+    def cancel_orphans(self) -> int:
+        """Running jobs asked to cancel whose worker died: nobody will stop them but us."""
+        now = utcnow()
+        with self._db.session() as session:
+            return int(
+                session.execute(
+                    update(JobRow)
+                    .where(
+                        JobRow.state == JobState.RUNNING.value,
+                        JobRow.cancel_requested.is_(True),
+                        JobRow.lease_until < now,
+                    )
+                    .values(state=JobState.CANCELED.value, finished_at=now, lease_until=None)
+                ).rowcount  # type: ignore[attr-defined]
+                or 0
+            )

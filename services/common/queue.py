@@ -1,0 +1,134 @@
+"""The Celery wiring the gateway (producer) and the generator worker (consumer) share.
+
+Both build their Celery app from the same ``QueueSettings`` (env prefix ``BOIG_QUEUE_``), so
+the broker, the result backend, the queue name and the reliability options have one spelling.
+The gateway sends tasks by name and never imports the worker's code.
+
+Embedded default: no server at all. Kombu's SQLAlchemy transport keeps the queue in a SQLite
+file that every process on the machine can share; deployments set Redis URLs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from celery import Celery
+from kombu.transport.sqlalchemy import Transport as SqlAlchemyTransport
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.settings import boig_home
+
+GENERATE_TASK = "boig.generate"
+GPU_QUEUE = "gpu"
+SQLALCHEMY_BROKER_PREFIX = "sqla+"
+PROGRESS_STATE = "PROGRESS"
+"""Celery task state of a running job; its meta is a ``JobProgress``."""
+
+
+def _default_broker_url() -> str:
+    return f"sqla+sqlite:///{boig_home() / 'queue' / 'broker.db'}"
+
+
+def _default_result_backend() -> str:
+    return f"db+sqlite:///{boig_home() / 'queue' / 'results.db'}"
+
+
+class QueueSettings(BaseSettings):
+    """Where generation tasks travel and how long one may take."""
+
+    model_config = SettingsConfigDict(env_prefix="BOIG_QUEUE_", extra="ignore", frozen=True)
+
+    broker_url: str = Field(
+        default_factory=_default_broker_url,
+        description=(
+            "Celery broker: redis://host:6379/0 in deployment; the embedded default is a "
+            "SQLite file through kombu's SQLAlchemy transport (no server)."
+        ),
+    )
+    result_backend: str = Field(
+        default_factory=_default_result_backend,
+        description="Celery result backend (task state and progress): redis://… or db+sqlite:///…",
+    )
+    task_time_limit_seconds: float = Field(
+        default=600.0, gt=0, description="A generation task is stopped after this long."
+    )
+    visibility_timeout_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description=(
+            "Redis broker: a task taken by a worker that died is handed out again after this "
+            "long. Must exceed the task time limit, or a slow task would run twice."
+        ),
+    )
+    polling_interval_seconds: float = Field(
+        default=0.1,
+        gt=0,
+        description="SQLAlchemy broker only: how often an idle worker looks for a task.",
+    )
+
+    @model_validator(mode="after")
+    def _visibility_above_time_limit(self) -> QueueSettings:
+        if self.visibility_timeout_seconds <= self.task_time_limit_seconds:
+            raise ValueError(
+                f"visibility_timeout_seconds ({self.visibility_timeout_seconds}) must exceed "
+                f"task_time_limit_seconds ({self.task_time_limit_seconds})"
+            )
+        return self
+
+    @property
+    def uses_redis(self) -> bool:
+        return urlsplit(self.broker_url).scheme in ("redis", "rediss")
+
+
+def create_celery_app(settings: QueueSettings, *, name: str) -> Celery:
+    """A Celery app configured for durable, at-least-once generation tasks."""
+    for url in (settings.broker_url, settings.result_backend):
+        _make_sqlite_folder(url)
+    broker_url = settings.broker_url
+    transport_options: dict[str, float] = {}
+    if settings.uses_redis:
+        transport_options["visibility_timeout"] = settings.visibility_timeout_seconds
+    app = Celery(name, broker=broker_url, backend=settings.result_backend)
+    if broker_url.startswith(SQLALCHEMY_BROKER_PREFIX):
+        # kombu's SQLAlchemy transport hands every transport option to create_engine, so its
+        # polling interval can only be set on the class.
+        app.conf.broker_url = broker_url.removeprefix(SQLALCHEMY_BROKER_PREFIX)
+        app.conf.broker_transport = type(
+            "PollingSqlAlchemyTransport",
+            (SqlAlchemyTransport,),
+            {"polling_interval": settings.polling_interval_seconds},
+        )
+    app.conf.update(
+        task_routes={GENERATE_TASK: {"queue": GPU_QUEUE}},
+        task_default_queue=GPU_QUEUE,
+        # A task is acknowledged when it ends, not when it starts: a worker killed mid-job
+        # leaves the message to be delivered again, and the task is idempotent per job.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit_seconds,
+        task_soft_time_limit=max(1.0, settings.task_time_limit_seconds * 0.9),
+        broker_transport_options=transport_options,
+        result_backend_transport_options={
+            "visibility_timeout": settings.visibility_timeout_seconds
+        },
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_extended=False,
+        task_track_started=True,
+        worker_hijack_root_logger=False,
+        # Jobs are durable in the SQL store; stale task states can go after a day.
+        result_expires=86_400,
+    )
+    return app
+
+
+def _make_sqlite_folder(url: str) -> None:
+    # sqla+sqlite:///path and db+sqlite:///path: SQLite creates the file, not its folder.
+    for prefix in ("sqla+sqlite:///", "db+sqlite:///"):
+        if url.startswith(prefix):
+            Path(url.removeprefix(prefix)).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,132 @@
+"""The generator worker's settings (env prefix ``BOIG_GENERATOR_``).
+
+The queue itself (broker, result backend, time limits) is configured once for producer and
+consumer in ``BOIG_QUEUE_*`` (``services.common.queue.QueueSettings``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.checkpoints import BOIGSD_CHECKPOINT
+from services.common.contracts import RewardName
+from services.common.db import default_database_url
+from services.common.generation import MAX_CANDIDATES_PER_JOB, Strategy
+from services.common.settings import artifact_store_root, boig_home
+from services.generator.tiny_pipeline import default_tiny_pipeline_dir
+
+
+class GeneratorSettings(BaseSettings):
+    """Which pipeline, where images and records go, whom to ask, and the per-job defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="BOIG_GENERATOR_", extra="ignore", frozen=True)
+
+    log_level: str = Field(default="INFO", description="Python logging level name.")
+    metrics_port: int = Field(
+        default=8104,
+        ge=0,
+        le=65535,
+        description="Port of the worker's Prometheus /metrics (0: none).",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address /metrics binds to.")
+    model_path: Path = Field(
+        default_factory=default_tiny_pipeline_dir,
+        description=(
+            "Local diffusers Stable Diffusion folder (SD 1.5, SD-Turbo, ...: model_index.json "
+            "and safetensors). Default: the tiny random pipeline `make models` builds, which "
+            "exercises every code path but draws noise-like images."
+        ),
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: CUDA when present, else CPU."
+    )
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        default="auto", description="auto: float16 on CUDA, float32 on CPU."
+    )
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description=(
+            "CPU threads torch may use (unset: torch's default). On a shared CPU host, fewer "
+            "threads than cores avoids spinning threads fighting other processes."
+        ),
+    )
+    database_url: str = Field(
+        default_factory=default_database_url,
+        description="SQL store of job records and image metadata; the gateway's database.",
+    )
+    artifact_root: Path = Field(
+        default_factory=lambda: artifact_store_root(boig_home()),
+        description="Artifact store folder the images go to (the gateway serves them from it).",
+    )
+    describer_url: str = Field(
+        default="http://127.0.0.1:8102",
+        description="BoigLLM describer: the target description of every job comes from it.",
+    )
+    scorer_url: str = Field(
+        default="http://127.0.0.1:8103",
+        description="Scorer: every image's reward and breakdown; best_of_n ranks by it.",
+    )
+    upstream_timeout_seconds: float = Field(default=180.0, gt=0)
+    checkpoint_registry: Path | None = Field(
+        default=None,
+        description=(
+            "Checkpoint registry holding BoigSD LoRAs (entry `checkpoint_name`); a moved "
+            "pointer is loaded by the next task. Unset: the boigsd strategy runs the base "
+            "pipeline and says so in the job."
+        ),
+    )
+    checkpoint_name: str = Field(default=BOIGSD_CHECKPOINT, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    default_strategy: Strategy = Field(default="prompt")
+    default_steps: int = Field(default=20, ge=1, le=150)
+    default_candidates: int = Field(
+        default=4,
+        ge=1,
+        le=MAX_CANDIDATES_PER_JOB,
+        description="best_of_n: candidates per job when the request names none (at least count).",
+    )
+    guidance_scale: float = Field(default=7.5, ge=0.0, le=30.0)
+    reward: RewardName = Field(default="match", description="The reward images are scored with.")
+    max_batch: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Most images denoised in one pipeline call; more take several calls.",
+    )
+    max_retries: int = Field(
+        default=3,
+        ge=0,
+        le=20,
+        description="Retries of a job that met a transient error (an upstream down, CUDA OOM).",
+    )
+    retry_backoff_seconds: float = Field(
+        default=2.0, ge=0, description="First retry delay; doubles."
+    )
+    sweep_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "How often the worker looks for jobs whose task the broker lost (a broker restart "
+            "without persistence, a gateway that died before sending) and sends them again."
+        ),
+    )
+    unpublished_grace_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A queued job never sent to the broker for this long is sent again.",
+    )
+    progress_interval_seconds: float = Field(
+        default=0.25, gt=0, description="Most frequent progress update in the task state."
+    )
+
+    @field_validator("describer_url", "scorer_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")

@@ -1,0 +1,96 @@
+"""Sends again the tasks of jobs the broker may have lost; the job store is the source of truth.
+
+A job's record is committed before its task is sent, so a job can exist without a message:
+the gateway died between the two, the broker was down when it tried, or Redis restarted
+without persistence and forgot its queues. The sweeper runs in every worker process and, every
+few seconds, sends a task for each such job. Duplicates are harmless: the job store's lease
+lets exactly one delivery run a job.
+
+A lost Redis is noticed by an epoch key the sweeper keeps there: when it vanishes (or changes),
+the broker started empty, and every queued job is sent again at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from typing import Any
+
+from celery import Celery
+
+from services.common.jobs import JobStore
+from services.common.queue import GENERATE_TASK, GPU_QUEUE, QueueSettings
+
+logger = logging.getLogger(__name__)
+
+EPOCH_KEY = "boig:queue:epoch"
+
+
+class BrokerEpoch:
+    """Tells whether a Redis broker lost its data since we last looked."""
+
+    def __init__(self, broker_url: str) -> None:
+        import redis
+
+        self._redis: Any = redis.Redis.from_url(broker_url, socket_timeout=5)
+        self._seen: bytes | None = None
+
+    def lost(self) -> bool:
+        """True when the key was missing (a new or emptied Redis) or replaced since last time."""
+        created = bool(self._redis.set(EPOCH_KEY, secrets.token_hex(8), nx=True))
+        current: bytes | None = self._redis.get(EPOCH_KEY)
+        replaced = self._seen is not None and current != self._seen
+        self._seen = current
+        return created or replaced
+
+
+class Sweeper:
+    """A daemon thread: every ``interval`` seconds, publish what may be missing from the broker."""
+
+    def __init__(
+        self,
+        app: Celery,
+        store: JobStore,
+        queue: QueueSettings,
+        *,
+        interval: float,
+        unpublished_grace: float,
+    ) -> None:
+        self._app = app
+        self._store = store
+        self._interval = interval
+        self._grace = unpublished_grace
+        self._epoch = BrokerEpoch(queue.broker_url) if queue.uses_redis else None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="boig-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sweep()
+            except Exception as exc:  # the broker or the database is down: try next time
+                logger.warning("sweep failed: %s: %s", type(exc).__name__, exc)
+            self._stop.wait(self._interval)
+
+    def sweep(self) -> list[str]:
+        """One pass; returns the ids of the jobs whose task was sent again."""
+        lost = self._epoch.lost() if self._epoch is not None else False
+        if lost:
+            logger.info("the broker started empty (no epoch key): sending every queued job again")
+        canceled = self._store.cancel_orphans()
+        if canceled:
+            logger.info("%d canceled jobs of dead workers marked canceled", canceled)
+        job_ids = self._store.jobs_to_publish(unpublished_for=self._grace, all_queued=lost)
+        for job_id in job_ids:
+            self._app.send_task(GENERATE_TASK, args=[job_id], task_id=job_id, queue=GPU_QUEUE)
+            self._store.mark_published(job_id)
+        if job_ids:
+            logger.info("sent %d jobs to the broker again", len(job_ids))
+        return job_ids

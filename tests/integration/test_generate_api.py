@@ -1,0 +1,207 @@
+"""POST /v1/generate and the job routes, with no worker running: what the gateway itself owes.
+
+The queue is the embedded SQLite broker in tmp_path; a test reads it back to check that a job's
+task was really sent. Jobs run in tests/reliability, against real workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from fastapi.testclient import TestClient
+
+from services.common.db import Database
+from services.common.jobs import JobStore
+from services.common.queue import GPU_QUEUE, QueueSettings, create_celery_app
+from services.gateway.app import create_app
+from services.gateway.auth import KeyStore
+from services.gateway.settings import GatewaySettings
+
+BODY: dict[str, Any] = {
+    "context": {"account": "acme", "text": "summer sale", "keywords": ["beach"]},
+    "target": {"name": "likes", "level": "high"},
+    "count": 2,
+    "strategy": "best_of_n",
+    "candidates": 4,
+}
+
+
+class Api:
+    def __init__(
+        self, client: TestClient, keys: KeyStore, celery: Celery, db: Database, drain: Any
+    ) -> None:
+        self.client = client
+        self.drain = drain
+        self.celery = celery
+        self.store = JobStore(db)
+        self.key = keys.create("tests").key
+        self.other_key = keys.create("someone else").key
+
+    def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}", **extra}
+
+    def generate(self, body: dict[str, Any] = BODY, **headers: str) -> Any:
+        return self.client.post("/v1/generate", json=body, headers=self.headers(**headers))
+
+    def sent_job_ids(self) -> list[str]:
+        """Drain the broker's queue: the ids of the tasks the gateway sent."""
+        return self.drain(self.celery, GPU_QUEUE)
+
+
+def start(tmp_path: Path, drain: Any, **overrides: Any) -> Iterator[Api]:
+    db = Database(f"sqlite:///{tmp_path / 'gateway.db'}")
+    queue = QueueSettings(
+        broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+        result_backend=f"db+sqlite:///{tmp_path / 'results.db'}",
+    )
+    celery = create_celery_app(queue, name="test-gateway")
+    settings = GatewaySettings.model_validate(
+        {
+            "rate_limit": "1000/minute",
+            "database_url": db.url,
+            "artifact_root": tmp_path / "artifacts",
+            **overrides,
+        }
+    )
+    with TestClient(create_app(settings, database=db, celery=celery)) as client:
+        yield Api(client, KeyStore(db), celery, db, drain)
+    db.dispose()
+
+
+@pytest.fixture
+def api(tmp_path: Path, drain_queue: Any) -> Iterator[Api]:
+    yield from start(tmp_path, drain_queue)
+
+
+def test_generate_answers_202_with_a_job_and_sends_its_task(api: Api) -> None:
+    response = api.generate()
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["state"] == "queued"
+    assert body["status_url"] == f"/v1/jobs/{body['job_id']}"
+    assert response.headers["location"] == body["status_url"]
+    assert api.sent_job_ids() == [body["job_id"]]
+    assert api.store.get(body["job_id"]).published_at is not None
+
+
+def test_a_queued_job_shows_its_request_seed_and_queue_position(api: Api) -> None:
+    first = api.generate().json()["job_id"]
+    second = api.generate().json()["job_id"]
+    status = api.client.get(f"/v1/jobs/{second}", headers=api.headers()).json()
+    assert status["state"] == "queued" and status["queue_position"] == 2
+    assert status["progress"] is None and status["images"] == [] and status["error"] is None
+    # The gateway draws the seed once, so that a redelivered task makes the same images.
+    assert isinstance(status["request"]["seed"], int)
+    assert status["request"]["candidates"] == 4
+    assert api.client.get(f"/v1/jobs/{first}", headers=api.headers()).json()["queue_position"] == 1
+
+
+def test_idempotency_key_replays_the_job_and_refuses_another_body(api: Api) -> None:
+    first = api.generate(**{"Idempotency-Key": "campaign-42"})
+    again = api.generate(**{"Idempotency-Key": "campaign-42"})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["job_id"] == again.json()["job_id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert api.sent_job_ids() == [first.json()["job_id"]]  # sent once, not twice
+    clash = api.generate({**BODY, "count": 3}, **{"Idempotency-Key": "campaign-42"})
+    assert clash.status_code == 409
+    assert clash.json()["error"]["type"] == "conflict"
+
+
+def test_a_bad_idempotency_key_is_refused(api: Api) -> None:
+    response = api.generate(**{"Idempotency-Key": "x" * 300})
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"count": 0}, "count"),
+        ({"count": 17}, "count"),
+        ({"width": 100}, "width"),
+        ({"width": 4096}, "width"),
+        ({"strategy": "magic"}, "strategy"),
+        ({"candidates": 1}, "candidates"),
+        ({"seed": -1}, "seed"),
+        ({"surprise": True}, "surprise"),
+        ({"context": {"account": "bad account!"}}, "account"),
+    ],
+)
+def test_bad_requests_get_a_typed_422_and_create_nothing(
+    api: Api, change: dict[str, Any], where: str
+) -> None:
+    response = api.generate({**BODY, **change})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["type"] == "invalid_input"
+    assert where in response.json()["error"]["message"]
+    assert api.store.queued_count() == 0
+
+
+def test_generate_needs_an_api_key(api: Api) -> None:
+    assert api.client.post("/v1/generate", json=BODY).status_code == 401
+
+
+def test_jobs_and_images_belong_to_the_key_that_made_them(api: Api) -> None:
+    job_id = api.generate().json()["job_id"]
+    other = api.headers(api.other_key)
+    assert api.client.get(f"/v1/jobs/{job_id}", headers=other).status_code == 404
+    assert api.client.delete(f"/v1/jobs/{job_id}", headers=other).status_code == 404
+    assert api.client.get(f"/v1/jobs/{job_id}", headers=api.headers()).status_code == 200
+    assert api.client.get(f"/v1/images/{job_id}-1", headers=api.headers()).status_code == 404
+
+
+def test_cancel_while_queued_is_immediate(api: Api) -> None:
+    job_id = api.generate().json()["job_id"]
+    response = api.client.delete(f"/v1/jobs/{job_id}", headers=api.headers())
+    assert response.status_code == 200
+    assert response.json()["state"] == "canceled"
+    assert response.json()["queue_position"] is None
+    # Idempotent: cancelling a canceled job says so again.
+    assert api.client.delete(f"/v1/jobs/{job_id}", headers=api.headers()).json()["state"] == (
+        "canceled"
+    )
+
+
+def test_unknown_jobs_are_404(api: Api) -> None:
+    assert api.client.get("/v1/jobs/nope", headers=api.headers()).status_code == 404
+    assert api.client.delete("/v1/jobs/nope", headers=api.headers()).status_code == 404
+
+
+def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path, drain_queue: Any) -> None:
+    for api in start(tmp_path, drain_queue, max_queued_jobs=2, queue_retry_after_seconds=7):
+        first = api.generate(**{"Idempotency-Key": "first"})
+        assert first.status_code == 202
+        assert api.generate().status_code == 202
+        refused = api.generate()
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "7"
+        assert refused.json()["error"]["type"] == "overloaded"
+        assert api.store.queued_count() == 2
+        # A client retrying a job it already made is answered even while the queue is full.
+        replay = api.generate(**{"Idempotency-Key": "first"})
+        assert replay.status_code == 202
+        assert replay.json()["job_id"] == first.json()["job_id"]
+
+
+def test_a_broker_that_is_down_loses_no_job(tmp_path: Path) -> None:
+    """The job is saved first; unsent, it waits for the worker's sweeper to send it."""
+    db = Database(f"sqlite:///{tmp_path / 'gateway.db'}")
+    queue = QueueSettings(
+        broker_url="redis://127.0.0.1:1/0", result_backend=f"db+sqlite:///{tmp_path / 'r.db'}"
+    )
+    celery = create_celery_app(queue, name="test-gateway")
+    settings = GatewaySettings(rate_limit="1000/minute", database_url=db.url)
+    with TestClient(create_app(settings, database=db, celery=celery)) as client:
+        key = KeyStore(db).create("tests").key
+        response = client.post(
+            "/v1/generate", json=BODY, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert response.status_code == 202
+        job = JobStore(db).get(response.json()["job_id"])
+        assert job.state.value == "queued" and job.published_at is None
+        assert JobStore(db).jobs_to_publish(unpublished_for=0.0) == [job.id]
+    db.dispose()

@@ -1,0 +1,68 @@
+"""Resolving a request into what a job runs, and how candidates split into pipeline calls."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.common.contracts import Context
+from services.common.generation import GenerateRequest
+from services.generator.runner import _batches, plan
+from services.generator.settings import GeneratorSettings
+
+CONTEXT = Context(account="acme", text="summer sale")
+
+
+def settings(**overrides: object) -> GeneratorSettings:
+    return GeneratorSettings.model_validate(
+        {"default_strategy": "prompt", "default_steps": 20, "default_candidates": 4, **overrides}
+    )
+
+
+def test_defaults_come_from_settings_and_the_models_native_size() -> None:
+    job = plan(GenerateRequest(context=CONTEXT, seed=9), settings(), (512, 768))
+    assert (job.strategy, job.width, job.height, job.steps) == ("prompt", 512, 768, 20)
+    assert job.count == job.candidates == 1 and job.seed == 9
+
+
+def test_the_request_overrides_the_defaults() -> None:
+    request = GenerateRequest(
+        context=CONTEXT, seed=1, width=128, height=64, steps=3, count=2, strategy="boigsd"
+    )
+    job = plan(request, settings(), (512, 512))
+    assert (job.strategy, job.width, job.height, job.steps, job.candidates) == (
+        "boigsd",
+        128,
+        64,
+        3,
+        2,
+    )
+
+
+@pytest.mark.parametrize(
+    ("count", "candidates", "expected"), [(1, None, 4), (6, None, 6), (2, 10, 10)]
+)
+def test_best_of_n_generates_at_least_count_candidates(
+    count: int, candidates: int | None, expected: int
+) -> None:
+    request = GenerateRequest(
+        context=CONTEXT, seed=1, count=count, candidates=candidates, strategy="best_of_n"
+    )
+    assert plan(request, settings(), (64, 64)).candidates == expected
+
+
+def test_a_job_without_a_seed_is_refused() -> None:
+    with pytest.raises(ValueError, match="seed"):
+        plan(GenerateRequest(context=CONTEXT), settings(), (64, 64))
+
+
+def test_candidates_split_into_batches_keep_their_index() -> None:
+    assert _batches(1, 8) == [(0, 1)]
+    assert _batches(8, 8) == [(0, 8)]
+    assert _batches(19, 8) == [(0, 8), (8, 8), (16, 3)]
+
+
+def test_candidates_belong_to_best_of_n_only() -> None:
+    with pytest.raises(ValueError, match="best_of_n"):
+        GenerateRequest(context=CONTEXT, strategy="prompt", candidates=4)
+    with pytest.raises(ValueError, match="at least count"):
+        GenerateRequest(context=CONTEXT, count=4, candidates=2)

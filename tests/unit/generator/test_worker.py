@@ -1,0 +1,111 @@
+"""The task's control of a run: progress throttling, cancellation, the time limit, retries."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from services.common.contracts import Context
+from services.common.db import Database
+from services.common.errors import (
+    BackendError,
+    InvalidInput,
+    ModelUnavailable,
+    TimeLimitExceeded,
+    UpstreamError,
+)
+from services.common.generation import GenerateRequest, JobProgress
+from services.common.jobs import JobStore
+from services.generator.worker import JobCanceled, TaskControl, _transient
+
+
+class RecordingTask:
+    def __init__(self, fail: bool = False) -> None:
+        self.states: list[tuple[str, dict[str, Any]]] = []
+        self.fail = fail
+
+    def update_state(self, *, state: str, meta: dict[str, Any]) -> None:
+        if self.fail:
+            raise ConnectionError("result backend down")
+        self.states.append((state, meta))
+
+
+@pytest.fixture
+def store(database: Database) -> JobStore:
+    return JobStore(database)
+
+
+def running_job(store: JobStore) -> str:
+    job, _ = store.submit(
+        owner="k",
+        request=GenerateRequest(context=Context(account="acme"), seed=1),
+        body_hash="h",
+        idempotency_key=None,
+        max_queued=10,
+        retry_after_seconds=1,
+    )
+    assert store.claim(job.id, worker="w", lease_seconds=60) is not None
+    return job.id
+
+
+def control(task: RecordingTask, store: JobStore, job_id: str, **kw: float) -> TaskControl:
+    options = {"time_limit": 60.0, "interval": 10.0, **kw}
+    return TaskControl(task, store, job_id, **options)  # type: ignore[arg-type]
+
+
+def test_progress_is_throttled_but_stage_changes_and_the_last_step_always_go_out(
+    store: JobStore,
+) -> None:
+    task = RecordingTask()
+    ctl = control(task, store, running_job(store))
+    ctl.report(JobProgress(stage="describing", step=0, total=10))
+    for step in range(1, 11):
+        ctl.report(JobProgress(stage="denoising", step=step, total=10))
+    steps = [(meta["stage"], meta["step"]) for _, meta in task.states]
+    assert steps == [("describing", 0), ("denoising", 1), ("denoising", 10)]
+    assert {state for state, _ in task.states} == {"PROGRESS"}
+
+
+def test_a_failing_progress_update_does_not_fail_the_job(store: JobStore) -> None:
+    ctl = control(RecordingTask(fail=True), store, running_job(store))
+    ctl.report(JobProgress(stage="denoising", step=1, total=2))  # logged, not raised
+
+
+def test_check_raises_when_the_owner_cancels(store: JobStore) -> None:
+    job_id = running_job(store)
+    ctl = control(RecordingTask(), store, job_id)
+    ctl.check()
+    store.request_cancel(job_id, owner="k")
+    with pytest.raises(JobCanceled):
+        ctl.check()
+
+
+def test_check_raises_past_the_time_limit(store: JobStore) -> None:
+    ctl = control(RecordingTask(), store, running_job(store), time_limit=0.01)
+    time.sleep(0.02)
+    with pytest.raises(TimeLimitExceeded) as stopped:
+        ctl.check()
+    assert stopped.value.type == "time_limit_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (UpstreamError("scorer unreachable"), True),
+        (ModelUnavailable("loading"), True),
+        (ConnectionError("reset"), True),
+        (InvalidInput("bad"), False),
+        (BackendError("bug"), False),
+        (TimeLimitExceeded("slow"), False),
+        (ValueError("bug"), False),
+    ],
+)
+def test_only_transient_errors_are_retried(error: Exception, transient: bool) -> None:
+    assert _transient(error) is transient
+
+
+def test_cuda_out_of_memory_is_transient() -> None:
+    out_of_memory = type("OutOfMemoryError", (RuntimeError,), {})
+    assert _transient(out_of_memory("CUDA out of memory"))
