@@ -1,13 +1,15 @@
-"""`make demo`: start the local stack, rank the sample creatives through the public API.
+"""`make demo`: start the local stack, rank the sample creatives and generate new ones.
 
 Everything a marketing app would do, on the embedded default: an API key, a multipart
-`POST /v1/score` of the bundled creatives for a context and a KPI target, and the answer
-printed as a ranking with breakdowns and the target description BoigLLM wrote.
+`POST /v1/score` of the bundled creatives for a context and a KPI target, the answer printed
+as a ranking with breakdowns and the target description BoigLLM wrote; then a
+`POST /v1/generate` job followed to the end, its images written with an HTML page.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -23,10 +25,12 @@ from rich.table import Table
 
 from services.common.checkpoints import BOIGLLM_CHECKPOINT, current_checkpoint
 from services.common.settings import boig_home, checkpoint_registry
+from services.demo.generate import follow, submit, write_gallery
 from services.demo.world_sample import ingest_world_sample
 from services.tooling.stack import LocalStack, local_stack
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
+OUTPUT = Path(os.environ.get("BOIG_DEMO_OUTPUT", "demo-output"))
 console = Console()
 
 
@@ -129,6 +133,7 @@ def run_demo(stack: LocalStack, run_dir: Path, checkpoint: str | None) -> None:
             result = score_samples(stack.url("gateway"), key, reward)
         show(result, time.perf_counter() - started)
     console.print(f"models: {json.dumps(result['models'])}")
+    generate_images(stack, key)
     if checkpoint is None:
         console.print(
             "The describer here is the base SmolLM2, not fine-tuned on any KPI history, so "
@@ -143,16 +148,54 @@ def run_demo(stack: LocalStack, run_dir: Path, checkpoint: str | None) -> None:
         )
 
 
+def generate_images(stack: LocalStack, key: str) -> None:
+    console.rule("3. generate creatives for the same target: POST /v1/generate")
+    sample = json.loads((SAMPLES / "request.json").read_text())
+    request = {
+        "context": sample["context"],
+        "target": sample["target"],
+        "strategy": "best_of_n",
+        "count": 4,
+        "candidates": 8,
+        "seed": 2026,
+    }
+    started = time.perf_counter()
+    job_id = submit(stack.url("gateway"), key, request)
+    console.print(f"job {job_id} accepted; following it…")
+    status = follow(stack.url("gateway"), key, job_id, console)
+    if status["state"] != "succeeded":
+        raise RuntimeError(f"generation job ended {status['state']}: {status['error']}")
+    table = Table(title=f"generated, best of 8 by reward — {time.perf_counter() - started:.1f} s")
+    table.add_column("rank", justify="right")
+    table.add_column("seed", justify="right")
+    table.add_column("reward", justify="right")
+    table.add_column("breakdown")
+    for image in status["images"]:
+        breakdown = ", ".join(f"{k} {v:.2f}" for k, v in image["breakdown"].items())
+        table.add_row(str(image["rank"]), str(image["seed"]), f"{image['reward']:.3f}", breakdown)
+    console.print(table)
+    outcome = status["outcome"]
+    console.print(f"prompt: {outcome['prompt']}")
+    for note in outcome["notes"]:
+        console.print(f"note: {note}")
+    index = write_gallery(stack.url("gateway"), key, status, OUTPUT)
+    console.print(
+        f"images and their page: {index.resolve()} (the embedded pipeline is a tiny random "
+        "Stable Diffusion, so the pictures are noise; BOIG_GENERATOR_MODEL_PATH names real "
+        "weights)"
+    )
+
+
 def main() -> None:
     request = json.loads((SAMPLES / "request.json").read_text())
-    console.rule("BOIG demo: rank creatives for a KPI target")
+    console.rule("BOIG demo: rank and generate creatives for a KPI target")
     console.print(f"context: {json.dumps(request['context'])}")
     console.print(f"target:  {request['target']['name']} = {request['target']['level']}")
     registry = checkpoint_registry(boig_home())
     current = current_checkpoint(registry, BOIGLLM_CHECKPOINT) if registry.is_dir() else None
     checkpoint = current.version if current is not None else None
     extra_env = {"BOIG_DESCRIBER_CHECKPOINT_REGISTRY": str(registry)} if current else {}
-    console.print("starting featurizer, describer, scorer and gateway on loopback…")
+    console.print("starting featurizer, describer, scorer, generator and gateway on loopback…")
     started = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix="boig-demo-") as run_dir,

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import httpx
 
-START_ORDER = ("featurizer", "describer", "scorer", "gateway")
+START_ORDER = ("featurizer", "describer", "scorer", "generator", "gateway")
+WORKERS = frozenset({"generator"})
+"""Celery workers: no /health, ready when their Prometheus /metrics answers."""
 
 
 def free_port() -> int:
@@ -55,7 +57,17 @@ class LocalStack:
             "BOIG_GATEWAY_SCORER_URL": self.url("scorer"),
             "BOIG_GATEWAY_DESCRIBER_URL": self.url("describer"),
             "BOIG_GATEWAY_DATABASE_URL": self.database_url,
+            "BOIG_GATEWAY_ARTIFACT_ROOT": str(self.run_dir / "artifacts"),
+            "BOIG_GENERATOR_METRICS_PORT": str(self.ports["generator"]),
+            "BOIG_GENERATOR_DESCRIBER_URL": self.url("describer"),
+            "BOIG_GENERATOR_SCORER_URL": self.url("scorer"),
+            "BOIG_GENERATOR_DATABASE_URL": self.database_url,
+            "BOIG_GENERATOR_ARTIFACT_ROOT": str(self.run_dir / "artifacts"),
+            # The embedded queue: a SQLite file, no server.
+            "BOIG_QUEUE_BROKER_URL": f"sqla+sqlite:///{self.run_dir / 'broker.db'}",
+            "BOIG_QUEUE_RESULT_BACKEND": f"db+sqlite:///{self.run_dir / 'results.db'}",
         }
+        env.pop("BOIG_GENERATOR_PORT")
         return env
 
 
@@ -120,7 +132,8 @@ def _wait_healthy(stack: LocalStack, name: str, timeout: float) -> None:
                 f"{name} exited with {process.returncode}:\n{stack.log(name)[-3000:]}"
             )
         try:
-            if httpx.get(f"{stack.url(name)}/health", timeout=2).status_code == 200:
+            probe = "/metrics" if name in WORKERS else "/health"
+            if httpx.get(f"{stack.url(name)}{probe}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from services.demo.__main__ import SAMPLES, create_api_key
 from services.tooling.models import prepare_all
-from services.tooling.stack import LocalStack, local_stack
+from services.tooling.stack import WORKERS, LocalStack, local_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -37,6 +38,9 @@ def sample_files() -> list[tuple[str, tuple[str, bytes, str]]]:
 
 def test_every_service_is_healthy_and_exports_metrics(stack: LocalStack) -> None:
     for name in stack.processes:
+        if name in WORKERS:
+            assert "boig_generation_job_seconds" in httpx.get(f"{stack.url(name)}/metrics").text
+            continue
         assert httpx.get(f"{stack.url(name)}/health").json()["status"] == "ok"
         assert "boig_http_requests_total" in httpx.get(f"{stack.url(name)}/metrics").text
 
@@ -78,6 +82,37 @@ def test_the_demos_world_sample_is_ingested_through_the_featurizer(
     content = (outcome.version_dir / "content" / "train.jsonl").read_text().splitlines()
     assert content and "colors:" in json.loads(content[0])["verbalization"]
     assert "dataset v1" in console.export_text()
+
+
+def test_generate_through_the_real_services(stack: LocalStack, headers: dict[str, str]) -> None:
+    """BoigLLM's description becomes the prompt; the real scorer ranks the candidates."""
+    request = json.loads((SAMPLES / "request.json").read_text())
+    body = {
+        "context": request["context"],
+        "target": request["target"],
+        "strategy": "best_of_n",
+        "count": 2,
+        "candidates": 4,
+        "steps": 4,
+        "seed": 1,
+    }
+    gateway = stack.url("gateway")
+    response = httpx.post(f"{gateway}/v1/generate", headers=headers, json=body, timeout=30)
+    assert response.status_code == 202, response.text
+    job_url = f"{gateway}{response.json()['status_url']}"
+    deadline = time.monotonic() + 300
+    while (status := httpx.get(job_url, headers=headers).json())["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert status["state"] == "succeeded", status
+    outcome = status["outcome"]
+    assert outcome["target_description"] and outcome["prompt"]
+    assert {"diffusion", "describer", "featurizer"} <= set(outcome["models"])
+    assert outcome["reward"] == "match" and outcome["candidates"] == 4
+    rewards = [image["reward"] for image in status["images"]]
+    assert len(rewards) == 2 and rewards == sorted(rewards, reverse=True)
+    png = httpx.get(f"{gateway}{status['images'][0]['url']}", headers=headers)
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
 
 
 def test_without_a_key_nothing_is_scored(stack: LocalStack) -> None:

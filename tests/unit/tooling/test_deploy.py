@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
-SERVICES = ("featurizer", "describer", "scorer", "gateway")
+SERVICES = ("featurizer", "describer", "scorer", "generator", "gateway")
+HTTP_SERVICES = ("featurizer", "describer", "scorer", "gateway")
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +33,28 @@ def test_every_service_is_built_from_its_own_extra(compose: dict[str, Any]) -> N
 
 
 def test_every_service_has_a_healthcheck_on_its_own_port(compose: dict[str, Any]) -> None:
-    for name in SERVICES:
+    for name in HTTP_SERVICES:
         service = compose["services"][name]
         port = service["environment"][f"BOIG_{name.upper()}_PORT"]
         assert f":{port}/health" in " ".join(service["healthcheck"]["test"])
+    # The Celery worker serves no API: its /metrics answers once it consumes the queue.
+    worker = compose["services"]["generator"]
+    port = worker["environment"]["BOIG_GENERATOR_METRICS_PORT"]
+    assert f":{port}/metrics" in " ".join(worker["healthcheck"]["test"])
+
+
+def test_producer_and_consumer_share_the_queue_the_records_and_the_images(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    gateway, worker = services["gateway"]["environment"], services["generator"]["environment"]
+    for name in ("BOIG_QUEUE_BROKER_URL", "BOIG_QUEUE_RESULT_BACKEND"):
+        assert gateway[name] == worker[name] and gateway[name].startswith("redis://redis:")
+    assert gateway["BOIG_GATEWAY_DATABASE_URL"] == worker["BOIG_GENERATOR_DATABASE_URL"]
+    assert gateway["BOIG_GATEWAY_ARTIFACT_ROOT"] == worker["BOIG_GENERATOR_ARTIFACT_ROOT"]
+    assert worker["BOIG_GENERATOR_SCORER_URL"] == "http://scorer:8103"
+    # Redis is the broker: it keeps its data across restarts.
+    assert "--appendonly" in services["redis"]["command"]
 
 
 def test_dependencies_wait_for_health_and_urls_point_at_them(compose: dict[str, Any]) -> None:
