@@ -220,3 +220,64 @@ def test_fifty_concurrent_submissions_are_all_accounted_for(topology: Topology) 
     assert all(topology.status(job_id)["attempts"] == 1 for job_id in job_ids)
     digests = {hashlib.sha256(download(topology, f"/v1/images/{i.id}")).hexdigest() for i in images}
     assert len(digests) == 50  # 50 seeds, 50 different images
+
+
+def make_lora(model: Path, folder: Path, seed: int) -> Path:
+    """What the DDPO trainer will write: a BoigSD LoRA folder (random, nonzero weights)."""
+    import torch
+
+    from services.generator.lora import add_boigsd_lora, save_boigsd_lora
+    from services.generator.pipeline import ImagePipeline
+
+    trainer = ImagePipeline(model)
+    add_boigsd_lora(trainer.pipe.unet, rank=2, alpha=2)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in trainer.pipe.unet.named_parameters():
+            if ".lora_B." in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    return save_boigsd_lora(trainer.pipe, folder, base_model=model.name)
+
+
+def publish_lora(registry: Path, folder: Path) -> str:
+    from services.common.checkpoints import (
+        KIND_BOIGSD_LORA,
+        BaseModelRef,
+        DatasetRef,
+        publish_checkpoint,
+    )
+
+    ref = publish_checkpoint(
+        registry,
+        "boigsd",
+        folder,
+        kind=KIND_BOIGSD_LORA,
+        base_model=BaseModelRef(name="tiny-sd", version="test"),
+        data=DatasetRef(manifest_sha256="0" * 64, version="test"),
+    )
+    return ref.version
+
+
+def test_a_moved_boigsd_pointer_serves_the_next_job_and_spares_the_one_in_flight(
+    topology: Topology,
+) -> None:
+    registry = topology.root / "registry"
+    topology.settings["BOIG_GENERATOR_CHECKPOINT_REGISTRY"] = str(registry)
+    first = publish_lora(registry, make_lora(topology.model_path, topology.root / "a", seed=1))
+    next_lora = make_lora(topology.model_path, topology.root / "b", seed=2)
+    topology.start_gateway()
+    topology.start_worker()
+    in_flight = topology.submit(body(strategy="boigsd", **LONG))
+    wait_for(
+        lambda: (p := topology.status(in_flight)["progress"]) and p["step"] >= 2,
+        30,
+        "the job to be denoising",
+        every=0.02,
+    )
+    second = publish_lora(registry, next_lora)
+    assert topology.status(in_flight)["state"] == "running"  # the pointer moved mid-job
+    done = topology.wait_state(in_flight, {"succeeded"})
+    assert done["outcome"]["models"]["boigsd"]["version"] == first
+    assert done["outcome"]["notes"] == []
+    after = topology.wait_state(topology.submit(body(strategy="boigsd", seed=3)), {"succeeded"})
+    assert after["outcome"]["models"]["boigsd"]["version"] == second
