@@ -418,12 +418,21 @@ class JobStore:
             return self._finish(session, lease, state=JobState.CANCELED)
 
     def release(self, lease: Lease) -> bool:
-        """Give a job back to the queue (a transient error; the task will be retried)."""
+        """Give a job back to the queue (a transient error; the task will be retried).
+
+        It counts as unsent again: should the retry's message never reach the broker, the
+        sweeper sends the job after its grace period (a duplicate is harmless).
+        """
         with self._db.session() as session:
             released = session.execute(
                 update(JobRow)
                 .where(JobRow.id == lease.job.id, JobRow.lease_token == lease.token)
-                .values(state=JobState.QUEUED.value, lease_token=None, lease_until=None)
+                .values(
+                    state=JobState.QUEUED.value,
+                    lease_token=None,
+                    lease_until=None,
+                    published_at=None,
+                )
             ).rowcount  # type: ignore[attr-defined]
         return bool(released == 1)
 

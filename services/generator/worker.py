@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from prometheus_client import start_http_server
+from sqlalchemy.exc import SQLAlchemyError
 
 from services.common import metrics
 from services.common.db import Database
@@ -146,7 +147,17 @@ def run_job(task: Task, job_id: str) -> dict[str, Any]:
     """The body of ``boig.generate``: claim, run, record exactly once."""
     state = runtime()
     worker = f"{task.request.hostname or socket.gethostname()}"
-    lease = state.store.claim(job_id, worker=worker, lease_seconds=state.lease_seconds)
+    try:
+        lease = state.store.claim(job_id, worker=worker, lease_seconds=state.lease_seconds)
+    except SQLAlchemyError as exc:
+        # The store is down: this message is the job's only way to a worker, so it must not
+        # be acknowledged as done. Sent again, with a backoff capped at a minute, until the
+        # store answers.
+        delay = min(60.0, state.settings.retry_backoff_seconds * 2 ** (task.request.retries or 0))
+        logger.warning(
+            "job %s: the job store is unreachable (%s); again in %.0f s", job_id, exc, delay
+        )
+        raise task.retry(exc=exc, countdown=delay, max_retries=None) from exc
     if lease is None:
         job = state.store.get(job_id)
         logger.info("job %s not run by this delivery: %s", job_id, job.state.value)

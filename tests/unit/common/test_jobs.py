@@ -196,8 +196,11 @@ def test_failure_is_recorded_with_its_type(store: JobStore) -> None:
 def test_release_puts_a_job_back_in_the_queue(store: JobStore) -> None:
     job, _ = submit(store)
     lease = store.claim(job.id, worker="w", lease_seconds=60)
+    store.mark_published(job.id)
     assert lease is not None and store.release(lease)
     assert store.get(job.id).state is JobState.QUEUED
+    # Unsent again: if the retry's message is lost, the sweeper sends the job.
+    assert store.get(job.id).published_at is None
     again = store.claim(job.id, worker="w", lease_seconds=60)
     assert again is not None and again.job.attempts == 2
 

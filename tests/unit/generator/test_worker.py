@@ -109,3 +109,48 @@ def test_only_transient_errors_are_retried(error: Exception, transient: bool) ->
 def test_cuda_out_of_memory_is_transient() -> None:
     out_of_memory = type("OutOfMemoryError", (RuntimeError,), {})
     assert _transient(out_of_memory("CUDA out of memory"))
+
+
+class RetryingTask:
+    """A bound task whose retry() is recorded; Celery's raises Retry to end the run."""
+
+    class Retry(Exception):
+        pass
+
+    def __init__(self, retries: int) -> None:
+        self.request = type("Request", (), {"retries": retries, "hostname": "w@test"})()
+        self.retried: list[tuple[float, int | None]] = []
+
+    def retry(self, *, exc: Exception, countdown: float, max_retries: int | None) -> Exception:
+        self.retried.append((countdown, max_retries))
+        return self.Retry(str(exc))
+
+
+def test_a_job_store_outage_at_claim_sends_the_message_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from services.common.queue import QueueSettings
+    from services.generator import worker
+    from services.generator.settings import GeneratorSettings
+
+    class DownStore:
+        def claim(self, *_: object, **__: object) -> None:
+            raise OperationalError("UPDATE generation_jobs", {}, ConnectionError("refused"))
+
+    runtime = worker.Runtime(
+        settings=GeneratorSettings(retry_backoff_seconds=2.0),
+        queue=QueueSettings(),
+        store=DownStore(),  # type: ignore[arg-type]
+        runner=None,  # type: ignore[arg-type]
+    )
+    monkeypatch.setattr(worker, "_runtime", runtime)
+    task = RetryingTask(retries=2)
+    with pytest.raises(RetryingTask.Retry):
+        worker.run_job(task, "some-job")  # type: ignore[arg-type]
+    assert task.retried == [(8.0, None)]  # 2 s doubled twice; retried until the store is back
+    many = RetryingTask(retries=10)
+    with pytest.raises(RetryingTask.Retry):
+        worker.run_job(many, "some-job")  # type: ignore[arg-type]
+    assert many.retried == [(60.0, None)]
