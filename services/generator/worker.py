@@ -214,8 +214,10 @@ def _retry_or_fail(task: Task, state: Runtime, lease: Lease, exc: Exception) -> 
         error = JobError(type=exc.type, message=exc.message)
     else:
         logger.exception("job %s failed", job_id)
+        # The client sees the kind of failure; the details (paths, internals) stay in the log.
         error = JobError(
-            type="backend_error", message=f"generation failed: {type(exc).__name__}: {exc}"
+            type="backend_error",
+            message=f"generation failed ({type(exc).__name__}); the worker's log has details",
         )
     state.store.fail(lease, error)
     logger.info("job %s failed: %s", job_id, error.type)
