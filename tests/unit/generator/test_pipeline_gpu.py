@@ -40,4 +40,3 @@ def test_auto_picks_cuda_and_float16_and_draws_real_images(cuda: None, tiny_sd_d
     # float16 overflow shows up as NaN latents, which decode to a flat black image.
     for image in half:
         assert np.asarray(image).std() > 0
-    assert half[0].tobytes() == gpu.generate(request)[0].tobytes()  # seeded: reproducible
