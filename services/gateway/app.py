@@ -119,6 +119,9 @@ def create_app(
                 states[name] = str((await client.health())["status"])
             except BoigError as exc:
                 states[name] = exc.type
+        # The broker does not decide readiness either: jobs are saved first and the worker's
+        # sweeper sends what could not be sent, so a broker outage delays jobs, loses none.
+        states["queue"] = await run_in_threadpool(generation.broker_state)
         return {"ready": True, "database": "ok", "upstreams": states}
 
     @asynccontextmanager

@@ -132,6 +132,15 @@ class Generation:
             return
         self.store.mark_published(job_id)
 
+    def broker_state(self) -> str:
+        """ "ok" when the broker answers within a second, else the error's class name."""
+        try:
+            with self.celery.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, interval_start=0, timeout=1)
+        except Exception as exc:  # reported, never raised: this is a health probe
+            return type(exc).__name__
+        return "ok"
+
     async def status(self, job_id: str, *, owner: str) -> JobStatus:
         job = await run_in_threadpool(self.store.get, job_id, owner=owner)
         return await run_in_threadpool(self._status, job)

@@ -428,7 +428,8 @@ def test_upstream_down_is_502_and_the_gateway_stays_healthy(sqlite_db: Database)
         assert "unreachable" in assert_error(response, 502, "upstream_error")
         health = gateway.client.get("/health")
         assert health.status_code == 200
-        assert health.json()["upstreams"] == {"scorer": "upstream_error", "describer": "ok"}
+        upstreams = health.json()["upstreams"]
+        assert upstreams == {"scorer": "upstream_error", "describer": "ok", "queue": "ok"}
         assert gateway.post("/v1/describe", json={"context": {"account": "a"}}).status_code == 200
 
 

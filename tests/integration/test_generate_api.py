@@ -166,6 +166,10 @@ def test_cancel_while_queued_is_immediate(api: Api) -> None:
     )
 
 
+def test_health_reports_the_broker(api: Api) -> None:
+    assert api.client.get("/health").json()["upstreams"]["queue"] == "ok"
+
+
 def test_unknown_jobs_are_404(api: Api) -> None:
     assert api.client.get("/v1/jobs/nope", headers=api.headers()).status_code == 404
     assert api.client.delete("/v1/jobs/nope", headers=api.headers()).status_code == 404
@@ -204,4 +208,8 @@ def test_a_broker_that_is_down_loses_no_job(tmp_path: Path) -> None:
         job = JobStore(db).get(response.json()["job_id"])
         assert job.state.value == "queued" and job.published_at is None
         assert JobStore(db).jobs_to_publish(unpublished_for=0.0) == [job.id]
+        # Health says so, and the gateway stays in rotation: jobs are delayed, not lost.
+        health = client.get("/health")
+        assert health.status_code == 200
+        assert health.json()["upstreams"]["queue"] != "ok"
     db.dispose()
