@@ -33,6 +33,7 @@ from services.common.contracts import (
     ScoreRequest,
     ScoreResponse,
 )
+from services.common.errors import BoigError
 from services.common.generation import GenerateRequest, JobOutcome, JobProgress, Strategy
 from services.common.jobs import NewImage
 from services.common.storage import ArtifactStore
@@ -127,7 +128,7 @@ class JobRunner:
 
         control.check()
         control.report(JobProgress(stage="describing", step=0, total=job_plan.steps))
-        target, low = asyncio.run(self._describe(request))
+        target, low = asyncio.run(self._describe(request, notes))
         models["describer"] = target.model
         count_tokens = self.pipeline.count_prompt_tokens
         prompt = render_prompt(target.verbalization, request.context, count_tokens=count_tokens)
@@ -183,7 +184,7 @@ class JobRunner:
         return RunResult(outcome=outcome, images=saved)
 
     async def _describe(
-        self, request: GenerateRequest
+        self, request: GenerateRequest, notes: list[str]
     ) -> tuple[DescribeResponse, DescribeResponse | None]:
         timeout = self.settings.upstream_timeout_seconds
         async with DescriberClient(self.settings.describer_url, timeout=timeout) as describer:
@@ -194,8 +195,16 @@ class JobRunner:
             low = describer.describe(
                 request.context, KpiTarget(name=request.target.name, level=KpiLevel.LOW)
             )
-            target, avoided = await asyncio.gather(wanted, low)
-            return target, avoided
+            target, avoided = await asyncio.gather(wanted, low, return_exceptions=True)
+        if isinstance(target, BaseException):
+            raise target
+        if isinstance(avoided, BoigError):
+            # The job can do without a negative prompt; it cannot do without its target.
+            notes.append(f"no negative prompt: the low-level description failed ({avoided.type})")
+            return target, None
+        if isinstance(avoided, BaseException):
+            raise avoided
+        return target, avoided
 
     async def _score(self, request: GenerateRequest, pngs: Sequence[bytes]) -> ScoreResponse:
         creatives = [

@@ -224,5 +224,9 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def set_upstream_error(url: str, error_type: str | None) -> None:
-    httpx.post(f"{url}/_control", json={"error_type": error_type}).raise_for_status()
+def set_upstream_error(
+    url: str, error_type: str | None, *, levels: list[str] | None = None
+) -> None:
+    """Make the stand-ins fail with ``error_type`` (for /describe at ``levels`` only, if given)."""
+    body = {"error_type": error_type, "levels": levels}
+    httpx.post(f"{url}/_control", json=body).raise_for_status()

@@ -53,6 +53,8 @@ LOOKS = {
 class Control(BaseModel):
     error_type: str | None = None
     message: str = "stub failure"
+    levels: list[KpiLevel] | None = None
+    """Fail /describe for these target levels only (None: every call fails)."""
 
 
 def brightness(data_base64: str) -> float:
@@ -63,6 +65,7 @@ def brightness(data_base64: str) -> float:
 def create_app() -> object:
     app = create_service_app(service="stub-upstreams", version="0", max_body_bytes=1 << 26)
     failure: dict[str, BoigError | None] = {"error": None}
+    failing_levels: dict[str, list[KpiLevel] | None] = {"levels": None}
 
     @app.post("/_control")
     async def control(body: Control) -> dict[str, str | None]:
@@ -73,11 +76,13 @@ def create_app() -> object:
             if body.error_type
             else None
         )
+        failing_levels["levels"] = body.levels
         return {"error_type": body.error_type}
 
     @app.post("/describe")
     async def describe(request: DescribeRequest) -> DescribeResponse:
-        if failure["error"] is not None:
+        levels = failing_levels["levels"]
+        if failure["error"] is not None and (levels is None or request.target.level in levels):
             raise failure["error"]
         return DescribeResponse(
             verbalization=LOOKS[request.target.level],
@@ -90,7 +95,7 @@ def create_app() -> object:
 
     @app.post("/score")
     async def score(request: ScoreRequest) -> ScoreResponse:
-        if failure["error"] is not None:
+        if failure["error"] is not None and failing_levels["levels"] is None:
             raise failure["error"]
         totals = {c.id: brightness(c.image_base64) for c in request.creatives}
         ranked = sorted(totals, key=lambda cid: -totals[cid])

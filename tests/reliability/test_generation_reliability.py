@@ -186,6 +186,12 @@ def test_a_failing_job_reports_a_typed_error(topology: Topology) -> None:
     unavailable = topology.wait_state(topology.submit(body(seed=1)), {"failed"})
     assert unavailable["error"]["type"] == "model_unavailable"
     assert unavailable["attempts"] == 2  # max_retries is 1 here
+    # Without the low-level description there is no negative prompt, and the job says so.
+    set_upstream_error(topology.upstream_url, "model_output_error", levels=["low"])
+    partial = topology.wait_state(topology.submit(body(seed=1)), {"succeeded", "failed"})
+    assert partial["state"] == "succeeded", partial
+    assert partial["outcome"]["negative_prompt"] is None
+    assert "model_output_error" in partial["outcome"]["notes"][0]
     set_upstream_error(topology.upstream_url, None)
     assert topology.wait_state(topology.submit(body(seed=1)), {"succeeded"})
 
