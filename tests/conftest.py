@@ -147,6 +147,29 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         yield db
 
 
+@pytest.fixture(scope="session")
+def make_boigsd_lora() -> Callable[[Path, Path, int], Path]:
+    """What the DDPO trainer writes, for tests: a BoigSD LoRA folder with random, nonzero
+    weights (LoRA B starts at zero, which would change nothing) on the pipeline at a path."""
+
+    def make(model: Path, folder: Path, seed: int) -> Path:
+        import torch
+
+        from services.generator.lora import add_boigsd_lora, save_boigsd_lora
+        from services.generator.pipeline import ImagePipeline
+
+        trainer = ImagePipeline(model)
+        add_boigsd_lora(trainer.pipe.unet, rank=2, alpha=2)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, parameter in trainer.pipe.unet.named_parameters():
+                if ".lora_B." in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+        return save_boigsd_lora(trainer.pipe, folder, base_model=model.name)
+
+    return make
+
+
 @pytest.fixture
 def drain_queue() -> Callable[[Any, str], list[str]]:
     """Empty a Celery app's broker queue; returns the ids of the tasks that were on it."""

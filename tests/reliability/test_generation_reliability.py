@@ -12,6 +12,7 @@ import io
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -228,23 +229,6 @@ def test_fifty_concurrent_submissions_are_all_accounted_for(topology: Topology) 
     assert len(digests) == 50  # 50 seeds, 50 different images
 
 
-def make_lora(model: Path, folder: Path, seed: int) -> Path:
-    """What the DDPO trainer will write: a BoigSD LoRA folder (random, nonzero weights)."""
-    import torch
-
-    from services.generator.lora import add_boigsd_lora, save_boigsd_lora
-    from services.generator.pipeline import ImagePipeline
-
-    trainer = ImagePipeline(model)
-    add_boigsd_lora(trainer.pipe.unet, rank=2, alpha=2)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in trainer.pipe.unet.named_parameters():
-            if ".lora_B." in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
-    return save_boigsd_lora(trainer.pipe, folder, base_model=model.name)
-
-
 def publish_lora(registry: Path, folder: Path) -> str:
     from services.common.checkpoints import (
         KIND_BOIGSD_LORA,
@@ -265,12 +249,12 @@ def publish_lora(registry: Path, folder: Path) -> str:
 
 
 def test_a_moved_boigsd_pointer_serves_the_next_job_and_spares_the_one_in_flight(
-    topology: Topology,
+    topology: Topology, make_boigsd_lora: Callable[[Path, Path, int], Path]
 ) -> None:
     registry = topology.root / "registry"
     topology.settings["BOIG_GENERATOR_CHECKPOINT_REGISTRY"] = str(registry)
-    first = publish_lora(registry, make_lora(topology.model_path, topology.root / "a", seed=1))
-    next_lora = make_lora(topology.model_path, topology.root / "b", seed=2)
+    first = publish_lora(registry, make_boigsd_lora(topology.model_path, topology.root / "a", 1))
+    next_lora = make_boigsd_lora(topology.model_path, topology.root / "b", 2)
     topology.start_gateway()
     topology.start_worker()
     in_flight = topology.submit(body(strategy="boigsd", **LONG))

@@ -3,10 +3,10 @@ the base pipeline (said so) while none is published, and never for the other str
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from services.common.checkpoints import (
     KIND_BOIGLLM_LORA,
@@ -17,24 +17,14 @@ from services.common.checkpoints import (
     publish_checkpoint,
 )
 from services.generator.boigsd import BoigsdLoras
-from services.generator.lora import add_boigsd_lora, save_boigsd_lora
 from services.generator.pipeline import ImagePipeline
+
+MakeLora = Callable[[Path, Path, int], Path]
 
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_sd_dir: Path) -> ImagePipeline:
     return ImagePipeline(tiny_sd_dir)
-
-
-def lora_folder(tiny_sd_dir: Path, out: Path, seed: int) -> Path:
-    trainer = ImagePipeline(tiny_sd_dir)
-    add_boigsd_lora(trainer.pipe.unet, rank=2, alpha=2)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in trainer.pipe.unet.named_parameters():
-            if ".lora_B." in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
-    return save_boigsd_lora(trainer.pipe, out, base_model="tiny-sd")
 
 
 def publish(registry: Path, folder: Path, kind: str = KIND_BOIGSD_LORA) -> str:
@@ -63,17 +53,17 @@ def test_nothing_published_yet_falls_back_and_says_so(
 
 
 def test_the_next_task_loads_a_moved_pointer_and_other_strategies_run_without_it(
-    pipeline: ImagePipeline, tiny_sd_dir: Path, tmp_path: Path
+    pipeline: ImagePipeline, tiny_sd_dir: Path, tmp_path: Path, make_boigsd_lora: MakeLora
 ) -> None:
     registry = tmp_path / "registry"
     loras = BoigsdLoras(pipeline, registry, "boigsd")
-    first = publish(registry, lora_folder(tiny_sd_dir, tmp_path / "a", seed=1))
+    first = publish(registry, make_boigsd_lora(tiny_sd_dir, tmp_path / "a", 1))
     choice = loras.choose(use_boigsd=True)
     assert choice.model is not None and choice.model.version == first
     assert pipeline.lora_version == first and choice.notes == []
     # The prompt and best_of_n strategies are the base pipeline's.
     assert loras.choose(use_boigsd=False).model is None and pipeline.lora_version is None
-    second = publish(registry, lora_folder(tiny_sd_dir, tmp_path / "b", seed=2))
+    second = publish(registry, make_boigsd_lora(tiny_sd_dir, tmp_path / "b", 2))
     assert second != first
     moved = loras.choose(use_boigsd=True)
     assert moved.model is not None and moved.model.version == second
@@ -82,9 +72,9 @@ def test_the_next_task_loads_a_moved_pointer_and_other_strategies_run_without_it
 
 
 def test_a_checkpoint_of_another_kind_is_refused(
-    pipeline: ImagePipeline, tiny_sd_dir: Path, tmp_path: Path
+    pipeline: ImagePipeline, tiny_sd_dir: Path, tmp_path: Path, make_boigsd_lora: MakeLora
 ) -> None:
     registry = tmp_path / "registry"
-    publish(registry, lora_folder(tiny_sd_dir, tmp_path / "a", seed=1), kind=KIND_BOIGLLM_LORA)
+    publish(registry, make_boigsd_lora(tiny_sd_dir, tmp_path / "a", 1), kind=KIND_BOIGLLM_LORA)
     with pytest.raises(CheckpointError, match="not a 'boigsd-lora'"):
         BoigsdLoras(pipeline, registry, "boigsd").choose(use_boigsd=True)
