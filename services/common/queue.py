@@ -11,6 +11,7 @@ file that every process on the machine can share; deployments set Redis URLs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
@@ -125,6 +126,12 @@ def create_celery_app(settings: QueueSettings, *, name: str) -> Celery:
         result_expires=86_400,
     )
     return app
+
+
+def send_generation_task(app: Celery, job_id: str, **options: Any) -> None:
+    """Put a job's task on the GPU queue. The message is the job id alone (also the task id,
+    so the task's state is the job's); everything else is in the job store."""
+    app.send_task(GENERATE_TASK, args=[job_id], task_id=job_id, queue=GPU_QUEUE, **options)
 
 
 def _make_sqlite_folder(url: str) -> None:

@@ -33,7 +33,12 @@ from services.common.storage import LocalArtifactStore
 from services.gateway.auth import ApiKeyDep, KeyStore
 from services.gateway.generation import Generation
 from services.gateway.rate_limit import KeyRateLimiter, RateLimitedKey
-from services.gateway.service import Gateway, UploadedCreative, build_score_request
+from services.gateway.service import (
+    Gateway,
+    UploadedCreative,
+    build_score_request,
+    validation_message,
+)
 from services.gateway.settings import GatewaySettings
 
 VERSION = "0.1.0"
@@ -177,7 +182,7 @@ def create_app(
             try:
                 score_request = ScoreRequest.model_validate_json(await request.body())
             except ValidationError as exc:
-                raise InvalidInput(_describe(exc)) from exc
+                raise InvalidInput(validation_message(exc)) from exc
         else:
             raise UnsupportedMediaType(
                 f"unsupported content type {media_type!r}: send application/json or "
@@ -299,14 +304,6 @@ async def _read_multipart(request: Request, gateway: Gateway) -> ScoreRequest:
     finally:
         await form.close()
     return build_score_request(spec, uploads, limits=gateway.image_limits)
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(part) for part in error["loc"])
-        parts.append(f"{where or 'body'}: {error['msg']}")
-    return "; ".join(parts)
 
 
 def _ping(db: Database) -> None:

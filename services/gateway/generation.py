@@ -28,8 +28,9 @@ from services.common.generation import (
     JobStatus,
 )
 from services.common.jobs import Job, JobStore, StoredImage, request_hash
-from services.common.queue import GENERATE_TASK, GPU_QUEUE, PROGRESS_STATE
+from services.common.queue import PROGRESS_STATE, send_generation_task
 from services.common.storage import ArtifactStore
+from services.gateway.service import validation_message
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +56,7 @@ def parse_generate_request(body: bytes) -> GenerateRequest:
     try:
         return GenerateRequest.model_validate_json(body)
     except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}"
-            for error in exc.errors()[:5]
-        )
-        raise InvalidInput(details) from exc
+        raise InvalidInput(validation_message(exc)) from exc
 
 
 def check_idempotency_key(key: str | None) -> str | None:
@@ -119,14 +116,7 @@ class Generation:
 
     def _publish(self, job_id: str) -> None:
         try:
-            self.celery.send_task(
-                GENERATE_TASK,
-                args=[job_id],
-                task_id=job_id,
-                queue=GPU_QUEUE,
-                retry=True,
-                retry_policy=_PUBLISH_RETRY,
-            )
+            send_generation_task(self.celery, job_id, retry=True, retry_policy=_PUBLISH_RETRY)
         except Exception as exc:  # the job is durable; the worker's sweeper sends it later
             logger.warning("job %s saved but not sent to the broker: %s", job_id, exc)
             return

@@ -141,6 +141,15 @@ class Gateway:
             check_image(data, limits=self.image_limits, what=what)
 
 
+def validation_message(exc: ValidationError, *, most: int = 5) -> str:
+    """The first ``most`` problems of a request body, each with where it is, for a 422."""
+    parts = []
+    for error in exc.errors()[:most]:
+        where = ".".join(str(part) for part in error["loc"])
+        parts.append(f"{where or 'body'}: {error['msg']}")
+    return "; ".join(parts)
+
+
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(part) for part in error["loc"])

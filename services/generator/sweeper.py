@@ -20,7 +20,7 @@ from typing import Any
 from celery import Celery
 
 from services.common.jobs import JobStore
-from services.common.queue import GENERATE_TASK, GPU_QUEUE, QueueSettings
+from services.common.queue import QueueSettings, send_generation_task
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Sweeper:
             logger.info("%d canceled jobs of dead workers marked canceled", canceled)
         job_ids = self._store.jobs_to_publish(unpublished_for=self._grace, all_queued=lost)
         for job_id in job_ids:
-            self._app.send_task(GENERATE_TASK, args=[job_id], task_id=job_id, queue=GPU_QUEUE)
+            send_generation_task(self._app, job_id)
             self._store.mark_published(job_id)
         if job_ids:
             logger.info("sent %d jobs to the broker again", len(job_ids))

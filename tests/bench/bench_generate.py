@@ -33,7 +33,7 @@ from services.common.contracts import Context
 from services.common.db import Database
 from services.common.generation import GenerateRequest
 from services.common.jobs import JobStore
-from services.common.queue import GENERATE_TASK, GPU_QUEUE, QueueSettings, create_celery_app
+from services.common.queue import QueueSettings, create_celery_app, send_generation_task
 from services.generator.pipeline import ImagePipeline, ImageRequest
 from services.generator.tiny_pipeline import prepare_tiny_pipeline
 from services.generator.worker import TaskControl
@@ -92,7 +92,7 @@ def latency(broker: str, backend: str, work: Path, model: Path, upstream: str) -
                 retry_after_seconds=1,
             )
             sent_at = datetime.now(UTC)
-            celery.send_task(GENERATE_TASK, args=[job.id], task_id=job.id, queue=GPU_QUEUE)
+            send_generation_task(celery, job.id)
             wait_for(
                 lambda job_id=job.id: store.get(job_id).state.value in ("succeeded", "failed"),
                 60,
