@@ -9,6 +9,7 @@ job another worker is running, or one already finished, does not).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -69,6 +70,22 @@ class Runtime:
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
+_stores: dict[int, JobStore] = {}
+_stores_lock = threading.Lock()
+
+
+def job_store(settings: GeneratorSettings) -> JobStore:
+    """This process's job store, schema ensured once; the sweeper and the tasks share it.
+
+    Keyed by process: a forked pool child must not use its parent's connections.
+    """
+    with _stores_lock:
+        store = _stores.get(os.getpid())
+        if store is None:
+            database = Database(settings.database_url)
+            database.create_schema()
+            store = _stores[os.getpid()] = JobStore(database)
+        return store
 
 
 def runtime() -> Runtime:
@@ -79,8 +96,6 @@ def runtime() -> Runtime:
             from services.generator.pipeline import ImagePipeline
 
             settings = GeneratorSettings()
-            database = Database(settings.database_url)
-            database.create_schema()
             if settings.torch_threads is not None:
                 import torch
 
@@ -98,7 +113,7 @@ def runtime() -> Runtime:
             _runtime = Runtime(
                 settings=settings,
                 queue=QueueSettings(),
-                store=JobStore(database),
+                store=job_store(settings),
                 runner=JobRunner(settings, pipeline, LocalArtifactStore(settings.artifact_root)),
             )
         return _runtime
@@ -239,11 +254,9 @@ _sweeper: Sweeper | None = None
 def _on_ready(sender: Any = None, **_: Any) -> None:
     global _sweeper
     settings = GeneratorSettings()
-    database = Database(settings.database_url)
-    database.create_schema()
     _sweeper = Sweeper(
         celery_app,
-        JobStore(database),
+        job_store(settings),
         QueueSettings(),
         interval=settings.sweep_interval_seconds,
         unpublished_grace=settings.unpublished_grace_seconds,
