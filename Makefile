@@ -12,7 +12,7 @@ export YOLO_AUTOINSTALL := 0
 export VLLM_NO_USAGE_STATS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup models demo train-llm eval-llm test test-slow test-e2e test-all lint format contracts contracts-check bench clean
+.PHONY: help setup models models-base demo train-llm eval-llm train-world-sd eval-world-sd test test-slow test-e2e test-all lint format contracts contracts-check bench clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -28,29 +28,39 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)  ## create .venv with every service's dependencies
 
-models: setup  ## prepare the local default models once (SmolLM2 HF folder, shapes YOLO)
+models: setup  ## prepare the local default models once (SmolLM2, shapes YOLO, tiny SD, world SD: ~40 min the first time)
 	$(PY) -m services.cli models prepare
+
+# The test suites run on the tiny random SD, so they need every model but the world SD.
+models-base: setup
+	$(PY) -m services.cli models prepare --no-world-sd
 
 demo: models  ## start the services, score the sample creatives, print the ranking
 	$(PY) -m services.demo
 
-train-llm: models  ## BoigLLM on the synthetic world: ingest, fine-tune SmolLM2 (cpu preset, 20-30 min on 2 cores), publish
+train-llm: models-base  ## BoigLLM on the synthetic world: ingest, fine-tune SmolLM2 (cpu preset, 20-30 min on 2 cores), publish
 	$(PY) -m services.cli llm train
 
-eval-llm: models  ## BoigLLM vs baselines on the held-out split: table + HTML report
+eval-llm: models-base  ## BoigLLM vs baselines on the held-out split: table + HTML report
 	$(PY) -m services.cli llm evaluate
 
-test: models  ## the default test suite (unit + integration; not slow/e2e/gpu)
+train-world-sd: models-base  ## train the world SD (PRESET=cpu|gpu; resumes; installs it as the generator's model)
+	$(PY) -m services.cli world-sd train --preset $(or $(PRESET),cpu)
+
+eval-world-sd: models  ## the world SD vs random floor, real creatives and chance on held-out captions: table + HTML
+	$(PY) -m services.cli world-sd evaluate
+
+test: models-base  ## the default test suite (unit + integration; not slow/e2e/gpu)
 	$(PY) -m pytest
 
 # pytest exits 5 when a marker selects nothing; for these optional suites that is fine.
-test-slow: models  ## slow suites (real-model runs that take minutes)
+test-slow: models-base  ## slow suites (real-model runs that take minutes)
 	$(PY) -m pytest -m slow || [ $$? -eq 5 ]
 
-test-e2e: models  ## the services as processes on loopback, end to end
+test-e2e: models-base  ## the services as processes on loopback, end to end
 	$(PY) -m pytest -m e2e || [ $$? -eq 5 ]
 
-test-all: models
+test-all: models-base
 	$(PY) -m pytest -m "not gpu"
 
 lint: setup  ## ruff (lint + format check) and strict mypy
@@ -72,6 +82,7 @@ bench: models  ## benchmarks: print figures and ratios against in-run baselines
 	$(PY) tests/bench/bench_featurizer.py
 	$(PY) tests/bench/bench_score.py
 	$(PY) tests/bench/bench_generate.py
+	$(PY) tests/bench/bench_world_sd.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,8 @@ app.add_typer(contracts_app, name="contracts")
 app.add_typer(gateway_app, name="gateway", help="Gateway administration: database, API keys.")
 llm_app = typer.Typer(help="BoigLLM on the synthetic world.", no_args_is_help=True)
 app.add_typer(llm_app, name="llm")
+world_sd_app = typer.Typer(help="The world SD: Stable Diffusion trained on the synthetic world.")
+app.add_typer(world_sd_app, name="world-sd")
 
 Seed = Annotated[int, typer.Option(help="World seed.")]
 PostsPerBrand = Annotated[int, typer.Option(min=20, help="World size: posts per brand.")]
@@ -28,11 +30,18 @@ ENV_EXAMPLE = REPO / ".env.example"
 
 
 @models_app.command("prepare")
-def prepare_models() -> None:
+def prepare_models(
+    world_sd: Annotated[
+        bool,
+        typer.Option(
+            help="Also train the world SD the generator serves (~30 min on 2 cores, once)."
+        ),
+    ] = True,
+) -> None:
     """Prepare the embedded default models (cached; safe to run again)."""
     from services.tooling.models import prepare_all
 
-    prepare_all()
+    prepare_all(world_sd=world_sd)
 
 
 @contracts_app.command("write")
@@ -100,6 +109,67 @@ def evaluate_llm(
     paths = llm_recipe.default_paths(seed, posts_per_brand)
     settings = EvaluationSettings(rows_per_level=rows_per_level)
     llm_recipe.run_evaluation(paths, settings, with_base=base)
+
+
+@world_sd_app.command("train")
+def train_world_sd(
+    preset: Annotated[str, typer.Option(help="cpu (~30 min on 2 cores), gpu or tiny.")] = "cpu",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Install the trained pipeline here (default: the generator's)."),
+    ] = None,
+    base_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Fine-tune this SD 1.5 diffusers folder on a GPU (the finetune preset) "
+            "instead of training from scratch."
+        ),
+    ] = None,
+    account: Annotated[str | None, typer.Option(help="Train on this account only.")] = None,
+    level: Annotated[
+        str | None,
+        typer.Option(help="Train on creatives of this KPI level only (low/medium/high)."),
+    ] = None,
+) -> None:
+    """World -> dataset -> captions -> world SD (resumes an interrupted run) -> model folder.
+
+    `--base-model SD15 --level high --out DIR` is the 'SD fine-tuned on high-KPI images'
+    baseline."""
+    from services.tooling import world_sd_recipe
+    from services.trainer.world_sd.config import PRESETS, finetune_preset
+
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    if level not in (None, "low", "medium", "high"):
+        raise typer.BadParameter(f"level must be low, medium or high, got {level!r}")
+    if base_model is not None and out is None:
+        raise typer.BadParameter("a fine-tune needs --out (it must not replace the world SD)")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    config = finetune_preset(base_model) if base_model is not None else None
+    selection = world_sd_recipe.Selection(account=account, level=level)
+    preset_name = "finetune" if base_model is not None else preset
+    typer.echo(
+        world_sd_recipe.prepare_world_sd(out, preset_name, config=config, selection=selection)
+    )
+
+
+@world_sd_app.command("evaluate")
+def evaluate_world_sd(
+    model: Annotated[
+        Path | None, typer.Option(help="Pipeline folder (default: the generator's world SD).")
+    ] = None,
+    captions: Annotated[int, typer.Option(min=8, help="Held-out captions scored.")] = 160,
+    samples: Annotated[int, typer.Option(min=2, help="Images per caption.")] = 2,
+) -> None:
+    """The world SD vs the random floor, the real creatives and the chance line on held-out
+    captions: table + HTML report with image grids."""
+    from services.tooling import world_sd_recipe
+    from services.tooling.llm_recipe import default_paths
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    world_sd_recipe.run_evaluation(
+        default_paths(), model=model, captions=captions, samples_per_caption=samples
+    )
 
 
 def main() -> None:

@@ -30,6 +30,15 @@ def boig_home() -> Path:
     return Path(cache).expanduser() / "boig"
 
 
+WORLD_SD_NAME = "world-sd"
+
+
+def default_world_sd_dir() -> Path:
+    """Where ``make models`` puts the world SD (a small Stable Diffusion trained on the
+    synthetic world): the generator's default pipeline."""
+    return boig_home() / "models" / WORLD_SD_NAME
+
+
 class ServiceSettings(BaseSettings):
     """Fields every HTTP service has. Subclasses set ``env_prefix`` (BOIG_<SERVICE>_)."""
 

@@ -180,9 +180,9 @@ def generate_images(stack: LocalStack, key: str) -> None:
         console.print(f"note: {note}")
     index = write_gallery(stack.url("gateway"), key, status, OUTPUT)
     console.print(
-        f"images and their page: {index.resolve()} (the embedded pipeline is a tiny random "
-        "Stable Diffusion, so the pictures are noise; BOIG_GENERATOR_MODEL_PATH names real "
-        "weights)"
+        f"images and their page: {index.resolve()} (drawn by the world SD, a 64x64 Stable "
+        "Diffusion trained on the synthetic brand world: flat backgrounds, colours and rough "
+        "shapes; BOIG_GENERATOR_MODEL_PATH names real SD weights)"
     )
 
 

@@ -18,7 +18,11 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from services.common.model_folders import folder_version
+from services.common.model_folders import (
+    SamplingDefaults,
+    folder_version,
+    read_sampling_defaults,
+)
 from services.common.torch_device import resolve_device
 from services.generator.lora import ADAPTER_NAME, load_boigsd_lora
 
@@ -59,6 +63,8 @@ class ImagePipeline:
         self.lora_version: str | None = None
         """The loaded BoigSD LoRA's version; None while the base weights run."""
         self.base_version = pipeline_version(self.model_path)
+        self.sampling: SamplingDefaults = read_sampling_defaults(self.model_path)
+        """The guidance and steps the folder recommends (none for third-party folders)."""
         self._lock = threading.Lock()
         self._adapter: str | None = None
         self._adapters_loaded = 0

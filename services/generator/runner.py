@@ -35,12 +35,13 @@ from services.common.contracts import (
 )
 from services.common.errors import BoigError
 from services.common.generation import GenerateRequest, JobOutcome, JobProgress, Strategy
+from services.common.image_prompts import render_negative_prompt, render_prompt
 from services.common.jobs import NewImage
+from services.common.model_folders import SamplingDefaults
 from services.common.storage import ArtifactStore
 from services.generator.boigsd import BoigsdLoras
 from services.generator.pipeline import ImagePipeline, ImageRequest
-from services.generator.prompting import render_negative_prompt, render_prompt
-from services.generator.settings import GeneratorSettings
+from services.generator.settings import FALLBACK_GUIDANCE, FALLBACK_STEPS, GeneratorSettings
 
 IMAGE_NAMESPACE = "generated"
 
@@ -74,7 +75,10 @@ class RunResult:
 
 
 def plan(
-    request: GenerateRequest, settings: GeneratorSettings, native_size: tuple[int, int]
+    request: GenerateRequest,
+    settings: GeneratorSettings,
+    native_size: tuple[int, int],
+    recommended: SamplingDefaults = SamplingDefaults(),
 ) -> Plan:
     strategy = request.strategy or settings.default_strategy
     candidates = request.count
@@ -86,7 +90,7 @@ def plan(
         strategy=strategy,
         width=request.width or native_size[0],
         height=request.height or native_size[1],
-        steps=request.steps or settings.default_steps,
+        steps=request.steps or settings.default_steps or recommended.steps or FALLBACK_STEPS,
         seed=request.seed,
         count=request.count,
         candidates=candidates,
@@ -113,8 +117,16 @@ class JobRunner:
         self.artifacts = artifacts
         self.loras = BoigsdLoras(pipeline, settings.checkpoint_registry, settings.checkpoint_name)
 
+    @property
+    def guidance_scale(self) -> float:
+        """The setting, else what the model folder recommends, else SD 1.5's usual 7.5."""
+        if self.settings.guidance_scale is not None:
+            return self.settings.guidance_scale
+        recommended = self.pipeline.sampling.guidance_scale
+        return FALLBACK_GUIDANCE if recommended is None else recommended
+
     def run(self, request: GenerateRequest, control: JobControl) -> RunResult:
-        job_plan = plan(request, self.settings, self.pipeline.native_size)
+        job_plan = plan(request, self.settings, self.pipeline.native_size, self.pipeline.sampling)
         control.report(JobProgress(stage="starting", step=0, total=job_plan.steps))
         choice = self.loras.choose(use_boigsd=job_plan.strategy == "boigsd")
         notes = list(choice.notes)
@@ -247,7 +259,7 @@ class JobRunner:
                     width=job_plan.width,
                     height=job_plan.height,
                     steps=job_plan.steps,
-                    guidance_scale=self.settings.guidance_scale,
+                    guidance_scale=self.guidance_scale,
                     seed=job_plan.seed + first,
                     count=size,
                 ),

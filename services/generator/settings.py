@@ -16,8 +16,11 @@ from services.common.checkpoints import BOIGSD_CHECKPOINT
 from services.common.contracts import RewardName
 from services.common.db import default_database_url
 from services.common.generation import MAX_CANDIDATES_PER_JOB, Strategy
-from services.common.settings import artifact_store_root, boig_home
-from services.generator.tiny_pipeline import default_tiny_pipeline_dir
+from services.common.model_folders import SAMPLING_FILE
+from services.common.settings import artifact_store_root, boig_home, default_world_sd_dir
+
+FALLBACK_STEPS = 20
+FALLBACK_GUIDANCE = 7.5
 
 
 class GeneratorSettings(BaseSettings):
@@ -34,11 +37,11 @@ class GeneratorSettings(BaseSettings):
     )
     metrics_host: str = Field(default="127.0.0.1", description="Address /metrics binds to.")
     model_path: Path = Field(
-        default_factory=default_tiny_pipeline_dir,
+        default_factory=default_world_sd_dir,
         description=(
             "Local diffusers Stable Diffusion folder (SD 1.5, SD-Turbo, ...: model_index.json "
-            "and safetensors). Default: the tiny random pipeline `make models` builds, which "
-            "exercises every code path but draws noise-like images."
+            "and safetensors). Default: the world SD that `make models` trains on the synthetic "
+            "brand world (64x64 creatives on a CPU)."
         ),
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -83,14 +86,30 @@ class GeneratorSettings(BaseSettings):
     )
     checkpoint_name: str = Field(default=BOIGSD_CHECKPOINT, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     default_strategy: Strategy = Field(default="prompt")
-    default_steps: int = Field(default=20, ge=1, le=150)
+    default_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=150,
+        description=(
+            "Denoising steps of a job that names none. Unset: the model folder's recommendation "
+            f"(its {SAMPLING_FILE}), else {FALLBACK_STEPS}."
+        ),
+    )
     default_candidates: int = Field(
         default=4,
         ge=1,
         le=MAX_CANDIDATES_PER_JOB,
         description="best_of_n: candidates per job when the request names none (at least count).",
     )
-    guidance_scale: float = Field(default=7.5, ge=0.0, le=30.0)
+    guidance_scale: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=30.0,
+        description=(
+            "Classifier-free guidance. Unset: the model folder's recommendation (the world SD "
+            f"was measured best at 2.0), else {FALLBACK_GUIDANCE} as for SD 1.5."
+        ),
+    )
     reward: RewardName = Field(default="match", description="The reward images are scored with.")
     max_batch: int = Field(
         default=8,

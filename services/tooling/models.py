@@ -1,5 +1,6 @@
 """Prepare the embedded default models once: SmolLM2 as an HF folder, the shapes YOLO, the
-tiny random Stable Diffusion pipeline.
+tiny random Stable Diffusion pipeline (tests, the evaluation's floor) and the world SD the
+generator serves (trained on the synthetic world: ~30 min on 2 cores, the first time only).
 
 All are cached under ``boig_home()/models``; a second run finds them and returns at once.
 A model the operator names in settings (BOIG_DESCRIBER_MODEL_PATH,
@@ -23,15 +24,20 @@ def models_dir() -> Path:
     return boig_home() / "models"
 
 
-def prepare_all(*, log: bool = True) -> dict[str, Path]:
-    """Prepare (or find) every model the configured services need; returns where each lives."""
+def prepare_all(*, world_sd: bool = True, log: bool = True) -> dict[str, Path]:
+    """Prepare (or find) every model the configured services need; returns where each lives.
+
+    ``world_sd=False`` skips training the world SD (the test suites run on the tiny pipeline).
+    """
     # Imported here: each pulls in torch and its model library.
+    from services.common.settings import default_world_sd_dir
     from services.describer.model_prep import default_smollm2_dir, prepare_smollm2
     from services.describer.settings import DescriberSettings
     from services.featurizer.settings import FeaturizerSettings, default_detector_weights
     from services.featurizer.shapes import prepare_detector
     from services.generator.settings import GeneratorSettings
     from services.generator.tiny_pipeline import default_tiny_pipeline_dir, prepare_tiny_pipeline
+    from services.tooling.world_sd_recipe import prepare_world_sd
 
     prepared: dict[str, Path] = {}
     started = time.perf_counter()
@@ -57,10 +63,16 @@ def prepare_all(*, log: bool = True) -> dict[str, Path]:
         _report(log, "detector", prepared["detector"], started)
 
     started = time.perf_counter()
+    prepared["tiny-diffusion"] = prepare_tiny_pipeline(default_tiny_pipeline_dir())
+    _report(log, "tiny-diffusion", prepared["tiny-diffusion"], started)
+
+    started = time.perf_counter()
     diffusion = GeneratorSettings().model_path
-    if diffusion == default_tiny_pipeline_dir():
-        prepared["diffusion"] = prepare_tiny_pipeline(diffusion)
-    elif (diffusion / "model_index.json").is_file():
+    if diffusion == default_world_sd_dir():
+        if not world_sd:
+            return prepared
+        prepared["diffusion"] = prepare_world_sd(diffusion)
+    elif diffusion == default_tiny_pipeline_dir() or (diffusion / "model_index.json").is_file():
         prepared["diffusion"] = diffusion
     else:
         raise ModelMissing(

@@ -166,7 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    prepare_all(log=False)
+    prepare_all(world_sd=False, log=False)
     items = creatives()
     components = in_process(args.rounds, items)
     gc.collect()

@@ -20,8 +20,11 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    prepare_all(log=False)
-    with local_stack(tmp_path_factory.mktemp("stack")) as running:
+    models = prepare_all(world_sd=False, log=False)
+    # The topology under test, on the tiny random SD: the world SD takes half an hour to
+    # train and has tests of its own (it loads through the same ImagePipeline).
+    tiny = {"BOIG_GENERATOR_MODEL_PATH": str(models["tiny-diffusion"])}
+    with local_stack(tmp_path_factory.mktemp("stack"), extra_env=tiny) as running:
         yield running
 
 

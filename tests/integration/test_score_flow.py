@@ -37,7 +37,7 @@ def transport(app: FastAPI) -> httpx.ASGITransport:
 async def gateway(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
-    prepare_all(log=False)
+    prepare_all(world_sd=False, log=False)
     featurizer_app, describer_app = create_featurizer(), create_describer()
     async with AsyncExitStack() as stack:
         # ASGITransport runs no lifespan, so start each app's models here as a server would.

@@ -38,6 +38,11 @@ from services.trainer.finetune.data import (
     resolve_dataset_dir,
 )
 from services.trainer.ingest.dataset import Direction
+from services.trainer.training_state import (
+    optimizer_from_safe,
+    optimizer_to_safe,
+    warmup_cosine_rate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -220,15 +225,14 @@ def finetune(
 
 
 def learning_rate_at(step: int, config: FinetuneConfig) -> float:
-    """Linear warm-up, then cosine decay to min_lr_ratio x peak at max_steps; a pure function
-    of the step, so the schedule needs no saved state of its own."""
-    peak = config.learning_rate
-    if step < config.warmup_steps:
-        return peak * (step + 1) / config.warmup_steps
-    span = max(1, config.max_steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    floor = config.min_lr_ratio
-    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    """Linear warm-up, then cosine decay to min_lr_ratio x peak at max_steps."""
+    return warmup_cosine_rate(
+        step,
+        peak=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        total_steps=config.max_steps,
+        floor_ratio=config.min_lr_ratio,
+    )
 
 
 def _loss(
@@ -350,7 +354,7 @@ def _save_checkpoint(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     _save_adapter(staging, model)
-    tensors, groups = _optimizer_to_safe(optimizer)
+    tensors, groups = optimizer_to_safe(optimizer)
     save_file(tensors, str(staging / OPTIMIZER_STATE))
     state = {
         "step": step,
@@ -390,7 +394,7 @@ def _restore(
         )
     set_peft_model_state_dict(model, load_file(str(checkpoint / ADAPTER_WEIGHTS)))
     tensors = load_file(str(checkpoint / OPTIMIZER_STATE))
-    optimizer.load_state_dict(_optimizer_from_safe(tensors, state["optimizer_param_groups"]))
+    optimizer.load_state_dict(optimizer_from_safe(tensors, state["optimizer_param_groups"]))
     step: int = state["step"]
     return step
 
@@ -399,37 +403,6 @@ def _save_adapter(folder: Path, model: Any) -> None:
     weights = {k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}
     save_file(weights, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     model.peft_config["default"].save_pretrained(str(folder))
-
-
-def _optimizer_to_safe(
-    optimizer: torch.optim.Optimizer,
-) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """AdamW state as flat tensors (``state.<param>.<name>``) plus JSON-able param groups."""
-    state_dict = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    for index, values in state_dict["state"].items():
-        for name, value in values.items():
-            tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
-            tensors[f"state.{index}.{name}"] = tensor.detach().contiguous()
-    groups = [
-        {key: list(value) if isinstance(value, tuple) else value for key, value in group.items()}
-        for group in state_dict["param_groups"]
-    ]
-    return tensors, groups
-
-
-def _optimizer_from_safe(
-    tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]
-) -> dict[str, Any]:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        _, index, name = key.split(".", 2)
-        state.setdefault(int(index), {})[name] = tensor
-    param_groups = [
-        {key: tuple(value) if key == "betas" else value for key, value in group.items()}
-        for group in groups
-    ]
-    return {"state": state, "param_groups": param_groups}
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from services.common import clip_tokenizer
 from services.common.checkpoints import ALLOWED_SUFFIXES
-from services.generator import tiny_pipeline
 from services.generator.tiny_pipeline import (
     build_tiny_pipeline,
     default_tiny_pipeline_dir,
@@ -105,6 +105,6 @@ def test_the_bpe_file_is_found_without_importing_open_clip() -> None:
     import sys
 
     had_open_clip = "open_clip" in sys.modules
-    path = tiny_pipeline.clip_bpe_path()
+    path = clip_tokenizer.clip_bpe_path()
     assert path.name == "bpe_simple_vocab_16e6.txt.gz" and path.is_file()
     assert ("open_clip" in sys.modules) == had_open_clip

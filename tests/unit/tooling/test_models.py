@@ -21,9 +21,17 @@ def test_named_models_are_used_as_they_are(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("BOIG_DESCRIBER_MODEL_PATH", str(llm))
     monkeypatch.setenv("BOIG_FEATURIZER_DETECTOR_WEIGHTS", str(weights))
     monkeypatch.setenv("BOIG_GENERATOR_MODEL_PATH", str(diffusion))
-    assert prepare_all(log=False) == {"llm": llm, "detector": weights, "diffusion": diffusion}
+    monkeypatch.setenv("BOIG_HOME", str(tmp_path / "home"))
+    tiny = tmp_path / "home" / "models" / "tiny-sd"  # tests and the evaluation's floor
+    assert prepare_all(log=False) == {
+        "llm": llm,
+        "detector": weights,
+        "tiny-diffusion": tiny,
+        "diffusion": diffusion,
+    }
     assert weights.read_bytes() == b"operator's weights"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["my-llm", "my-sd", "yolov8n.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "my-llm", "my-sd", "yolov8n.pt"]
+    assert [p.name for p in (tmp_path / "home" / "models").iterdir()] == ["tiny-sd"]
 
 
 def test_no_detector_backend_needs_no_weights(
@@ -38,7 +46,10 @@ def test_no_detector_backend_needs_no_weights(
     monkeypatch.setenv("BOIG_DESCRIBER_MODEL_PATH", str(llm))
     monkeypatch.setenv("BOIG_FEATURIZER_DETECTOR_BACKEND", "none")
     monkeypatch.setenv("BOIG_GENERATOR_MODEL_PATH", str(diffusion))
-    assert prepare_all(log=False) == {"llm": llm, "diffusion": diffusion}
+    monkeypatch.setenv("BOIG_HOME", str(tmp_path / "home"))
+    prepared = prepare_all(log=False)
+    assert prepared["llm"] == llm and prepared["diffusion"] == diffusion
+    assert "detector" not in prepared
 
 
 @pytest.mark.parametrize("missing", ["llm", "detector", "diffusion"])
@@ -55,6 +66,7 @@ def test_missing_named_models_are_reported(
     monkeypatch.setenv("BOIG_DESCRIBER_MODEL_PATH", str(llm))
     monkeypatch.setenv("BOIG_FEATURIZER_DETECTOR_WEIGHTS", str(weights))
     monkeypatch.setenv("BOIG_GENERATOR_MODEL_PATH", str(tmp_path / "no-sd"))
+    monkeypatch.setenv("BOIG_HOME", str(tmp_path / "home"))
     expected = {
         "llm": "BOIG_DESCRIBER_MODEL_PATH",
         "detector": "absent.pt",
@@ -62,3 +74,16 @@ def test_missing_named_models_are_reported(
     }[missing]
     with pytest.raises(ModelMissing, match=expected):
         prepare_all(log=False)
+
+
+def test_the_world_sd_can_be_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = tmp_path / "my-llm"
+    llm.mkdir()
+    (llm / "config.json").write_text("{}")
+    monkeypatch.setenv("BOIG_DESCRIBER_MODEL_PATH", str(llm))
+    monkeypatch.setenv("BOIG_FEATURIZER_DETECTOR_BACKEND", "none")
+    monkeypatch.delenv("BOIG_GENERATOR_MODEL_PATH", raising=False)
+    monkeypatch.setenv("BOIG_HOME", str(tmp_path / "home"))
+    prepared = prepare_all(world_sd=False, log=False)
+    assert set(prepared) == {"llm", "tiny-diffusion"}  # nothing trained, nothing missing
+    assert not (tmp_path / "home" / "models" / "world-sd").exists()

@@ -1,5 +1,7 @@
-"""BoigLLM's target description -> a Stable Diffusion prompt (and the low-KPI look -> a
-negative prompt). Pure and deterministic: the same description always gives the same prompt.
+"""A description -> a Stable Diffusion prompt (and the low-KPI look -> a negative prompt).
+Pure and deterministic: the same description always gives the same prompt. The generator
+prompts with BoigLLM's target description; the trainer captions the world SD's training
+images with their featurized descriptions, so serving prompts are in-distribution.
 
 CLIP reads at most 75 prompt tokens, so phrases go most important first and whatever does
 not fit is dropped whole, never cut mid-word.
@@ -94,9 +96,9 @@ def render_negative_prompt(
     phrases = [
         *_color_phrases(colors),
         *(tone.value for tone in low.tones if tone not in shared.tones),
-        *_unique(
-            obj.label for obj in _by_prominence(low.objects) if obj.label not in shared_labels
-        )[:MAX_OBJECTS],
+        *_unique(obj.label for obj in by_prominence(low.objects) if obj.label not in shared_labels)[
+            :MAX_OBJECTS
+        ],
     ]
     return _fit("", phrases, count_tokens, max_tokens)
 
@@ -127,7 +129,7 @@ def object_size(obj: DetectedObject) -> str | None:
 
 def _object_phrases(objects: Iterable[DetectedObject]) -> list[str]:
     phrases = []
-    for obj in _by_prominence(objects):
+    for obj in by_prominence(objects):
         size = object_size(obj)
         noun = f"{size} {obj.label}" if size else obj.label
         position = object_position(obj)
@@ -170,7 +172,7 @@ def _merged_colors(colors: Iterable[ColorSwatch]) -> list[ColorSwatch]:
     ]
 
 
-def _by_prominence(objects: Iterable[DetectedObject]) -> list[DetectedObject]:
+def by_prominence(objects: Iterable[DetectedObject]) -> list[DetectedObject]:
     """Largest box first, then the more confident; ties keep the description's order."""
 
     def prominence(obj: DetectedObject) -> tuple[float, float]:

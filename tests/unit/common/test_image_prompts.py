@@ -4,12 +4,12 @@ descriptions kept inside CLIP's 75 prompt tokens."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
+from services.common.clip_tokenizer import clip_bpe_path, write_clip_tokenizer
 from services.common.contracts import ColorSwatch, Context, DetectedObject, Tone, Verbalization
-from services.generator.prompting import (
+from services.common.image_prompts import (
     CLIP_PROMPT_TOKENS,
     estimate_clip_tokens,
     object_position,
@@ -32,10 +32,9 @@ def thing(
 
 
 @pytest.fixture(scope="module")
-def clip_tokens(tiny_sd_dir: Path) -> Callable[[str], int]:
-    from transformers import CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd_dir / "tokenizer")
+def clip_tokens(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], int]:
+    folder = tmp_path_factory.mktemp("clip") / "tokenizer"
+    tokenizer = write_clip_tokenizer(folder, clip_bpe_path())
 
     def count(text: str) -> int:
         return len(tokenizer.tokenize(text))
