@@ -27,7 +27,10 @@ from services.common.checkpoints import BOIGLLM_CHECKPOINT, current_checkpoint
 from services.common.settings import boig_home, checkpoint_registry
 from services.demo.generate import follow, submit, write_gallery
 from services.demo.world_sample import ingest_world_sample
+from services.demo.world_sd import show_world_sd
+from services.generator.settings import GeneratorSettings
 from services.tooling.stack import LocalStack, local_stack
+from services.trainer.world.generate import MEDIA_DIR
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 OUTPUT = Path(os.environ.get("BOIG_DEMO_OUTPUT", "demo-output"))
@@ -121,7 +124,7 @@ def show(result: dict[str, Any], elapsed: float) -> None:
 
 def run_demo(stack: LocalStack, run_dir: Path, checkpoint: str | None) -> None:
     console.rule("1. ingest a sample of the synthetic brand world")
-    ingest_world_sample(stack.url("featurizer"), run_dir, console)
+    sample = ingest_world_sample(stack.url("featurizer"), run_dir, console)
     console.rule("2. rank the sample creatives through the public API")
     key = create_api_key(stack.database_url)
     console.print(f"API key created for the demo: {key[:12]}… (stored hashed)")
@@ -134,6 +137,15 @@ def run_demo(stack: LocalStack, run_dir: Path, checkpoint: str | None) -> None:
         show(result, time.perf_counter() - started)
     console.print(f"models: {json.dumps(result['models'])}")
     generate_images(stack, key)
+    console.rule("4. the world SD draws what a description asks for")
+    page = show_world_sd(
+        GeneratorSettings().model_path,
+        sample.version_dir,
+        run_dir / "world" / MEDIA_DIR,
+        OUTPUT,
+        console,
+    )
+    console.print(f"real creatives and what the world SD drew for their descriptions: {page}")
     if checkpoint is None:
         console.print(
             "The describer here is the base SmolLM2, not fine-tuned on any KPI history, so "

@@ -6,7 +6,8 @@ import pytest
 
 from services.common.contracts import Context
 from services.common.generation import GenerateRequest
-from services.generator.runner import _batches, plan
+from services.common.model_folders import SamplingDefaults
+from services.generator.runner import JobRunner, _batches, plan
 from services.generator.settings import GeneratorSettings
 
 CONTEXT = Context(account="acme", text="summer sale")
@@ -66,3 +67,34 @@ def test_candidates_belong_to_best_of_n_only() -> None:
         GenerateRequest(context=CONTEXT, strategy="prompt", candidates=4)
     with pytest.raises(ValueError, match="at least count"):
         GenerateRequest(context=CONTEXT, count=4, candidates=2)
+
+
+@pytest.mark.parametrize(
+    ("configured", "recommended", "expected"), [(20, 25, 20), (None, 25, 25), (None, None, 20)]
+)
+def test_steps_come_from_settings_then_the_model_folder_then_the_fallback(
+    configured: int | None, recommended: int | None, expected: int
+) -> None:
+    job = plan(
+        GenerateRequest(context=CONTEXT, seed=1),
+        settings(default_steps=configured),
+        (64, 64),
+        SamplingDefaults(steps=recommended),
+    )
+    assert job.steps == expected
+
+
+@pytest.mark.parametrize(
+    ("configured", "recommended", "expected"),
+    [(5.0, 2.0, 5.0), (None, 2.0, 2.0), (None, None, 7.5)],
+)
+def test_guidance_comes_from_settings_then_the_model_folder_then_sd15s_usual(
+    configured: float | None, recommended: float | None, expected: float
+) -> None:
+    class Folder:
+        sampling = SamplingDefaults(guidance_scale=recommended)
+
+    runner = JobRunner.__new__(JobRunner)  # the guidance rule needs no loaded pipeline
+    runner.settings = settings(guidance_scale=configured)
+    runner.pipeline = Folder()  # type: ignore[assignment]
+    assert runner.guidance_scale == expected
