@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)  ## create .venv with every service's dependencies
 
-models: setup  ## prepare the local default models once (SmolLM2, shapes YOLO, tiny SD, world SD: ~40 min the first time)
+models: setup  ## prepare the local default models once (SmolLM2, shapes YOLO, tiny SD, world SD: ~70 min the first time)
 	$(PY) -m services.cli models prepare
 
 # The test suites run on the tiny random SD, so they need every model but the world SD.
@@ -44,8 +44,8 @@ train-llm: models-base  ## BoigLLM on the synthetic world: ingest, fine-tune Smo
 eval-llm: models-base  ## BoigLLM vs baselines on the held-out split: table + HTML report
 	$(PY) -m services.cli llm evaluate
 
-train-world-sd: models-base  ## train the world SD (PRESET=cpu|gpu; resumes; installs it as the generator's model)
-	$(PY) -m services.cli world-sd train --preset $(or $(PRESET),cpu)
+train-world-sd: models-base  ## train the world SD (PRESET=cpu-long|cpu|gpu; resumes; installs it as the generator's model)
+	$(PY) -m services.cli world-sd train --preset $(or $(PRESET),cpu-long)
 
 eval-world-sd: models  ## the world SD vs random floor, real creatives and chance on held-out captions: table + HTML
 	$(PY) -m services.cli world-sd evaluate

@@ -113,7 +113,13 @@ def evaluate_llm(
 
 @world_sd_app.command("train")
 def train_world_sd(
-    preset: Annotated[str, typer.Option(help="cpu (~30 min on 2 cores), gpu or tiny.")] = "cpu",
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="cpu (~30 min on 2 cores), cpu-long (cpu, then ~28 min more: the default), "
+            "gpu or tiny."
+        ),
+    ] = "cpu-long",
     out: Annotated[
         Path | None,
         typer.Option(help="Install the trained pipeline here (default: the generator's)."),
@@ -136,10 +142,11 @@ def train_world_sd(
     `--base-model SD15 --level high --out DIR` is the 'SD fine-tuned on high-KPI images'
     baseline."""
     from services.tooling import world_sd_recipe
-    from services.trainer.world_sd.config import PRESETS, finetune_preset
+    from services.trainer.world_sd.config import CONTINUED_PRESETS, PRESETS, finetune_preset
 
-    if preset not in PRESETS:
-        raise typer.BadParameter(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    known = [*PRESETS, *CONTINUED_PRESETS]
+    if preset not in known:
+        raise typer.BadParameter(f"unknown preset {preset!r}; known: {', '.join(known)}")
     if level not in (None, "low", "medium", "high"):
         raise typer.BadParameter(f"level must be low, medium or high, got {level!r}")
     if base_model is not None and out is None:

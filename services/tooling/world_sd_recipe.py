@@ -32,7 +32,7 @@ from services.trainer.ingest.featurize import HttpFeaturizer
 from services.trainer.ingest.rows import read_rows
 from services.trainer.world.generate import POSTS_FILE
 from services.trainer.world_sd import report
-from services.trainer.world_sd.config import PRESETS, WorldSdConfig
+from services.trainer.world_sd.config import CONTINUED_PRESETS, PRESETS, WorldSdConfig
 from services.trainer.world_sd.data import CaptionedImage, captioned_images, token_counter
 from services.trainer.world_sd.evaluate import Sampling, WorldSdEvaluation, evaluate_world_sd
 from services.trainer.world_sd.metrics import FidMeter
@@ -151,9 +151,13 @@ def train(
     return result.pipeline_dir
 
 
+DEFAULT_PRESET = "cpu-long"
+"""What `make models` trains: the first preset that met the colour goal (~1 h, once)."""
+
+
 def prepare_world_sd(
     out_dir: Path | None = None,
-    preset: str = "cpu",
+    preset: str = DEFAULT_PRESET,
     *,
     config: WorldSdConfig | None = None,
     selection: Selection = Selection(),
@@ -165,6 +169,10 @@ def prepare_world_sd(
     if (out_dir / "model_index.json").is_file():
         return out_dir
     paths = llm_recipe.default_paths()
+    if config is None and preset in CONTINUED_PRESETS:
+        start, continued = CONTINUED_PRESETS[preset]
+        first = "-".join(part for part in (start, selection.suffix) if part)
+        config = continued(train(paths, first, PRESETS[start](), selection))
     config = config or PRESETS[preset]()
     run = "-".join(part for part in (preset, selection.suffix) if part)
     pipeline = train(paths, run, config, selection)
