@@ -33,9 +33,7 @@ ENV_EXAMPLE = REPO / ".env.example"
 def prepare_models(
     world_sd: Annotated[
         bool,
-        typer.Option(
-            help="Also train the world SD the generator serves (~30 min on 2 cores, once)."
-        ),
+        typer.Option(help="Also train the world SD the generator serves (~1 h on 2 cores, once)."),
     ] = True,
 ) -> None:
     """Prepare the embedded default models (cached; safe to run again)."""

@@ -11,18 +11,18 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from services.common.contracts import Context
 from services.common.image_prompts import render_prompt
 from services.common.verbalization import parse
 from services.generator.pipeline import ImagePipeline, ImageRequest
 from services.generator.settings import FALLBACK_GUIDANCE, FALLBACK_STEPS
+from services.trainer.finetune.data import load_examples
+from services.trainer.ingest.dataset import Direction, InstructionExample
 
 SAMPLES_PER_PROMPT = 3
 SEED = 7
@@ -40,14 +40,13 @@ def show_world_sd(
     """Draw ``SAMPLES_PER_PROMPT`` images for one high-KPI creative of each brand in the
     ingested sample; print the prompts and write ``world-sd.html`` beside the job's page."""
     examples = [
-        json.loads(line)
+        example
         for split in ("train", "test")
-        for line in (dataset_dir / "content" / f"{split}.jsonl").read_text().splitlines()
-        if line.strip()
+        for example in load_examples(dataset_dir, split)[Direction.CONTENT]
     ]
-    chosen: dict[str, dict[str, object]] = {}
-    for example in sorted(examples, key=lambda e: -float(e["percentile"])):
-        chosen.setdefault(example["context"]["account"], example)
+    chosen: dict[str, InstructionExample] = {}
+    for example in sorted(examples, key=lambda e: -e.percentile):
+        chosen.setdefault(example.context.account, example)
     pipeline = ImagePipeline(model_path)
     width, height = pipeline.native_size
     guidance = pipeline.sampling.guidance_scale
@@ -57,9 +56,10 @@ def show_world_sd(
     table.add_column("prompt")
     rows = []
     for account, example in chosen.items():
-        context = Context.model_validate(example["context"])
-        description = parse(str(example["verbalization"]))
-        prompt = render_prompt(description, context, count_tokens=pipeline.count_prompt_tokens)
+        description = parse(example.verbalization)
+        prompt = render_prompt(
+            description, example.context, count_tokens=pipeline.count_prompt_tokens
+        )
         images = pipeline.generate(
             ImageRequest(
                 prompt=prompt,
@@ -72,7 +72,7 @@ def show_world_sd(
                 count=SAMPLES_PER_PROMPT,
             )
         )
-        with Image.open(media_dir / f"{example['id']}.png") as real:
+        with Image.open(media_dir / f"{example.id}.png") as real:
             real_uri = _png_uri(real)
         table.add_row(account, prompt)
         generated = "".join(f'<img src="{_png_uri(image)}" alt="generated">' for image in images)

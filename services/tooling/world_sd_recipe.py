@@ -22,7 +22,7 @@ from tqdm import tqdm
 from services.common.clients import FeaturizerClient
 from services.common.contracts import ImageInput, Verbalization
 from services.common.images import encode_png
-from services.common.model_folders import SAMPLING_FILE
+from services.common.model_folders import SAMPLING_FILE, read_sampling_defaults
 from services.common.settings import default_world_sd_dir
 from services.common.staged_folders import staged_folder
 from services.generator.tiny_pipeline import prepare_tiny_pipeline
@@ -113,11 +113,11 @@ def train(
     paths: llm_recipe.LlmPaths,
     run: str,
     config: WorldSdConfig,
+    data: WorldSdData,
     selection: Selection = Selection(),
 ) -> Path:
     """Train (or resume, or reuse) the run named ``run``; its pipeline folder."""
     folder = run_dir(paths, run)
-    data = world_sd_data(paths, folder / TOKENIZER_DIR)
     images = [image for image in data.train if selection.keeps(image)]
     if not images:
         raise SystemExit(f"no training creatives match {selection}")
@@ -169,13 +169,15 @@ def prepare_world_sd(
     if (out_dir / "model_index.json").is_file():
         return out_dir
     paths = llm_recipe.default_paths()
+    run = "-".join(part for part in (preset, selection.suffix) if part)
+    # Read (and caption) the world once, also for a preset that continues another's run.
+    data = world_sd_data(paths, run_dir(paths, run) / TOKENIZER_DIR)
     if config is None and preset in CONTINUED_PRESETS:
         start, continued = CONTINUED_PRESETS[preset]
         first = "-".join(part for part in (start, selection.suffix) if part)
-        config = continued(train(paths, first, PRESETS[start](), selection))
+        config = continued(train(paths, first, PRESETS[start](), data, selection))
     config = config or PRESETS[preset]()
-    run = "-".join(part for part in (preset, selection.suffix) if part)
-    pipeline = train(paths, run, config, selection)
+    pipeline = train(paths, run, config, data, selection)
     folder = run_dir(paths, run)
     with staged_folder(out_dir, already_done=lambda p: (p / "model_index.json").is_file()) as st:
         shutil.copytree(pipeline, st, dirs_exist_ok=True)
@@ -192,7 +194,7 @@ def prepare_world_sd(
         (st / "README.md").write_text(
             _README.format(
                 preset=preset,
-                images=_count_train(folder),
+                images=sum(selection.keeps(image) for image in data.train),
                 world=paths.world.name,
                 size=config.resolution,
                 guidance=config.guidance_scale,
@@ -233,21 +235,12 @@ def _durations(path: Path) -> str:
     return ", ".join(parts) or "n/a"
 
 
-def _count_train(folder: Path) -> int:
-    from safetensors import safe_open
-
-    latents = folder / "latents.safetensors"
-    with safe_open(str(latents), framework="pt") as tensors:
-        return int(tensors.get_slice("mean").get_shape()[0])
-
-
 # --- evaluation -----------------------------------------------------------------------------
 
 
 def run_evaluation(
     paths: llm_recipe.LlmPaths,
     *,
-    preset: str = "cpu",
     model: Path | None = None,
     captions: int = 160,
     samples_per_caption: int = 2,
@@ -257,19 +250,22 @@ def run_evaluation(
     model = Path(model) if model is not None else default_world_sd_dir()
     if not (model / "model_index.json").is_file():
         raise SystemExit(f"no world SD at {model}: run `make models` first")
-    data = world_sd_data(paths, run_dir(paths, preset) / TOKENIZER_DIR)
+    # Captions are counted by the model's own tokenizer, as its generator would count them.
+    data = world_sd_data(paths, model / "tokenizer")
     held_out = list(data.test)
     random.Random(0).shuffle(held_out)
     if len(held_out) < captions + 2:
         raise SystemExit(f"only {len(held_out)} held-out creatives; ask for fewer captions")
     chosen, reference = held_out[:captions], held_out[captions:]
-    recommended = (
-        json.loads((model / SAMPLING_FILE).read_text()) if (model / SAMPLING_FILE).is_file() else {}
-    )
+    recommended = read_sampling_defaults(model)
     sampling = Sampling(
         samples_per_caption=samples_per_caption,
-        steps=int(recommended.get("steps", 25)),
-        guidance_scale=float(recommended.get("guidance_scale", 2.0)),
+        steps=recommended.steps or Sampling.steps,
+        guidance_scale=(
+            Sampling.guidance_scale
+            if recommended.guidance_scale is None
+            else recommended.guidance_scale
+        ),
     )
     resolution = int(json.loads((model / "vae" / "config.json").read_text())["sample_size"])
     floor = prepare_tiny_pipeline()
