@@ -9,13 +9,14 @@ content simulation (context + target level -> verbalization text) and behaviour 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal, TypedDict
 
 from services.common.contracts import Context, KpiLevel, KpiTarget, Verbalization
 from services.common.verbalization import render
 
-PROMPT_VERSION = "describer-prompts-v2"
+PROMPT_VERSION = "describer-prompts-v3"
 
 
 class ChatMessage(TypedDict):
@@ -121,20 +122,26 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _describe_user(context: Context, target: KpiTarget) -> str:
-    return f"{format_context(context)}\ngoal: {target.level.value} {target.name}"
+def _describe_user(context: Context, target: KpiTarget, history: str | None = None) -> str:
+    lines = [format_context(context)]
+    if history:
+        lines.append(history)
+    lines.append(f"goal: {target.level.value} {target.name}")
+    return "\n".join(lines)
 
 
 def describe_messages(
-    context: Context, target: KpiTarget, *, few_shot: bool = True
+    context: Context, target: KpiTarget, *, few_shot: bool = True, history: str | None = None
 ) -> list[ChatMessage]:
     """Content simulation prompt. ``few_shot`` (for a base model): the system format spec and
     two worked examples before the request. Without (for a model fine-tuned on this compact
-    form, see FinetuneConfig.few_shot_prompt): one system line and the request."""
+    form, see FinetuneConfig.few_shot_prompt): one system line and the request. ``history``
+    (retrieval augmentation): the account's own past look at the target level, one line from
+    ``services.common.history``, placed before the goal."""
     if not few_shot:
         return [
             {"role": "system", "content": _DESCRIBE_SYSTEM_TUNED},
-            {"role": "user", "content": _describe_user(context, target)},
+            {"role": "user", "content": _describe_user(context, target, history)},
         ]
     messages: list[ChatMessage] = [{"role": "system", "content": _DESCRIBE_SYSTEM}]
     for example_context, example_target, answer in _EXAMPLES:
@@ -142,7 +149,7 @@ def describe_messages(
             {"role": "user", "content": _describe_user(example_context, example_target)}
         )
         messages.append({"role": "assistant", "content": answer})
-    messages.append({"role": "user", "content": _describe_user(context, target)})
+    messages.append({"role": "user", "content": _describe_user(context, target, history)})
     return messages
 
 
@@ -152,10 +159,16 @@ def describe_completion(verbalization: Verbalization) -> str:
 
 
 def behaviour_messages(
-    context: Context, kpi_name: str, verbalization_text: str
+    context: Context,
+    kpi_name: str,
+    verbalization_text: str,
+    histories: Sequence[str] = (),
 ) -> list[ChatMessage]:
-    """Behaviour simulation prompt; the answer is ``BEHAVIOUR_ANSWER_PREFIX`` + a level."""
-    user = f"{format_context(context)}\nimage:\n{verbalization_text}\nKPI: {kpi_name}"
+    """Behaviour simulation prompt; the answer is ``BEHAVIOUR_ANSWER_PREFIX`` + a level.
+    ``histories``: the account's past look at each level (one line per level), so that the
+    model can compare the image with them."""
+    lines = [format_context(context), *histories]
+    user = "\n".join(lines) + f"\nimage:\n{verbalization_text}\nKPI: {kpi_name}"
     return [{"role": "system", "content": _BEHAVIOUR_SYSTEM}, {"role": "user", "content": user}]
 
 

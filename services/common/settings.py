@@ -30,6 +30,12 @@ def boig_home() -> Path:
     return Path(cache).expanduser() / "boig"
 
 
+def default_history_path() -> Path:
+    """The accounts' ingested history that the describer reads for retrieval-augmented
+    prompts; ingestion refreshes it."""
+    return boig_home() / "history" / "history.json"
+
+
 WORLD_SD_NAME = "world-sd"
 
 

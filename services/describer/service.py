@@ -13,6 +13,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -23,6 +24,7 @@ from services.common.contracts import (
     Context,
     DescribeRequest,
     DescribeResponse,
+    KpiLevel,
     KpiTarget,
     LevelDistribution,
     LikelihoodRequest,
@@ -31,7 +33,8 @@ from services.common.contracts import (
     Verbalization,
 )
 from services.common.errors import BackendError, BoigError, InvalidInput, ModelOutputError
-from services.common.verbalization import render, repair
+from services.common.history import HistoryStore
+from services.common.verbalization import Repaired, render, repair
 from services.describer.backends.base import LlmBackend
 from services.describer.settings import DescriberSettings
 
@@ -67,6 +70,53 @@ class LruCache(Generic[T]):
         return len(self._entries)
 
 
+def _readable(raw: str) -> Repaired:
+    """The model's text as a description, or a typed error when nothing in it is usable."""
+    logger.debug("describe raw model output: %r", raw)
+    try:
+        repaired = repair(raw)
+    except ValidationError as exc:
+        raise ModelOutputError(f"model output does not form a valid description: {exc}") from exc
+    verbalization = repaired.verbalization
+    if not (verbalization.colors or verbalization.tones or verbalization.objects):
+        raise ModelOutputError(
+            "the model's output held no readable colors, tones or objects; "
+            f"{len(repaired.repairs)} parts were unreadable"
+        )
+    return repaired
+
+
+class HistoryReader:
+    """The accounts' history file, re-read when it changes (one stat per request): ingest
+    refreshes it while the describer serves. An unreadable file reads as no history, logged
+    once per change, rather than failing requests that can be answered without it."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._stamp: tuple[float, int] | None = None
+        self._store: HistoryStore | None = None
+
+    def store(self) -> HistoryStore | None:
+        if self._path is None:
+            return None
+        try:
+            stat = self._path.stat()
+        except OSError:
+            self._stamp, self._store = None, None
+            return None
+        stamp = (stat.st_mtime, stat.st_size)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self._store = HistoryStore.read(self._path)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                logger.warning(
+                    "history file %s unreadable, serving without it: %s", self._path, exc
+                )
+                self._store = None
+        return self._store
+
+
 class Describer:
     """The describer's logic; every public method is a coroutine safe to call concurrently."""
 
@@ -80,6 +130,7 @@ class Describer:
         self._cache: LruCache[BaseModel] = LruCache(settings.cache_size)
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._history = HistoryReader(settings.history_path)
 
     @property
     def model(self) -> ModelInfo:
@@ -98,30 +149,77 @@ class Describer:
     async def describe(self, *, context: Context, target: KpiTarget) -> DescribeResponse:
         """How an image for ``context`` should look to reach ``target`` (design §1, BoigLLM)."""
         request = DescribeRequest(context=context, target=target)
+        history = self._history_line(context.account, target.name, target.level)
         # Sampled descriptions are meant to differ between calls: only greedy ones are cached.
-        cacheable = self._settings.temperature == 0
+        cacheable = self._settings.temperature == 0 and self._settings.describe_candidates == 1
         response, cached = await self._single_flight(
-            self._cache_key("describe", request) if cacheable else None,
-            lambda: self._describe_uncached(context, target),
+            self._cache_key("describe", request, [history]) if cacheable else None,
+            lambda: self._describe_uncached(context, target, history),
         )
         assert isinstance(response, DescribeResponse)
         return response.model_copy(update={"cached": True}) if cached else response
 
-    async def _describe_uncached(self, context: Context, target: KpiTarget) -> DescribeResponse:
-        raw, info = await self._run_model("describe", self._generate_description, context, target)
-        logger.debug("describe raw model output: %r", raw)
-        try:
-            repaired = repair(raw)
-        except ValidationError as exc:
-            raise ModelOutputError(
-                f"model output does not form a valid description: {exc}"
-            ) from exc
+    def _history_line(
+        self, account: str, kpi_name: str, level: KpiLevel, *, name_level: bool = False
+    ) -> str | None:
+        """The account's past look at the level, for a checkpoint trained to read it (the
+        content prompt's "this level", or the behaviour prompt's named level)."""
+        if not self._retrieval():
+            return None
+        store = self._history.store()
+        summary = store.summary(account, kpi_name, level) if store is not None else None
+        if summary is None:
+            return None
+        return summary.line(level if name_level else None)
+
+    def _retrieval(self) -> bool:
+        setting = self._settings.retrieval
+        return setting == "on" or (setting == "auto" and self._backend.serving.retrieval)
+
+    async def _describe_uncached(
+        self, context: Context, target: KpiTarget, history: str | None
+    ) -> DescribeResponse:
+        candidates = self._settings.describe_candidates
+        if candidates > 1:
+            return await self._describe_best_of(context, target, history, candidates)
+        raw, info = await self._run_model(
+            "describe", self._generate_description, context, target, history
+        )
+        repaired = _readable(raw)
+        return self._described(repaired, info)
+
+    async def _describe_best_of(
+        self, context: Context, target: KpiTarget, history: str | None, count: int
+    ) -> DescribeResponse:
+        """``count`` sampled descriptions; the one the model's own behaviour reading rates
+        most likely to reach the target level (unreadable samples are dropped)."""
+        temperature = self._settings.candidate_temperature
+        raws, info = await self._run_model(
+            "describe",
+            lambda: [
+                self._generate_description(context, target, history, temperature)
+                for _ in range(count)
+            ],
+        )
+        readable = []
+        for raw in raws:
+            try:
+                readable.append(_readable(raw))
+            except ModelOutputError as exc:
+                logger.info("a sampled description was dropped: %s", exc)
+        if not readable:
+            raise ModelOutputError(f"none of {count} sampled descriptions was readable")
+        rated = await self.likelihood(
+            context=context,
+            kpi_name=target.name,
+            verbalizations=[r.verbalization for r in readable],
+        )
+        chances = [result.probabilities[target.level] for result in rated.results]
+        best = max(range(len(readable)), key=chances.__getitem__)
+        return self._described(readable[best], info)
+
+    def _described(self, repaired: Repaired, info: ModelInfo) -> DescribeResponse:
         verbalization = repaired.verbalization
-        if not (verbalization.colors or verbalization.tones or verbalization.objects):
-            raise ModelOutputError(
-                "the model's output held no readable colors, tones or objects; "
-                f"{len(repaired.repairs)} parts were unreadable"
-            )
         if repaired.repairs:
             metrics.REPAIRS.labels(SERVICE).inc()
             logger.info("describe output needed %d repairs", len(repaired.repairs))
@@ -134,30 +232,38 @@ class Describer:
             cached=False,
         )
 
-    def _generate_description(self, context: Context, target: KpiTarget) -> str:
+    def _generate_description(
+        self,
+        context: Context,
+        target: KpiTarget,
+        history: str | None,
+        temperature: float | None = None,
+    ) -> str:
         """Blocking: the model's description in text form (runs in a worker thread)."""
         settings = self._settings
+        if temperature is None:
+            temperature = settings.temperature
         few_shot = self._backend.few_shot_prompt
         prompt = self._backend.chat_prompt(
-            prompts.describe_messages(context, target, few_shot=few_shot)
+            prompts.describe_messages(context, target, few_shot=few_shot, history=history)
         )
         if self._decoding(few_shot) == "free":
             return self._backend.generate(
                 [prompt],
                 max_new_tokens=settings.max_new_tokens,
                 stop=("\n\n",),
-                temperature=settings.temperature,
+                temperature=temperature,
             )[0]
         # 'fields': we write each key and the model fills one line, so an untuned model cannot
         # skip, reorder or invent fields, and a looping line ends at its own token budget.
         lines: list[str] = []
-        for key in prompts.DESCRIBE_FIELDS:
+        for key in self._backend.serving.fields or prompts.DESCRIBE_FIELDS:
             head = "".join(f"{line}\n" for line in lines) + f"{key}:"
             value = self._backend.generate(
                 [prompt + head],
                 max_new_tokens=min(prompts.FIELD_TOKEN_BUDGETS[key], settings.max_new_tokens),
                 stop=prompts.FIELD_STOPS[key],
-                temperature=settings.temperature,
+                temperature=temperature,
             )[0]
             lines.append(f"{key}: {value.strip()}")
         return "\n".join(lines)
@@ -165,7 +271,7 @@ class Describer:
     def _decoding(self, few_shot: bool) -> str:
         decoding = self._settings.describe_decoding
         if decoding == "auto":
-            return "fields" if few_shot else "free"
+            return "fields" if few_shot or self._backend.serving.fields else "free"
         return decoding
 
     # --- behaviour simulation ---------------------------------------------------------
@@ -182,19 +288,54 @@ class Describer:
         request = LikelihoodRequest(
             context=context, kpi_name=kpi_name, verbalizations=verbalizations
         )
+        # Read once here: the cache key and the model call must see the same history.
+        histories = {
+            level: self._history_line(context.account, kpi_name, level, name_level=True)
+            for level in KPI_LEVELS
+        }
+        content_lines = {
+            level: self._history_line(context.account, kpi_name, level) for level in KPI_LEVELS
+        }
+        store = self._history.store() if self._retrieval() else None
+        prior = store.level_posts(context.account, kpi_name) if store is not None else None
         response, _ = await self._single_flight(
-            self._cache_key("likelihood", request),
-            lambda: self._likelihood_uncached(context, kpi_name, verbalizations),
+            self._cache_key("likelihood", request, [*histories.values(), str(prior)]),
+            lambda: self._likelihood_uncached(
+                context, kpi_name, verbalizations, histories, content_lines, prior
+            ),
         )
         assert isinstance(response, LikelihoodResponse)
         return response
 
     async def _likelihood_uncached(
-        self, context: Context, kpi_name: str, verbalizations: list[Verbalization]
+        self,
+        context: Context,
+        kpi_name: str,
+        verbalizations: list[Verbalization],
+        histories: dict[KpiLevel, str | None],
+        content_lines: dict[KpiLevel, str | None],
+        prior: dict[KpiLevel, int] | None,
     ) -> LikelihoodResponse:
-        logprobs, info = await self._run_model(
-            "likelihood", self._level_logprobs, context, kpi_name, verbalizations
+        generative = (
+            self._backend.serving.behaviour == "generative"
+            and prior is not None
+            and sum(prior.values()) > 0
         )
+        if generative:
+            assert prior is not None
+            logprobs, info = await self._run_model(
+                "likelihood",
+                self._generative_level_logprobs,
+                context,
+                kpi_name,
+                verbalizations,
+                content_lines,
+                prior,
+            )
+        else:
+            logprobs, info = await self._run_model(
+                "likelihood", self._level_logprobs, context, kpi_name, verbalizations, histories
+            )
         return LikelihoodResponse(
             results=[self._distribution(row) for row in logprobs],
             model=info,
@@ -202,16 +343,58 @@ class Describer:
         )
 
     def _level_logprobs(
-        self, context: Context, kpi_name: str, verbalizations: list[Verbalization]
+        self,
+        context: Context,
+        kpi_name: str,
+        verbalizations: list[Verbalization],
+        histories: dict[KpiLevel, str | None],
     ) -> list[list[float]]:
         """Blocking: log P(level word | prompt) for each verbalization x level."""
+        lines = [line for line in histories.values() if line]
         prompt_texts = [
-            self._backend.chat_prompt(prompts.behaviour_messages(context, kpi_name, render(v)))
+            self._backend.chat_prompt(
+                prompts.behaviour_messages(context, kpi_name, render(v), lines)
+            )
             + prompts.BEHAVIOUR_ANSWER_PREFIX
             for v in verbalizations
         ]
         continuations = [prompts.level_continuation(level) for level in KPI_LEVELS]
         return self._backend.continuation_logprobs(prompt_texts, continuations)
+
+    def _generative_level_logprobs(
+        self,
+        context: Context,
+        kpi_name: str,
+        verbalizations: list[Verbalization],
+        content_lines: dict[KpiLevel, str | None],
+        prior: dict[KpiLevel, int],
+    ) -> list[list[float]]:
+        """Blocking: Bayes' rule through the content direction. log P(description | content
+        prompt at the level, with that level's history) / temperature + log P(level), where
+        the prior is the account's level frequencies (Laplace-smoothed); the softmax in
+        ``_distribution`` normalizes over the levels."""
+        few_shot = self._backend.few_shot_prompt
+        level_prompts = [
+            self._backend.chat_prompt(
+                prompts.describe_messages(
+                    context,
+                    KpiTarget(name=kpi_name, level=level),
+                    few_shot=few_shot,
+                    history=content_lines[level],
+                )
+            )
+            for level in KPI_LEVELS
+        ]
+        total = sum(prior.values()) + len(KPI_LEVELS)
+        log_prior = [math.log((prior[level] + 1) / total) for level in KPI_LEVELS]
+        temperature = self._backend.serving.temperature
+        results = []
+        for verbalization in verbalizations:
+            scored = self._backend.continuation_logprobs(level_prompts, [render(verbalization)])
+            results.append(
+                [row[0] / temperature + lp for row, lp in zip(scored, log_prior, strict=True)]
+            )
+        return results
 
     def _distribution(self, logprobs: list[float]) -> LevelDistribution:
         # Softmax over the three level words only: the model's mass on any other token says
@@ -230,18 +413,25 @@ class Describer:
 
     # --- plumbing ---------------------------------------------------------------------
 
-    def _cache_key(self, operation: str, request: BaseModel) -> str:
+    def _cache_key(
+        self, operation: str, request: BaseModel, history: list[str | None] | None = None
+    ) -> str:
         settings = self._settings
         canonical = json.dumps(
             {
                 "operation": operation,
                 "request": request.model_dump(mode="json"),
+                # Ingest refreshes the history: a new look of the account is a new answer.
+                "history": history or [],
+                "serving": self._backend.serving.model_dump(mode="json"),
+                "retrieval": self._retrieval(),
                 "model": self._info.version,
                 "prompts": prompts.PROMPT_VERSION,
                 # Anything else that changes the answer for the same request and model.
                 "decoding": [
                     self._decoding(self._backend.few_shot_prompt),
                     settings.max_new_tokens,
+                    settings.describe_candidates,
                 ],
                 "midpoints": {level.value: settings.level_midpoints[level] for level in KPI_LEVELS},
             },

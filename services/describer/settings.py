@@ -10,7 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.checkpoints import BOIGLLM_CHECKPOINT
 from services.common.contracts import KPI_LEVELS, MAX_BATCH_IMAGES, KpiLevel
-from services.common.settings import ServiceSettings
+from services.common.settings import ServiceSettings, default_history_path
 from services.describer.model_prep import default_smollm2_dir
 
 BackendName = Literal["transformers"]
@@ -56,6 +56,23 @@ class DescriberSettings(ServiceSettings):
             "Checkpoint registry folder the trainer publishes to (`--publish`); the LoRA adapter "
             "its current pointer names is loaded on top of model_path and merged, and a moved "
             "pointer is picked up without a restart. Unset: serve the base model only."
+        ),
+    )
+    history_path: Path | None = Field(
+        default_factory=default_history_path,
+        description=(
+            "The accounts' ingested history (services.common.history JSON, written by ingest "
+            "and `make train-llm`). A checkpoint trained with retrieval-augmented prompts reads "
+            "each account's past look at a level from it; re-read when the file changes. "
+            "Missing file or account: the prompt goes without a history line."
+        ),
+    )
+    retrieval: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=(
+            "History lines in the prompts. auto: as the served checkpoint was trained "
+            "(its boig_serving.json); on: always (e.g. to give the base model the same "
+            "evidence); off: never (to measure what the weights alone learned)."
         ),
     )
     checkpoint_name: str = Field(
@@ -118,6 +135,23 @@ class DescriberSettings(ServiceSettings):
             "Sampling temperature for /describe; 0 is greedy (deterministic, and only then are "
             "descriptions cached). /likelihood never samples."
         ),
+    )
+    describe_candidates: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description=(
+            "1: one description per request (greedy at temperature 0). More: sample this "
+            "many at candidate_temperature and answer with the one the model's own behaviour "
+            "reading rates most likely to reach the target level (costs ~k generations and "
+            "3k scoring passes). `make eval-llm` measured whether it beats greedy (README)."
+        ),
+    )
+    candidate_temperature: float = Field(
+        default=0.7,
+        gt=0.0,
+        le=2.0,
+        description="Sampling temperature of the describe_candidates samples.",
     )
     describe_decoding: Literal["auto", "fields", "free"] = Field(
         default="auto",

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.common.checkpoints import CheckpointRef, load_manifest
+from services.common.serving_profile import ServingProfile
 from services.describer.backends.base import LlmBackend
 from services.describer.settings import DescriberSettings
 
@@ -23,6 +24,7 @@ def _transformers(settings: DescriberSettings, checkpoint: CheckpointRef | None)
         adapter=adapter,
         adapter_version=checkpoint.version if checkpoint is not None else None,
         few_shot_prompt=checkpoint is None or trained_on_few_shot_prompt(checkpoint),
+        serving=ServingProfile.read(checkpoint.path) if checkpoint is not None else None,
     )
 
 

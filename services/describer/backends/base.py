@@ -7,6 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from services.common.contracts import ModelInfo
 from services.common.prompts import ChatMessage
+from services.common.serving_profile import ServingProfile
 
 
 @runtime_checkable
@@ -26,6 +27,13 @@ class LlmBackend(Protocol):
     def few_shot_prompt(self) -> bool:
         """Whether content simulation prompts carry the format spec and worked examples (a
         base model needs them) or are the compact form a fine-tuned checkpoint learned."""
+        ...
+
+    @property
+    def serving(self) -> ServingProfile:
+        """How the checkpoint is served: retrieval-augmented prompts, and which reading of
+        the behaviour direction (the checkpoint's ``boig_serving.json``; the base model's
+        defaults without one)."""
         ...
 
     def chat_prompt(self, messages: list[ChatMessage]) -> str:

@@ -23,6 +23,7 @@ from transformers.utils import logging as hf_logging
 from services.common.contracts import ModelInfo
 from services.common.model_folders import folder_version
 from services.common.prompts import ChatMessage, chat_prompt
+from services.common.serving_profile import ServingProfile
 from services.common.torch_device import resolve_device, resolve_dtype
 from services.describer.model_prep import MANIFEST
 from services.describer.settings import DescriberSettings
@@ -41,8 +42,10 @@ class TransformersBackend:
         info: ModelInfo,
         max_batch_size: int = 16,
         few_shot_prompt: bool = True,
+        serving: ServingProfile | None = None,
     ) -> None:
         self._model = model.eval()
+        self._serving = serving or ServingProfile()
         self._tokenizer = tokenizer
         self._info = info
         self._few_shot_prompt = few_shot_prompt
@@ -72,6 +75,7 @@ class TransformersBackend:
         adapter: Path | None = None,
         adapter_version: str | None = None,
         few_shot_prompt: bool = True,
+        serving: ServingProfile | None = None,
     ) -> TransformersBackend:
         """Load the model at ``path``; with ``adapter`` (a PEFT LoRA folder, e.g. a published
         checkpoint), apply it and merge it into the weights: merged weights serve as fast as
@@ -117,6 +121,7 @@ class TransformersBackend:
             info=info,
             max_batch_size=max_batch_size,
             few_shot_prompt=few_shot_prompt,
+            serving=serving,
         )
 
     @classmethod
@@ -127,6 +132,7 @@ class TransformersBackend:
         adapter: Path | None = None,
         adapter_version: str | None = None,
         few_shot_prompt: bool = True,
+        serving: ServingProfile | None = None,
     ) -> TransformersBackend:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
@@ -138,11 +144,16 @@ class TransformersBackend:
             adapter=adapter,
             adapter_version=adapter_version,
             few_shot_prompt=few_shot_prompt,
+            serving=serving,
         )
 
     @property
     def info(self) -> ModelInfo:
         return self._info
+
+    @property
+    def serving(self) -> ServingProfile:
+        return self._serving
 
     @property
     def few_shot_prompt(self) -> bool:

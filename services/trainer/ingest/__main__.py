@@ -11,6 +11,7 @@ from rich.console import Console
 
 from services.common.errors import BoigError
 from services.common.kpi import KpiBuckets
+from services.common.settings import default_history_path
 from services.trainer.ingest.pipeline import NoRowsKept, ingest_over_http
 from services.trainer.ingest.rows import Variant
 from services.trainer.ingest.split import SplitMode
@@ -41,6 +42,13 @@ def main(
         int, typer.Option(min=1, help="Accounts with fewer posts are flagged.")
     ] = 20,
     batch_size: Annotated[int, typer.Option(min=1, max=64, help="Images per request.")] = 16,
+    history: Annotated[
+        Path | None,
+        typer.Option(
+            help="The describer's history store to refresh with these accounts "
+            "(default: BOIG_HOME/history/history.json)."
+        ),
+    ] = None,
 ) -> None:
     """Validate rows, split, featurize every image (resumable) and write the dataset."""
     try:
@@ -55,6 +63,7 @@ def main(
                 variant=variant,
                 buckets=KpiBuckets(min_posts=min_posts),
                 batch_size=batch_size,
+                history_path=history or default_history_path(),
             )
         )
     except NoRowsKept as exc:

@@ -24,8 +24,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.contracts import Context, KpiLevel, Verbalization
+from services.common.history import HistoryStore
 from services.common.kpi import KpiBuckets, KpiObservation, normalize_kpis
-from services.common.verbalization import render
+from services.common.verbalization import parse, render
 from services.trainer.ingest.rows import IngestSummary, PostRow
 from services.trainer.ingest.split import Split
 
@@ -262,3 +263,32 @@ def _file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+TRAIN_HISTORY_FILE = "history-train.json"
+"""Per dataset version: the history store of its training split, which training prompts and
+the evaluation's describer read (the test split's posts are never in it)."""
+
+
+def history_of(examples: Sequence[InstructionExample]) -> HistoryStore:
+    """The history store of content examples (one per post)."""
+    return HistoryStore.from_looks(
+        (e.context.account, e.kpi_name, e.level, parse(e.verbalization)) for e in examples
+    )
+
+
+def write_histories(
+    dataset: InstructionDataset, version_dir: Path, serving_history: Path | None
+) -> None:
+    """The training split's store into the version folder; every post of the dataset merged
+    into ``serving_history`` (the describer's store: an account's whole ingested past)."""
+    train = dataset.examples.get((Direction.CONTENT, "train"), [])
+    history_of(train).write(version_dir / TRAIN_HISTORY_FILE)
+    if serving_history is not None:
+        everything = [
+            e for (d, _), items in dataset.examples.items() if d is Direction.CONTENT for e in items
+        ]
+        current = (
+            HistoryStore.read(serving_history) if serving_history.is_file() else HistoryStore()
+        )
+        current.merge(history_of(everything)).write(serving_history)

@@ -10,7 +10,7 @@ from typing import Any
 from services.common.clients import FeaturizerClient
 from services.common.kpi import KpiBuckets
 from services.common.settings import ImageLimits
-from services.trainer.ingest.dataset import build_dataset, write_dataset
+from services.trainer.ingest.dataset import build_dataset, write_dataset, write_histories
 from services.trainer.ingest.featurize import (
     FeatureCache,
     Featurize,
@@ -51,11 +51,14 @@ async def ingest(
     cache_path: Path | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    history_path: Path | None = None,
 ) -> IngestOutcome:
     """Ingest ``data_file`` into a new ``out/v<N>``; the featurizer cache survives across runs.
 
     The cache lives outside the version folders (``out/featurizer-cache.jsonl`` by default)
     so a rerun after a crash, or a later run on a grown dataset, skips finished images.
+    ``history_path``: the describer's history store, refreshed with these accounts' posts
+    (each ingested account's history replaced by this ingest's).
     """
     buckets = buckets or KpiBuckets()
     # Decoding every image to validate it is CPU work; keep the event loop free meanwhile.
@@ -81,6 +84,7 @@ async def ingest(
         buckets=buckets,
         images_sha256=images,
     )
+    await asyncio.to_thread(write_histories, dataset, version_dir, history_path)
     return IngestOutcome(summary=result.summary, version_dir=version_dir)
 
 

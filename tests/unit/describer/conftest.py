@@ -22,6 +22,7 @@ from services.common.contracts import (
     Verbalization,
 )
 from services.common.prompts import ChatMessage, render_plain_chat
+from services.common.serving_profile import ServingProfile
 from services.common.verbalization import render
 from services.describer.model_prep import default_smollm2_dir, prepare_smollm2
 
@@ -99,8 +100,10 @@ class FakeBackend:
         level_logprobs: Sequence[float] = (-2.0, -1.0, -0.5),
         fail_with: Exception | None = None,
         few_shot_prompt: bool = True,
+        serving: ServingProfile | None = None,
     ) -> None:
         self.few_shot_prompt = few_shot_prompt
+        self.serving = serving or ServingProfile()
         self.lines = lines or {
             "caption": " a red shoe on a white floor",
             "colors": " red (200,20,30) 40%; white (250,250,250) 50%",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from services.common.contracts import KpiLevel, Verbalization
 from services.common.kpi import KpiBuckets
 from services.common.verbalization import parse
 from services.trainer.ingest import __main__ as cli
@@ -165,3 +166,37 @@ def test_cli_prints_the_summary_and_writes_a_version(
     assert "skipped: bad_kpi" in result.output
     assert "v1" in result.output
     assert (tmp_path / "out" / "v1" / "manifest.json").exists()
+
+
+async def test_ingest_writes_the_training_history_and_refreshes_the_describers(
+    tmp_path: Path, data_file: Path, featurizer
+) -> None:
+    from services.common.history import HistoryStore
+    from services.trainer.ingest.dataset import TRAIN_HISTORY_FILE
+
+    serving = tmp_path / "history" / "history.json"
+    HistoryStore.from_looks(
+        [
+            ("acme", "likes", KpiLevel.HIGH, Verbalization()),
+            ("other", "likes", KpiLevel.LOW, Verbalization()),
+        ]
+    ).write(serving)
+    outcome = await ingest(
+        data_file,
+        out=tmp_path / "out",
+        featurizer=featurizer,
+        test_fraction=0.3,
+        progress=False,
+        history_path=serving,
+    )
+    train = _lines(outcome.version_dir / "content" / "train.jsonl")
+    test = _lines(outcome.version_dir / "content" / "test.jsonl")
+    trained = HistoryStore.read(outcome.version_dir / TRAIN_HISTORY_FILE)
+    # The training split's history holds the training posts only: never a test post.
+    assert sum(t.posts for t in trained.tallies.values()) == len(train)
+    store = HistoryStore.read(serving)
+    # The describer's store: every ingested post, the ingested accounts replaced, others kept.
+    assert sum(t.posts for k, t in store.tallies.items() if k[0] != "other") == len(train) + len(
+        test
+    )
+    assert "other" in store.accounts()

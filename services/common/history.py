@@ -1,0 +1,247 @@
+"""An account's own past looks per KPI level, summarized into one prompt line: BoigLLM's
+retrieval augmentation. The trainer builds it from the training split (each training row
+leaves itself out), the describer from the account's ingested history, so a prompt never
+carries the look of the post it is asked about, nor of any post after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.common.contracts import KPI_LEVELS, TONE_AXES, KpiLevel, Tone, Verbalization
+
+HISTORY_FILE = "history.json"
+HISTORY_FORMAT = 1
+
+SUMMARY_COLORS = 3
+"""Colours a history line names: the most common dominant colours of the level's posts. With
+their RGB, three keep the line within ~40 tokens of SmolLM2's vocabulary."""
+SUMMARY_OBJECTS = 2
+OBJECT_SHARE = 0.25
+"""An object label enters the line only when at least this share of the posts show it: a
+label seen once in fifty posts is not the account's look."""
+
+
+@dataclass
+class LevelTally:
+    """Counts over an account's posts at one KPI level, kept as sums so that one post can be
+    taken out again (leave-one-out for training rows) without recounting the others."""
+
+    posts: int = 0
+    dominant: Counter[str] = field(default_factory=Counter)
+    """Posts whose largest colour has this name."""
+    rgb_sums: dict[str, list[float]] = field(default_factory=dict)
+    """Colour name -> coverage-weighted [r, g, b, weight] over every swatch of that name."""
+    tones: Counter[str] = field(default_factory=Counter)
+    objects: Counter[str] = field(default_factory=Counter)
+    """Posts that show at least one object of this label."""
+
+    def add(self, look: Verbalization, sign: int = 1) -> None:
+        self.posts += sign
+        if look.colors:
+            largest = max(look.colors, key=lambda color: color.coverage)
+            self.dominant[largest.name] += sign
+        for color in look.colors:
+            weight = max(color.coverage, 1e-3)
+            sums = self.rgb_sums.setdefault(color.name, [0.0, 0.0, 0.0, 0.0])
+            for channel in range(3):
+                sums[channel] += sign * weight * color.rgb[channel]
+            sums[3] += sign * weight
+        for tone in look.tones:
+            self.tones[tone.value] += sign
+        for label in {obj.label for obj in look.objects}:
+            self.objects[label] += sign
+
+    def without(self, look: Verbalization) -> LevelTally:
+        """This tally with one of its posts taken out."""
+        copy = LevelTally.from_json(self.to_json())
+        copy.add(look, sign=-1)
+        return copy
+
+    def summary(self) -> LevelSummary | None:
+        """The level's typical look, or None when no post is left to summarize."""
+        if self.posts <= 0:
+            return None
+        colors: list[tuple[str, tuple[int, int, int]]] = []
+        for name, count in _ranked(self.dominant):
+            sums = self.rgb_sums.get(name)
+            if count <= 0 or sums is None or sums[3] <= 1e-9:
+                continue
+            rgb = (
+                _channel(sums[0] / sums[3]),
+                _channel(sums[1] / sums[3]),
+                _channel(sums[2] / sums[3]),
+            )
+            colors.append((name, rgb))
+            if len(colors) == SUMMARY_COLORS:
+                break
+        tones = [
+            axis_tones[0]
+            for axis_tones in (
+                [tone for tone, _ in _ranked(self.tones) if Tone(tone) in members]
+                for members in TONE_AXES.values()
+            )
+            if axis_tones and self.tones[axis_tones[0]] * 2 >= self.posts
+        ]
+        objects = [
+            label
+            for label, count in _ranked(self.objects)
+            if count > 0 and count >= OBJECT_SHARE * self.posts
+        ][:SUMMARY_OBJECTS]
+        return LevelSummary(posts=self.posts, colors=colors, tones=tones, objects=objects)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "posts": self.posts,
+            "dominant": dict(self.dominant),
+            "rgb_sums": self.rgb_sums,
+            "tones": dict(self.tones),
+            "objects": dict(self.objects),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LevelTally:
+        return cls(
+            posts=int(data["posts"]),
+            dominant=Counter({k: int(v) for k, v in data["dominant"].items()}),
+            rgb_sums={k: [float(x) for x in v] for k, v in data["rgb_sums"].items()},
+            tones=Counter({k: int(v) for k, v in data["tones"].items()}),
+            objects=Counter({k: int(v) for k, v in data["objects"].items()}),
+        )
+
+
+def _ranked(counts: Counter[str]) -> list[tuple[str, int]]:
+    # Ties broken by name, so that equal histories always read the same line.
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _channel(value: float) -> int:
+    return min(255, max(0, round(value)))
+
+
+@dataclass(frozen=True)
+class LevelSummary:
+    posts: int
+    colors: list[tuple[str, tuple[int, int, int]]]
+    tones: list[str]
+    objects: list[str]
+
+    def line(self, level: KpiLevel | None = None) -> str:
+        """``history at this level: colors navy (28,40,86), white (...); tones cool, bright;
+        objects person`` — the prompt line (names and numbers in the description's own
+        spelling, so that a model can copy them). With ``level``, the line names it
+        (``history at high level``), for prompts that carry several.
+
+        The number of posts stays out of the line: a training row is left out of its own
+        level's history, so its level would be the one whose count is one short."""
+        colors = ", ".join(f"{name} ({r},{g},{b})" for name, (r, g, b) in self.colors)
+        parts = [
+            f"colors {colors or 'none'}",
+            f"tones {', '.join(self.tones) or 'mixed'}",
+            f"objects {', '.join(self.objects) or 'none'}",
+        ]
+        where = f"{level.value} level" if level is not None else "this level"
+        return f"history at {where}: " + "; ".join(parts)
+
+
+Key = tuple[str, str, KpiLevel]
+"""(account, KPI name, level)."""
+
+
+class HistoryStore:
+    """Level tallies per (account, KPI, level); JSON on disk."""
+
+    def __init__(self, tallies: dict[Key, LevelTally] | None = None) -> None:
+        self.tallies: dict[Key, LevelTally] = tallies or {}
+
+    @classmethod
+    def from_looks(cls, posts: Iterable[tuple[str, str, KpiLevel, Verbalization]]) -> HistoryStore:
+        """A store of ``(account, kpi name, level, look)`` posts."""
+        store = cls()
+        for account, kpi_name, level, look in posts:
+            store.add(account, kpi_name, level, look)
+        return store
+
+    def add(self, account: str, kpi_name: str, level: KpiLevel, look: Verbalization) -> None:
+        self.tallies.setdefault((account, kpi_name, level), LevelTally()).add(look)
+
+    def merge(self, other: HistoryStore) -> HistoryStore:
+        """This store with ``other``'s accounts replacing any of the same (account, KPI): a
+        fresh ingest of an account is its whole history, not an increment."""
+        replaced = {(account, kpi) for account, kpi, _ in other.tallies}
+        kept = {key: t for key, t in self.tallies.items() if key[:2] not in replaced}
+        return HistoryStore({**kept, **other.tallies})
+
+    def summary(
+        self,
+        account: str,
+        kpi_name: str,
+        level: KpiLevel,
+        *,
+        leave_out: Verbalization | None = None,
+    ) -> LevelSummary | None:
+        tally = self.tallies.get((account, kpi_name, level))
+        if tally is None:
+            return None
+        if leave_out is not None:
+            tally = tally.without(leave_out)
+        return tally.summary()
+
+    def line(
+        self,
+        account: str,
+        kpi_name: str,
+        level: KpiLevel,
+        *,
+        leave_out: Verbalization | None = None,
+    ) -> str | None:
+        summary = self.summary(account, kpi_name, level, leave_out=leave_out)
+        return summary.line() if summary is not None else None
+
+    def accounts(self) -> set[str]:
+        return {account for account, _, _ in self.tallies}
+
+    def level_posts(self, account: str, kpi_name: str) -> dict[KpiLevel, int]:
+        """Posts per level of one account (0 where none): the account's level prior."""
+        return {
+            level: (t.posts if (t := self.tallies.get((account, kpi_name, level))) else 0)
+            for level in KPI_LEVELS
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        accounts: dict[str, dict[str, dict[str, Any]]] = {}
+        for (account, kpi, level), tally in sorted(self.tallies.items()):
+            accounts.setdefault(account, {}).setdefault(kpi, {})[level.value] = tally.to_json()
+        return {"format": HISTORY_FORMAT, "accounts": accounts}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HistoryStore:
+        if data.get("format") != HISTORY_FORMAT:
+            raise ValueError(f"history format {data.get('format')!r}, not {HISTORY_FORMAT}")
+        tallies = {
+            (account, kpi, KpiLevel(level)): LevelTally.from_json(tally)
+            for account, by_kpi in data["accounts"].items()
+            for kpi, by_level in by_kpi.items()
+            for level, tally in by_level.items()
+        }
+        return cls(tallies)
+
+    def write(self, path: Path) -> Path:
+        """Write atomically: a reader never sees half a file."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(prefix=".history-", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(self.to_json(), handle, sort_keys=True)
+        os.replace(staging, path)
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> HistoryStore:
+        return cls.from_json(json.loads(path.read_text(encoding="utf-8")))

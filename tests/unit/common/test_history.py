@@ -1,0 +1,94 @@
+"""The retrieval summary: an account's past look at a level, as counts and one prompt line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.common.contracts import ColorSwatch, DetectedObject, KpiLevel, Tone, Verbalization
+from services.common.history import HistoryStore, LevelTally
+
+HIGH = KpiLevel.HIGH
+
+
+def look(
+    colors: list[tuple[str, tuple[int, int, int], float]],
+    tones: list[Tone] = (),  # type: ignore[assignment]
+    objects: list[str] = (),  # type: ignore[assignment]
+) -> Verbalization:
+    return Verbalization(
+        colors=[ColorSwatch(name=n, rgb=rgb, coverage=c) for n, rgb, c in colors],
+        tones=list(tones),
+        objects=[
+            DetectedObject(label=label, confidence=0.9, box=(0, 0, 1, 1)) for label in objects
+        ],
+    )
+
+
+POSTS = [
+    look([("navy", (20, 40, 80), 0.6), ("white", (250, 250, 250), 0.3)], [Tone.COOL], ["star"]),
+    look([("navy", (40, 60, 100), 0.2), ("white", (240, 240, 240), 0.7)], [Tone.COOL], []),
+    look([("navy", (30, 50, 90), 0.5), ("gold", (220, 180, 40), 0.4)], [Tone.WARM], ["star"]),
+    look([("gold", (230, 190, 50), 0.8)], [Tone.COOL, Tone.BRIGHT], ["circle"]),
+]
+
+
+def store() -> HistoryStore:
+    return HistoryStore.from_looks(("acme", "likes", HIGH, post) for post in POSTS)
+
+
+def test_summary_counts_dominant_colours_and_weights_rgb_by_coverage() -> None:
+    summary = store().summary("acme", "likes", HIGH)
+    assert summary is not None
+    assert summary.posts == 4
+    # Largest colour per post: navy, white, navy, gold -> navy 2, then gold/white 1 (by name).
+    assert [name for name, _ in summary.colors] == ["navy", "gold", "white"]
+    # navy: (20*.6 + 40*.2 + 30*.5) / 1.3 = 26.9 -> 27 for red.
+    assert summary.colors[0][1] == (27, 47, 87)
+    # Tones: the majority word of an axis that at least half of the posts name.
+    assert summary.tones == ["cool"]  # bright: 1 of 4 posts, below half
+    # Objects in at least a quarter of the posts, most common first.
+    assert summary.objects == ["star", "circle"]
+
+
+def test_line_spells_colours_as_the_description_does() -> None:
+    summary = store().summary("acme", "likes", HIGH)
+    assert summary is not None
+    assert summary.line() == (
+        "history at this level: colors navy (27,47,87), gold (227,187,47), "
+        "white (243,243,243); tones cool; objects star, circle"
+    )
+    assert summary.line(HIGH).startswith("history at high level: colors navy")
+    # No post count: leaving a training row out of its level would make that level the one
+    # whose count is one short, a give-away of the answer.
+    assert "4" not in summary.line().split("colors")[0]
+
+
+def test_leaving_a_post_out_equals_never_counting_it() -> None:
+    full = store()
+    for index, post in enumerate(POSTS):
+        others = HistoryStore.from_looks(
+            ("acme", "likes", HIGH, p) for i, p in enumerate(POSTS) if i != index
+        )
+        assert full.line("acme", "likes", HIGH, leave_out=post) == others.line(
+            "acme", "likes", HIGH
+        )
+    # The store itself is unchanged by a leave-one-out read.
+    assert full.tallies["acme", "likes", HIGH].posts == 4
+
+
+def test_unknown_account_or_level_has_no_line() -> None:
+    assert store().line("nobody", "likes", HIGH) is None
+    assert store().line("acme", "likes", KpiLevel.LOW) is None
+    assert LevelTally().summary() is None
+
+
+def test_a_fresh_ingest_replaces_an_accounts_history_and_keeps_the_others(
+    tmp_path: Path,
+) -> None:
+    other = HistoryStore.from_looks([("beta", "likes", HIGH, POSTS[0])])
+    newer = HistoryStore.from_looks([("acme", "likes", KpiLevel.LOW, POSTS[3])])
+    merged = store().merge(other).merge(newer)
+    assert merged.accounts() == {"acme", "beta"}
+    assert merged.level_posts("acme", "likes") == {KpiLevel.LOW: 1, KpiLevel.MEDIUM: 0, HIGH: 0}
+    path = merged.write(tmp_path / "history" / "history.json")
+    assert HistoryStore.read(path).to_json() == merged.to_json()
