@@ -1,4 +1,5 @@
-"""`python -m services.trainer.finetune DATASET_DIR --out DIR --preset cpu|tiny`: train BoigLLM."""
+"""`python -m services.trainer.finetune DATASET_DIR --out DIR --preset cpu|cpu-weights|gpu|tiny`:
+train BoigLLM."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ app = typer.Typer(add_completion=False)
 
 class Preset(StrEnum):
     CPU = "cpu"
+    CPU_WEIGHTS = "cpu-weights"
+    GPU = "gpu"
     TINY = "tiny"
 
 

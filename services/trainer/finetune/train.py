@@ -10,11 +10,12 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,19 +26,25 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from services.common import prompts
 from services.common.prompts import PROMPT_VERSION
+from services.common.serving_profile import ServingProfile
 from services.common.torch_device import resolve_device, resolve_dtype
 from services.trainer.finetune.config import FinetuneConfig
 from services.trainer.finetune.data import (
     IGNORE_INDEX,
+    PreparedSplit,
     TokenizedExample,
+    TokenWeights,
     batch_schedule,
     collate,
+    collate_weights,
     load_examples,
     prepare,
     resolve_dataset_dir,
 )
-from services.trainer.ingest.dataset import Direction
+from services.trainer.finetune.probe import Probe, ProbeResult
+from services.trainer.ingest.dataset import Direction, InstructionExample, history_of
 from services.trainer.training_state import (
     optimizer_from_safe,
     optimizer_to_safe,
@@ -77,6 +84,9 @@ class TrainResult:
     """Training loss of each step this run took (after resumed_from_step)."""
     skipped_too_long: int
     seconds: float
+    probe: ProbeResult | None = None
+    """The conditioning probe on validation rows at the end of the run."""
+    profile: ServingProfile | None = None
 
 
 Progress = Callable[[StepReport], None]
@@ -108,13 +118,34 @@ def finetune(
     if config.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
-    train = prepare(
-        load_examples(dataset_dir, "train"),
-        tokenizer,
-        max_seq_length=config.max_seq_length,
+    raw_train = load_examples(dataset_dir, "train")
+    history = history_of(raw_train[Direction.CONTENT]) if config.retrieval else None
+    fitting, validation = split_validation(raw_train, config)
+    # Every row of the training split is one of the history's posts: each is left out of
+    # its own history, validation rows included.
+    train, validation_prepared = (
+        prepare(
+            split,
+            tokenizer,
+            max_seq_length=config.max_seq_length,
+            few_shot=config.few_shot_prompt,
+            history=history,
+            leave_out=True,
+            weights=token_weights(config),
+        )
+        for split in (fitting, validation)
+    )
+    test = _eval_examples(validation_prepared, config)
+    probe = Probe.build(
+        validation[Direction.CONTENT],
+        validation[Direction.BEHAVIOUR],
+        fitting[Direction.CONTENT],
+        history=history,
+        leave_out=True,
+        rows=config.probe_rows,
+        seed=config.seed,
         few_shot=config.few_shot_prompt,
     )
-    test = _eval_examples(dataset_dir, tokenizer, config)
     sizes = {direction: len(items) for direction, items in train.examples.items()}
     schedule = batch_schedule(
         sizes,
@@ -122,6 +153,8 @@ def finetune(
         batch_size=config.batch_size,
         steps=config.max_steps,
         seed=config.seed,
+        cells=_cells(train) if config.balanced else None,
+        one_direction_per_batch=config.one_direction_per_batch,
     )
     if train.skipped_too_long:
         logger.warning(
@@ -136,6 +169,11 @@ def finetune(
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=list(config.lora_target_modules),
+        layers_to_transform=(
+            list(range(config.lora_layers[0], config.lora_layers[1] + 1))
+            if config.lora_layers is not None
+            else None
+        ),
         task_type="CAUSAL_LM",
     )
     with warnings.catch_warnings():
@@ -160,6 +198,9 @@ def finetune(
     eval_loss: float | None = None
     model.train()
     with (out_dir / METRICS).open("a", encoding="utf-8") as metrics:
+        if start_step == 0 and config.probe_every:
+            # Step 0: what the base model already does with these prompts.
+            _log_probe(metrics, 0, probe.run(model, tokenizer, generative=False))
         for step in range(start_step + 1, config.max_steps + 1):
             step_started = time.perf_counter()
             lr = learning_rate_at(step - 1, config)
@@ -168,7 +209,7 @@ def finetune(
             # Dropout masks depend on (seed, step) only, so a resumed run draws the same ones.
             torch.manual_seed(config.seed * 1_000_003 + step)
             rows = [train.examples[direction][index] for direction, index in schedule[step - 1]]
-            loss = _loss(model, rows, pad_id, device)
+            loss = _loss(model, rows, pad_id, device, per_example=config.per_example_loss)
             loss.backward()  # type: ignore[no-untyped-call]
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
@@ -184,8 +225,12 @@ def finetune(
             }
             last = step == config.max_steps
             if config.eval_every and test and (step % config.eval_every == 0 or last):
-                eval_loss = evaluate(model, test, pad_id, device, config.batch_size)
+                eval_loss = evaluate(
+                    model, test, pad_id, device, config.batch_size, config.per_example_loss
+                )
                 record["eval_loss"] = eval_loss
+            if config.probe_every and step % config.probe_every == 0 and not last:
+                record.update(probe.run(model, tokenizer, generative=False).record())
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
             logger.debug("step %d loss %.4f lr %.2e", step, loss_value, lr)
@@ -200,6 +245,13 @@ def finetune(
         )
         loss_value = float(state["loss"])
         eval_loss = state.get("eval_loss")
+    profile, final_probe = choose_serving(
+        model, tokenizer, probe, config, description_fields(raw_train[Direction.CONTENT])
+    )
+    with (out_dir / METRICS).open("a", encoding="utf-8") as metrics:
+        _log_probe(metrics, config.max_steps, final_probe)
+    for line in final_probe.lines():
+        logger.info("probe: %s", line)
     seconds = time.perf_counter() - started
     _write_outputs(
         out_dir,
@@ -211,6 +263,8 @@ def finetune(
         final_loss=loss_value,
         eval_loss=eval_loss,
         skipped=train.skipped_too_long,
+        profile=profile,
+        probe=final_probe,
     )
     return TrainResult(
         out_dir=out_dir,
@@ -221,6 +275,8 @@ def finetune(
         losses=losses,
         skipped_too_long=train.skipped_too_long,
         seconds=seconds,
+        probe=final_probe,
+        profile=profile,
     )
 
 
@@ -236,32 +292,57 @@ def learning_rate_at(step: int, config: FinetuneConfig) -> float:
 
 
 def _loss(
-    model: Any, rows: list[TokenizedExample], pad_id: int, device: torch.device
+    model: Any,
+    rows: list[TokenizedExample],
+    pad_id: int,
+    device: torch.device,
+    *,
+    per_example: bool = False,
 ) -> torch.Tensor:
-    """Mean cross-entropy over the target tokens of the batch (labels -100 skipped)."""
+    """Weighted cross-entropy over the target tokens (labels -100 skipped): one mean over the
+    batch's tokens, or with ``per_example`` the mean within each row, then over rows."""
     batch = {
         key: torch.tensor(value, dtype=torch.long, device=device)
         for key, value in collate(rows, pad_id).items()
     }
-    parts = _decoder_and_head(model)
-    if parts is None:
-        output = model(**batch, use_cache=False)
-        loss: torch.Tensor = output.loss
-        return loss
-    # Only target positions need logits: projecting every prompt position onto the 49k-word
-    # vocabulary was ~40% of a CPU step for SmolLM2, and a behaviour example's target is
-    # 2 tokens of ~230. Same loss as the model's own (shifted, mean over targets).
-    decoder, head = parts
-    hidden = decoder(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).last_hidden_state
+    weights = torch.tensor(collate_weights(rows), dtype=torch.float32, device=device)[:, 1:]
     labels = batch["labels"][:, 1:]
     targets = labels != IGNORE_INDEX
-    logits = head(hidden[:, :-1][targets])
-    return torch.nn.functional.cross_entropy(logits.float(), labels[targets])
+    parts = decoder_and_head(model)
+    if parts is None:
+        output = model(**batch, use_cache=False)
+        logits = output.logits[:, :-1][targets]
+    else:
+        # Only target positions need logits: projecting every prompt position onto the
+        # 49k-word vocabulary was ~40% of a CPU step for SmolLM2, and a behaviour example's
+        # target is 1 token of ~230.
+        decoder, head = parts
+        hidden = decoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state
+        logits = head(hidden[:, :-1][targets])
+    losses = torch.nn.functional.cross_entropy(logits.float(), labels[targets], reduction="none")
+    return weighted_mean(losses, weights[targets], targets.nonzero()[:, 0], len(rows), per_example)
 
 
-def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
+def weighted_mean(
+    losses: torch.Tensor,
+    weights: torch.Tensor,
+    row_of: torch.Tensor,
+    rows: int,
+    per_example: bool,
+) -> torch.Tensor:
+    """sum(w * loss) / sum(w) over all tokens, or per row first (rows whose weights sum to 0
+    are left out), then the plain mean over rows."""
+    if not per_example:
+        return (weights * losses).sum() / weights.sum().clamp_min(1e-12)
+    totals = torch.zeros(rows, device=losses.device).index_add(0, row_of, weights * losses)
+    mass = torch.zeros(rows, device=losses.device).index_add(0, row_of, weights)
+    counted = mass > 0
+    return (totals[counted] / mass[counted]).mean()
+
+
+def decoder_and_head(model: Any) -> tuple[Any, Any] | None:
     """The backbone and output projection of a (PEFT-wrapped) causal LM, or None where the
     model transforms its logits beyond the projection (soft-capping, scaling), for which only
     its own forward computes the right loss."""
@@ -284,40 +365,112 @@ def evaluate(
     pad_id: int,
     device: torch.device,
     batch_size: int,
+    per_example: bool = False,
 ) -> float:
-    """Mean loss per target token over ``examples``, in eval mode (no dropout)."""
+    """The training loss over ``examples`` (per target token, or per example), in eval mode
+    (no dropout)."""
     was_training = model.training
     model.eval()
-    total, tokens = 0.0, 0
+    total, mass = 0.0, 0.0
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             rows = examples[start : start + batch_size]
-            count = sum(sum(1 for label in row.labels if label != -100) for row in rows)
-            total += float(_loss(model, rows, pad_id, device)) * count
-            tokens += count
+            count = (
+                float(len(rows))
+                if per_example
+                else sum(sum(row.weights) if row.weights else 1.0 for row in rows)
+            )
+            loss = _loss(model, rows, pad_id, device, per_example=per_example)
+            total += float(loss) * count
+            mass += count
     if was_training:
         model.train()
-    return total / max(1, tokens)
+    return total / max(1e-12, mass)
 
 
-def _eval_examples(
-    dataset_dir: Path, tokenizer: Any, config: FinetuneConfig
-) -> list[TokenizedExample]:
+def split_validation(
+    examples: dict[Direction, list[InstructionExample]], config: FinetuneConfig
+) -> tuple[dict[Direction, list[InstructionExample]], dict[Direction, list[InstructionExample]]]:
+    """(fitting, validation): a seeded set of posts, both of whose directions are held out of
+    training, for the validation loss and the probe. The test split stays unread."""
+    wanted = max(config.eval_examples, 2 * config.probe_rows)
+    ids = sorted({e.id for items in examples.values() for e in items})
+    held = set(random.Random(config.seed + 7).sample(ids, min(len(ids) // 5, wanted)))
+    fitting = {d: [e for e in items if e.id not in held] for d, items in examples.items()}
+    validation = {d: [e for e in items if e.id in held] for d, items in examples.items()}
+    return fitting, validation
+
+
+def token_weights(config: FinetuneConfig) -> TokenWeights:
+    return TokenWeights(
+        word=config.weight_words,
+        rgb=config.weight_rgb,
+        coverage=config.weight_coverage,
+        decimal=config.weight_decimals,
+    )
+
+
+def _cells(split: PreparedSplit) -> dict[Direction, Sequence[Hashable]]:
+    return {direction: [e.cell for e in items] for direction, items in split.examples.items()}
+
+
+def _eval_examples(validation: PreparedSplit, config: FinetuneConfig) -> list[TokenizedExample]:
     if not config.eval_every:
         return []
-    try:
-        raw = load_examples(dataset_dir, "test")
-    except FileNotFoundError:
-        logger.warning("no test split: evaluation is off")
-        return []
-    prepared = prepare(
-        raw, tokenizer, max_seq_length=config.max_seq_length, few_shot=config.few_shot_prompt
-    ).examples
+    prepared = validation.examples
     content = round(config.eval_examples * config.content_fraction)
     return (
         prepared[Direction.CONTENT][:content]
         + prepared[Direction.BEHAVIOUR][: config.eval_examples - content]
     )
+
+
+def _log_probe(metrics: Any, step: int, result: ProbeResult) -> None:
+    metrics.write(json.dumps({"step": step, **result.record()}) + "\n")
+    metrics.flush()
+
+
+def description_fields(examples: Sequence[InstructionExample]) -> tuple[str, ...]:
+    """The description lines the training targets hold, in the describer's order (a line
+    too rare to matter, under 5% of the targets, is left out)."""
+    counts = {
+        key: sum(
+            any(line.startswith(f"{key}: ") for line in e.verbalization.split("\n"))
+            for e in examples
+        )
+        for key in prompts.DESCRIBE_FIELDS
+    }
+    return tuple(key for key in prompts.DESCRIBE_FIELDS if counts[key] >= 0.05 * len(examples))
+
+
+def choose_serving(
+    model: Any,
+    tokenizer: Any,
+    probe: Probe,
+    config: FinetuneConfig,
+    fields: tuple[str, ...] = (),
+) -> tuple[ServingProfile, ProbeResult]:
+    """The serving profile of the finished adapter and its probe: with retrieval, the
+    generative reading's temperature is fitted on the validation rows, and ``auto`` serves
+    whichever reading has the higher level accuracy there."""
+    # The generative reading's temperature is fitted on the same validation rows.
+    result = probe.run(model, tokenizer, temperature=None, generative=config.retrieval)
+    temperature = result.temperature
+    scoring = config.behaviour_scoring
+    if scoring == "auto":
+        generative = result.accuracy_generative
+        discriminative = result.accuracy_discriminative or 0.0
+        scoring = (
+            "generative"
+            if generative is not None and generative > discriminative
+            else "discriminative"
+        )
+    if scoring == "generative" and not config.retrieval:
+        raise ValueError("generative behaviour scoring needs retrieval-augmented prompts")
+    profile = ServingProfile(
+        retrieval=config.retrieval, behaviour=scoring, temperature=temperature, fields=fields
+    )
+    return profile, result
 
 
 # --- checkpoints -----------------------------------------------------------------------------
@@ -428,9 +581,12 @@ def _write_outputs(
     final_loss: float,
     eval_loss: float | None,
     skipped: int,
+    profile: ServingProfile,
+    probe: ProbeResult,
 ) -> None:
     _save_adapter(out_dir, model)
     tokenizer.save_pretrained(str(out_dir))
+    profile.write(out_dir)
     state = {
         "step": step,
         "final_loss": final_loss,
@@ -440,6 +596,7 @@ def _write_outputs(
         "base_model": str(config.base_model),
         "dataset": str(resolve_dataset_dir(dataset_dir)),
         "finished_at": datetime.now(UTC).isoformat(),
+        "probe": probe.record(),
         "config": config.model_dump(mode="json"),
     }
     # Written last: its presence says the folder holds a finished adapter.

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from services.common.prompts import PROMPT_VERSION
+from services.common.serving_profile import ServingProfile
 from services.trainer.finetune.config import FinetuneConfig, tiny_preset
 from services.trainer.finetune.train import (
     CHECKPOINTS,
@@ -45,10 +46,18 @@ def test_output_folder_holds_adapter_tokenizer_state_and_metrics(trained: TrainR
     assert state["step"] == 30
     assert state["final_loss"] == pytest.approx(trained.losses[-1])
     assert state["prompt_version"] == PROMPT_VERSION
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [line for line in records if "loss" in line]
     assert [line["step"] for line in lines] == list(range(1, 31))
     assert [line["loss"] for line in lines] == pytest.approx(trained.losses)
     assert [line["step"] for line in lines if "eval_loss" in line] == [10, 20, 30]
+    # The conditioning probe of the finished adapter closes the log, and the state keeps it.
+    assert records[-1]["step"] == 30 and "probe_js_model" in records[-1]
+    assert state["probe"]["probe_ce_model"] == pytest.approx(records[-1]["probe_ce_model"])
+    # How to serve it: the lines its targets hold, no history (the tiny preset has none).
+    profile = ServingProfile.read(out)
+    assert profile.fields == ("caption", "colors", "tones")
+    assert not profile.retrieval and profile.behaviour == "discriminative"
     weights = load_file(str(out / "adapter_model.safetensors"))
     assert weights and all("lora_" in key for key in weights)
 
@@ -88,8 +97,8 @@ def test_interrupted_run_resumes_to_the_same_final_state(
     assert expected.keys() == actual.keys()
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-4, atol=1e-6)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").open()]
-    assert steps == list(range(1, 11))
+    records = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 11))
 
 
 def test_resume_with_other_settings_is_refused(
