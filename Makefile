@@ -28,12 +28,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)  ## create .venv with every service's dependencies
 
-models: setup  ## prepare the local default models once (SmolLM2, shapes YOLO, tiny SD, world SD: ~70 min the first time)
+models: setup  ## prepare the local default models once (SmolLM2, shapes YOLO, tiny SD, BoigLLM, world SD: ~1.5 h the first time)
 	$(PY) -m services.cli models prepare
 
-# The test suites run on the tiny random SD, so they need every model but the world SD.
+# The test suites run on the tiny random SD and the base SmolLM2: every model but the trained ones.
 models-base: setup
-	$(PY) -m services.cli models prepare --no-world-sd
+	$(PY) -m services.cli models prepare --no-world-sd --no-boigllm
 
 demo: models  ## start the services, score the sample creatives, print the ranking
 	$(PY) -m services.demo

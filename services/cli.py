@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -35,11 +35,15 @@ def prepare_models(
         bool,
         typer.Option(help="Also train the world SD the generator serves (~1 h on 2 cores, once)."),
     ] = True,
+    boigllm: Annotated[
+        bool,
+        typer.Option(help="Also fine-tune BoigLLM on the synthetic world (~20 min, once)."),
+    ] = True,
 ) -> None:
     """Prepare the embedded default models (cached; safe to run again)."""
     from services.tooling.models import prepare_all
 
-    prepare_all(world_sd=world_sd)
+    prepare_all(world_sd=world_sd, boigllm=boigllm)
 
 
 @contracts_app.command("write")
@@ -76,8 +80,15 @@ def train_llm(
     seed: Seed = 0,
     posts_per_brand: PostsPerBrand = 500,
     max_steps: Annotated[
-        int | None, typer.Option(min=2, help="Override the cpu preset's steps.")
+        int | None, typer.Option(min=2, help="Override the preset's steps.")
     ] = None,
+    preset: Annotated[
+        Literal["cpu", "cpu-weights", "gpu", "tiny"],
+        typer.Option(
+            help="cpu (retrieval-augmented, ~15 min on 2 cores, the served default), "
+            "cpu-weights (the weight-only recipe on CPU), gpu (8B-class base on CUDA), tiny."
+        ),
+    ] = "cpu",
 ) -> None:
     """World -> dataset -> SmolLM2 LoRA (cpu preset) -> published checkpoint; each stage is
     reused or resumed when its output exists."""
@@ -85,7 +96,27 @@ def train_llm(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     paths = llm_recipe.default_paths(seed, posts_per_brand)
-    llm_recipe.train(paths, llm_recipe.cpu_config(paths, max_steps))
+    llm_recipe.train(paths, llm_recipe.preset_config(paths, preset, max_steps))
+
+
+@llm_app.command("probe")
+def probe_llm(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(help="A BoigLLM checkpoint folder (default: the registry's current)."),
+    ] = None,
+    seed: Seed = 0,
+    posts_per_brand: PostsPerBrand = 500,
+    rows: Annotated[int, typer.Option(min=3, help="Held-out rows of each direction.")] = 96,
+) -> None:
+    """Does the checkpoint condition on brand and level? First-colour distributions per
+    (account, level) cell and level accuracy on held-out rows, next to the data and priors."""
+    from services.tooling import llm_recipe
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    llm_recipe.probe_checkpoint(
+        llm_recipe.default_paths(seed, posts_per_brand), checkpoint, rows=rows
+    )
 
 
 @llm_app.command("evaluate")
@@ -94,10 +125,24 @@ def evaluate_llm(
     posts_per_brand: PostsPerBrand = 500,
     rows_per_level: Annotated[
         int, typer.Option(min=2, help="Held-out rows per KPI level (stratified sample).")
-    ] = 100,
+    ] = 20,
     base: Annotated[
         bool, typer.Option(help="Also evaluate the base model (the slowest part).")
     ] = True,
+    ablations: Annotated[
+        bool,
+        typer.Option(
+            help="Also evaluate BoigLLM without its history lines (~30 s a row on 2 cores: "
+            "without them its descriptions often run to the token limit)."
+        ),
+    ] = False,
+    holdout_account: Annotated[
+        bool,
+        typer.Option(help="Also evaluate on an account never trained on (its own history)."),
+    ] = True,
+    holdout_rows_per_level: Annotated[
+        int, typer.Option(min=2, help="Held-out rows per level of the never-trained account.")
+    ] = 10,
 ) -> None:
     """BoigLLM vs the baselines on the held-out split: table + HTML report."""
     from services.tooling import llm_recipe
@@ -106,7 +151,14 @@ def evaluate_llm(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     paths = llm_recipe.default_paths(seed, posts_per_brand)
     settings = EvaluationSettings(rows_per_level=rows_per_level)
-    llm_recipe.run_evaluation(paths, settings, with_base=base)
+    llm_recipe.run_evaluation(
+        paths,
+        settings,
+        with_base=base,
+        ablations=ablations,
+        holdout_account=holdout_account,
+        holdout_rows_per_level=holdout_rows_per_level,
+    )
 
 
 @world_sd_app.command("train")

@@ -12,6 +12,7 @@ Everything lives under BOIG_HOME (``~/.cache/boig`` by default).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,22 +26,39 @@ from pathlib import Path
 from rich.console import Console
 from tqdm import tqdm
 
-from services.common.checkpoints import BOIGLLM_CHECKPOINT, current_checkpoint
+from services.common.checkpoints import BOIGLLM_CHECKPOINT, current_checkpoint, load_manifest
 from services.common.clients import DescriberClient
-from services.common.settings import boig_home, checkpoint_registry
+from services.common.history import HistoryStore
+from services.common.prompts import PROMPT_VERSION
+from services.common.serving_profile import ServingProfile
+from services.common.settings import boig_home, checkpoint_registry, default_history_path
 from services.describer.model_prep import SMOLLM2_NAME
 from services.tooling.stack import local_stack
 from services.trainer.evaluate import metrics, report
 from services.trainer.evaluate.results import EvaluationResult
-from services.trainer.evaluate.run import EvaluationSettings, evaluate
+from services.trainer.evaluate.run import (
+    BASE_MODEL,
+    BOIGLLM,
+    BOIGLLM_WITHOUT_RETRIEVAL,
+    EvaluationSettings,
+    evaluate,
+)
 from services.trainer.finetune.config import PRESETS, FinetuneConfig
 from services.trainer.finetune.data import load_examples, resolve_dataset_dir
-from services.trainer.finetune.publish import publish_trained
+from services.trainer.finetune.probe import Probe, ProbeResult
+from services.trainer.finetune.publish import dataset_ref, publish_trained
 from services.trainer.finetune.train import StepReport, TrainResult, finetune
-from services.trainer.ingest.dataset import LATEST, MANIFEST, Direction, InstructionExample
+from services.trainer.ingest.dataset import (
+    LATEST,
+    MANIFEST,
+    TRAIN_HISTORY_FILE,
+    Direction,
+    InstructionExample,
+    history_of,
+)
 from services.trainer.ingest.pipeline import ingest_over_http
 from services.trainer.ingest.rows import read_rows
-from services.trainer.world.brands import DEFAULT_BRANDS
+from services.trainer.world.brands import DEFAULT_BRANDS, SUNBREW
 from services.trainer.world.generate import (
     GENERATOR_VERSION,
     POSTS_FILE,
@@ -80,6 +98,11 @@ class LlmPaths:
         return checkpoint_registry(self.home)
 
     @property
+    def history(self) -> Path:
+        """The describer's history store (every ingested post of every account)."""
+        return self.home / default_history_path().relative_to(boig_home())
+
+    @property
     def reports(self) -> Path:
         return self.home / "reports"
 
@@ -117,28 +140,41 @@ def _sha256(path: Path) -> str:
 
 def current_dataset(paths: LlmPaths, posts: Path) -> Path | None:
     """The latest dataset version built from exactly this posts file, if any."""
-    if not (paths.data / LATEST).is_file():
-        return None
-    folder = resolve_dataset_dir(paths.data)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return folder if manifest.get("source", {}).get("sha256") == _sha256(posts) else None
+    return _dataset_of(paths.data, posts)
 
 
 def ensure_dataset(paths: LlmPaths, posts: Path, run_dir: Path) -> Path:
     existing = current_dataset(paths, posts)
     if existing is not None:
         console.print(f"dataset: reusing {existing}")
+        ensure_histories(existing, paths.history)
         return existing
     console.print("dataset: featurizing the world through a featurizer on loopback")
     with local_stack(run_dir / "featurizer", services=("featurizer",)) as stack:
         outcome = asyncio.run(
-            ingest_over_http(posts, out=paths.data, featurizer_url=stack.url("featurizer"))
+            ingest_over_http(
+                posts,
+                out=paths.data,
+                featurizer_url=stack.url("featurizer"),
+                history_path=paths.history,
+            )
         )
     console.print(outcome.summary.table())
     return outcome.version_dir
+
+
+def ensure_histories(dataset: Path, serving_history: Path) -> None:
+    """Backfill what ingest writes today for a dataset ingested before it did: the training
+    split's history, and the dataset's accounts in the describer's store."""
+    if not (dataset / TRAIN_HISTORY_FILE).is_file():
+        history_of(load_examples(dataset, "train")[Direction.CONTENT]).write(
+            dataset / TRAIN_HISTORY_FILE
+        )
+    store = HistoryStore.read(serving_history) if serving_history.is_file() else HistoryStore()
+    train = load_examples(dataset, "train")[Direction.CONTENT]
+    if not {e.context.account for e in train} <= store.accounts():
+        everything = train + load_examples(dataset, "test")[Direction.CONTENT]
+        store.merge(history_of(everything)).write(serving_history)
 
 
 def train(paths: LlmPaths, config: FinetuneConfig) -> TrainResult:
@@ -159,94 +195,292 @@ def train(paths: LlmPaths, config: FinetuneConfig) -> TrainResult:
     ref = publish_trained(result.out_dir, paths.registry, dataset_dir=dataset, config=config)
     console.print(
         f"trained {result.steps} steps in {result.seconds / 60:.1f} min, final loss "
-        f"{result.final_loss:.3f}, eval loss {result.eval_loss}; published "
+        f"{result.final_loss:.3f}, validation loss {result.eval_loss}; published "
         f"{ref.name} {ref.version} -> {paths.registry}"
     )
+    if result.probe is not None:
+        console.print("conditioning probe on validation rows of the training split:")
+        for line in result.probe.lines():
+            console.print("  " + line, markup=False)
+    if result.profile is not None:
+        console.print(
+            f"serving: retrieval {'on' if result.profile.retrieval else 'off'}, behaviour "
+            f"{result.profile.behaviour} (temperature {result.profile.temperature:.2f})"
+        )
     return result
 
 
-def cpu_config(paths: LlmPaths, max_steps: int | None = None) -> FinetuneConfig:
-    config = PRESETS["cpu"](paths.base_model)
+def served_checkpoint_is_current(paths: LlmPaths, dataset: Path) -> bool:
+    """The registry serves a BoigLLM trained on ``dataset`` with today's prompts."""
+    checkpoint = current_checkpoint(paths.registry, BOIGLLM_CHECKPOINT)
+    if checkpoint is None:
+        return False
+    manifest = load_manifest(checkpoint, verify=False)
+    state_file = checkpoint.path / "train_state.json"
+    try:
+        prompt_version = json.loads(state_file.read_text(encoding="utf-8")).get("prompt_version")
+    except (OSError, ValueError):
+        return False
+    return (
+        manifest.data.manifest_sha256 == dataset_ref(dataset).manifest_sha256
+        and prompt_version == PROMPT_VERSION
+    )
+
+
+def prepare_boigllm(paths: LlmPaths | None = None) -> Path:
+    """`make models`: the BoigLLM the demo serves, trained once on the synthetic world (cpu
+    preset, ~20 min on 2 cores) and published; later runs find it and return at once."""
+    paths = paths or default_paths()
+    posts = ensure_world(paths)
+    dataset = ensure_dataset(paths, posts, paths.home / "stack")
+    if not served_checkpoint_is_current(paths, dataset):
+        train(paths, preset_config(paths))
+    checkpoint = current_checkpoint(paths.registry, BOIGLLM_CHECKPOINT)
+    assert checkpoint is not None
+    return checkpoint.path
+
+
+def probe_checkpoint(
+    paths: LlmPaths, checkpoint: Path | None = None, *, rows: int = 96, seed: int = 0
+) -> ProbeResult:
+    """`boig llm probe`: the conditioning probe of a checkpoint (default: the registry's
+    current one) on held-out rows of the world's test split, prompts carrying the training
+    split's history as the describer serves them, behaviour read as the checkpoint says."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    posts = paths.world / POSTS_FILE
+    dataset = current_dataset(paths, posts) if posts.is_file() else None
+    if checkpoint is None:
+        current = current_checkpoint(paths.registry, BOIGLLM_CHECKPOINT)
+        checkpoint = current.path if current is not None else None
+    if dataset is None or checkpoint is None:
+        raise SystemExit("no trained BoigLLM for this world: run `make train-llm` first")
+    profile = ServingProfile.read(checkpoint)
+    train_examples = load_examples(dataset, "train")
+    test_examples = load_examples(dataset, "test")
+    history = history_of(train_examples[Direction.CONTENT]) if profile.retrieval else None
+    probe = Probe.build(
+        test_examples[Direction.CONTENT],
+        test_examples[Direction.BEHAVIOUR],
+        train_examples[Direction.CONTENT],
+        history=history,
+        leave_out=False,
+        rows=rows,
+        seed=seed,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(paths.base_model), local_files_only=True)
+    base = AutoModelForCausalLM.from_pretrained(
+        str(paths.base_model), local_files_only=True, dtype=torch.float32
+    )
+    model = PeftModel.from_pretrained(base, str(checkpoint), is_trainable=False)
+    result = probe.run(model, tokenizer, temperature=profile.temperature)
+    console.print(f"probe of {checkpoint} on held-out rows of {dataset}:")
+    for line in result.lines():
+        console.print("  " + line, markup=False)
+    return result
+
+
+def preset_config(
+    paths: LlmPaths, preset: str = "cpu", max_steps: int | None = None
+) -> FinetuneConfig:
+    config = PRESETS[preset](paths.base_model)
     if max_steps is None:
         return config
     warmup = min(config.warmup_steps, max_steps - 1)
     return config.model_copy(update={"max_steps": max_steps, "warmup_steps": warmup})
 
 
-@contextmanager
-def describers(paths: LlmPaths, with_base: bool) -> Iterator[tuple[str, str | None]]:
-    """URLs of a describer serving the current checkpoint and, optionally, one serving the
-    base model; both stop when the block ends. The evaluation asks both at once, so each
-    gets its share of the cores rather than both contending for all of them."""
-    half_the_cores = str(max(1, (os.cpu_count() or 1) // 2))
-    per_process = {"BOIG_DESCRIBER_TORCH_THREADS": half_the_cores} if with_base else {}
-    with ExitStack() as stack:
-        tuned = stack.enter_context(
-            local_stack(
-                paths.home / "stack" / "describer-boigllm",
-                services=("describer",),
-                extra_env={
-                    "BOIG_DESCRIBER_CHECKPOINT_REGISTRY": str(paths.registry),
-                    **per_process,
-                },
-            )
+@dataclass(frozen=True)
+class ServedConfiguration:
+    """One describer process of the evaluation: what it serves and how."""
+
+    label: str
+    checkpoint: bool
+    """Serve the registry's current checkpoint (else the bare base model, few-shot)."""
+    retrieval: str = "auto"
+
+
+def evaluation_configurations(*, with_base: bool, ablations: bool) -> list[ServedConfiguration]:
+    """BoigLLM as served first; then, with ``ablations``, the same checkpoint without its
+    history lines (what the weights alone learned); then the base model."""
+    configurations = [ServedConfiguration(BOIGLLM, checkpoint=True)]
+    if ablations:
+        configurations.append(
+            ServedConfiguration(BOIGLLM_WITHOUT_RETRIEVAL, checkpoint=True, retrieval="off")
         )
-        base_url = None
-        if with_base:
-            base = stack.enter_context(
+    if with_base:
+        configurations.append(ServedConfiguration(BASE_MODEL, checkpoint=False, retrieval="off"))
+    return configurations
+
+
+@contextmanager
+def describers(
+    paths: LlmPaths, configurations: list[ServedConfiguration], history: Path
+) -> Iterator[dict[str, str]]:
+    """Label -> URL of a describer per configuration, all reading ``history`` (the training
+    split's: the held-out posts and anything after them are never in a prompt); they stop
+    when the block ends. The evaluation asks all at once, so each process gets an even share
+    of the cores rather than all contending for every core."""
+    threads = str(max(1, (os.cpu_count() or 1) // len(configurations)))
+    with ExitStack() as stack:
+        urls = {}
+        for index, configuration in enumerate(configurations):
+            env = {
+                "BOIG_DESCRIBER_TORCH_THREADS": threads,
+                "BOIG_DESCRIBER_HISTORY_PATH": str(history),
+                "BOIG_DESCRIBER_RETRIEVAL": configuration.retrieval,
+            }
+            if configuration.checkpoint:
+                env["BOIG_DESCRIBER_CHECKPOINT_REGISTRY"] = str(paths.registry)
+            served = stack.enter_context(
                 local_stack(
-                    paths.home / "stack" / "describer-base",
+                    paths.home / "stack" / f"describer-eval-{index}",
                     services=("describer",),
-                    extra_env=per_process,
+                    extra_env=env,
                 )
             )
-            base_url = base.url("describer")
-        yield tuned.url("describer"), base_url
+            urls[configuration.label] = served.url("describer")
+        yield urls
 
 
-def run_evaluation(paths: LlmPaths, settings: EvaluationSettings, *, with_base: bool) -> Path:
+class DatasetMismatch(SystemExit):
+    """The checkpoint was trained on another dataset than the one about to be evaluated."""
+
+
+def check_dataset(checkpoint_manifest_sha256: str, dataset: Path) -> None:
+    """Refuse to evaluate a checkpoint on a dataset other than its own: its test split may
+    overlap the other dataset's training posts, or its levels mean something else."""
+    actual = dataset_ref(dataset).manifest_sha256
+    if actual != checkpoint_manifest_sha256:
+        raise DatasetMismatch(
+            "the current checkpoint was trained on dataset manifest "
+            f"{checkpoint_manifest_sha256[:12]}, not on {dataset} ({actual[:12]}): train it "
+            "on this dataset (`make train-llm`) or evaluate the dataset it was trained on"
+        )
+
+
+def ensure_holdout_dataset(paths: LlmPaths) -> tuple[Path, Path]:
+    """A world of one brand that BoigLLM is never trained on (``SUNBREW``), ingested like the
+    main world but kept out of the describer's store: the held-out account evaluation.
+    Returns (dataset version folder, posts file)."""
+    world = paths.home / "worlds" / f"{paths.world.name}-{SUNBREW.account}"
+    if not (world / POSTS_FILE).is_file():
+        console.print(f"held-out account: generating {SUNBREW.account} -> {world}")
+        generate_world(
+            world,
+            seed=paths.seed,
+            brands=(SUNBREW,),
+            posts_per_brand=paths.posts_per_brand,
+            overwrite=True,
+        )
+    data = paths.home / "datasets" / world.name
+    posts = world / POSTS_FILE
+    existing = _dataset_of(data, posts)
+    if existing is not None:
+        return existing, posts
+    with local_stack(paths.home / "stack" / "featurizer", services=("featurizer",)) as stack:
+        outcome = asyncio.run(
+            ingest_over_http(posts, out=data, featurizer_url=stack.url("featurizer"))
+        )
+    return outcome.version_dir, posts
+
+
+def _dataset_of(data: Path, posts: Path) -> Path | None:
+    """The latest version under the dataset root ``data`` if it was built from ``posts``."""
+    if not (data / LATEST).is_file():
+        return None
+    folder = resolve_dataset_dir(data)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return folder if manifest.get("source", {}).get("sha256") == _sha256(posts) else None
+
+
+@dataclass(frozen=True)
+class EvaluationPart:
+    """One set of held-out rows: the main world's, or the never-trained account's."""
+
+    name: str
+    dataset: Path
+    posts: Path
+    settings: EvaluationSettings
+
+
+def run_evaluation(
+    paths: LlmPaths,
+    settings: EvaluationSettings,
+    *,
+    with_base: bool,
+    ablations: bool = False,
+    holdout_account: bool = True,
+    holdout_rows_per_level: int = 10,
+) -> list[Path]:
     posts = paths.world / POSTS_FILE
     dataset = current_dataset(paths, posts) if posts.is_file() else None
     checkpoint = current_checkpoint(paths.registry, BOIGLLM_CHECKPOINT)
     if dataset is None or checkpoint is None:
         raise SystemExit("no trained BoigLLM for this world: run `make train-llm` first")
-    media = {row.id: row.media for row in read_rows(posts).rows}
-    meta = {
-        "checkpoint": f"{checkpoint.name} {checkpoint.version}",
-        "dataset": str(dataset),
-        "world": str(paths.world),
-        "split": "temporal, per account: the last 20% of each brand's posts are held out",
-    }
-    train_examples = load_examples(dataset, "train")
-    test_examples = load_examples(dataset, "test")
+    check_dataset(load_manifest(checkpoint, verify=False).data.manifest_sha256, dataset)
+    ensure_histories(dataset, paths.history)
+    parts = [EvaluationPart("", dataset, posts, settings)]
+    # The histories every describer reads: the training splits' posts only, so prompts never
+    # see a held-out post (or anything after one).
+    history = HistoryStore.read(dataset / TRAIN_HISTORY_FILE)
+    if holdout_account:
+        holdout, holdout_posts = ensure_holdout_dataset(paths)
+        trained_accounts = history.accounts()
+        holdout_history = HistoryStore.read(holdout / TRAIN_HISTORY_FILE)
+        if holdout_history.accounts() & trained_accounts:
+            raise SystemExit(f"the held-out world shares accounts with {dataset}")
+        history = history.merge(holdout_history)
+        few = dataclasses.replace(settings, rows_per_level=holdout_rows_per_level)
+        parts.append(EvaluationPart(f"-{SUNBREW.account}", holdout, holdout_posts, few))
+    history_file = history.write(paths.home / "stack" / "evaluation-history.json")
     embed = metrics.MiniLmEmbedder()
-    with describers(paths, with_base) as (tuned_url, base_url):
-        result = asyncio.run(
-            _evaluate(
-                train_examples,
-                test_examples,
-                tuned_url,
-                base_url,
-                settings,
-                media,
-                embed,
-                meta,
-                checkpoint.version,
+    configurations = evaluation_configurations(with_base=with_base, ablations=ablations)
+    pages = []
+    with describers(paths, configurations, history_file) as urls:
+        for part in parts:
+            media = {row.id: row.media for row in read_rows(part.posts).rows}
+            meta = {
+                "checkpoint": f"{checkpoint.name} {checkpoint.version}",
+                "dataset": str(part.dataset),
+                "world": str(part.posts.parent),
+                "split": "temporal, per account: the last 20% of each brand's posts are held out",
+                "history": "the training split's posts (prompts never see a held-out post)",
+            }
+            if part.name:
+                meta["account"] = f"{SUNBREW.account}: never in BoigLLM's training data"
+            result = asyncio.run(
+                _evaluate(
+                    load_examples(part.dataset, "train"),
+                    load_examples(part.dataset, "test"),
+                    urls,
+                    part.settings,
+                    media,
+                    embed,
+                    meta,
+                    checkpoint.version,
+                )
             )
-        )
-    report.print_report(result, console)
-    stem = paths.reports / f"boigllm-{checkpoint.version}"
-    html = report.write_html(result, stem.with_suffix(".html"))
-    data = report.write_json(result, stem.with_suffix(".json"))
-    console.print(f"HTML report: {html}\nresults as JSON: {data}")
-    return html
+            if part.name:
+                console.rule(f"held-out account: {SUNBREW.account} (never trained on)")
+            report.print_report(result, console)
+            stem = paths.reports / f"boigllm-{checkpoint.version}{part.name}"
+            html = report.write_html(result, stem.with_suffix(".html"))
+            data = report.write_json(result, stem.with_suffix(".json"))
+            console.print(f"HTML report: {html}\nresults as JSON: {data}")
+            pages.append(html)
+    return pages
 
 
 async def _evaluate(
     train_examples: dict[Direction, list[InstructionExample]],
     test_examples: dict[Direction, list[InstructionExample]],
-    tuned_url: str,
-    base_url: str | None,
+    urls: dict[str, str],
     settings: EvaluationSettings,
     media: dict[str, Path],
     embed: metrics.MiniLmEmbedder,
@@ -255,12 +489,12 @@ async def _evaluate(
 ) -> EvaluationResult:
     async with AsyncExitStack() as stack:
         # Generation on 2 cores is slow: allow each request minutes, not seconds.
-        tuned = await stack.enter_async_context(DescriberClient(tuned_url, timeout=600.0))
-        base = (
-            await stack.enter_async_context(DescriberClient(base_url, timeout=600.0))
-            if base_url is not None
-            else None
-        )
+        clients = {
+            label: await stack.enter_async_context(DescriberClient(url, timeout=600.0))
+            for label, url in urls.items()
+        }
+        tuned = clients.pop(BOIGLLM)
+        base = clients.pop(BASE_MODEL, None)
         return await evaluate(
             train_examples,
             test_examples,
@@ -271,4 +505,5 @@ async def _evaluate(
             embed=embed,
             meta=meta,
             checkpoint_version=checkpoint_version,
+            others={label: (client, checkpoint_version) for label, client in clients.items()},
         )

@@ -1,6 +1,7 @@
 """Prepare the embedded default models once: SmolLM2 as an HF folder, the shapes YOLO, the
-tiny random Stable Diffusion pipeline (tests, the evaluation's floor) and the world SD the
-generator serves (trained on the synthetic world: ~30 min on 2 cores, the first time only).
+tiny random Stable Diffusion pipeline (tests, the evaluation's floor), BoigLLM fine-tuned on
+the synthetic world (~20 min on 2 cores) and the world SD the generator serves (trained on the
+synthetic world: ~1 h on 2 cores); each the first time only.
 
 All are cached under ``boig_home()/models``; a second run finds them and returns at once.
 A model the operator names in settings (BOIG_DESCRIBER_MODEL_PATH,
@@ -24,10 +25,14 @@ def models_dir() -> Path:
     return boig_home() / "models"
 
 
-def prepare_all(*, world_sd: bool = True, log: bool = True) -> dict[str, Path]:
+def prepare_all(
+    *, world_sd: bool = True, boigllm: bool = True, log: bool = True
+) -> dict[str, Path]:
     """Prepare (or find) every model the configured services need; returns where each lives.
 
-    ``world_sd=False`` skips training the world SD (the test suites run on the tiny pipeline).
+    ``world_sd=False`` skips training the world SD (the test suites run on the tiny pipeline);
+    ``boigllm=False`` skips fine-tuning BoigLLM on the synthetic world (the suites use the
+    base model or tiny ones).
     """
     # Imported here: each pulls in torch and its model library.
     from services.common.settings import default_world_sd_dir
@@ -65,6 +70,13 @@ def prepare_all(*, world_sd: bool = True, log: bool = True) -> dict[str, Path]:
     started = time.perf_counter()
     prepared["tiny-diffusion"] = prepare_tiny_pipeline(default_tiny_pipeline_dir())
     _report(log, "tiny-diffusion", prepared["tiny-diffusion"], started)
+
+    if boigllm and prepared.get("llm") == default_smollm2_dir():
+        from services.tooling.llm_recipe import prepare_boigllm
+
+        started = time.perf_counter()
+        prepared["boigllm"] = prepare_boigllm()
+        _report(log, "boigllm", prepared["boigllm"], started)
 
     started = time.perf_counter()
     diffusion = GeneratorSettings().model_path

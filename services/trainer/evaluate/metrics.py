@@ -3,7 +3,9 @@ image's, and how well predicted KPI levels and scores follow the real ones.
 
 Each description metric takes ``(predicted, truth)`` and returns ``None`` where it does not
 apply to the row, so that the row is left out of that metric's mean instead of counting as
-a perfect or a failed score.
+a perfect or a failed score. ``predicted`` is None when the method failed to describe the
+row: wherever the truth lets the metric apply, a failure scores the metric's worst value, so
+that failing never beats a wrong answer and a failed row never drops out of an average.
 """
 
 from __future__ import annotations
@@ -22,23 +24,32 @@ from services.common.contracts import TONE_AXIS, ColorSwatch, Verbalization
 from services.common.geometry import box_iou
 
 FloatArray = npt.NDArray[np.floating[Any]]
-DescriptionMetric = Callable[[Verbalization, Verbalization], float | None]
+Prediction = Verbalization | None
+"""A method's description of one row; None when it failed to give one."""
+DescriptionMetric = Callable[[Prediction, Verbalization], float | None]
 Embed = Callable[[list[str]], FloatArray]
 """Texts -> an (n, d) array of embeddings, one row per text, in order."""
 
 MAX_RGB_DISTANCE = math.sqrt(3.0) * 255.0
 """Distance from black to white in sRGB: what a method that names no colour scores."""
+MAX_COVERAGE_RMSE = 1.0
+"""Coverages are fractions in [0, 1], so no error, and no RMSE of errors, exceeds 1."""
+MIN_CAPTION_COSINE = -1.0
+"""The floor of cosine similarity: what a failed description scores against a caption."""
 
 
 # --- objects ----------------------------------------------------------------------------
 
 
-def object_label_iou(predicted: Verbalization, truth: Verbalization) -> float | None:
+def object_label_iou(predicted: Prediction, truth: Verbalization) -> float | None:
     """Jaccard index of the sets of object labels.
 
     Both empty scores 1.0: "no objects" is a claim that can be right, and leaving these rows
-    out would hide a method that invents objects on empty scenes only by its other rows.
+    out would hide a method that invents objects on empty scenes only by its other rows. A
+    failure made no such claim and scores 0.0, even on an empty scene.
     """
+    if predicted is None:
+        return 0.0
     predicted_labels = {obj.label for obj in predicted.objects}
     true_labels = {obj.label for obj in truth.objects}
     union = predicted_labels | true_labels
@@ -47,14 +58,18 @@ def object_label_iou(predicted: Verbalization, truth: Verbalization) -> float | 
     return len(predicted_labels & true_labels) / len(union)
 
 
-def matched_box_iou(predicted: Verbalization, truth: Verbalization) -> float | None:
+def matched_box_iou(predicted: Prediction, truth: Verbalization) -> float | None:
     """Mean IoU of a one-to-one matching of predicted to true boxes of the same label.
 
     The matching maximizes the total IoU (Hungarian algorithm, not greedy, so the order of
     the lists cannot matter). Dividing by the longer list makes missed and invented objects
     count as IoU 0. Both empty -> None: there is no box to place, the label metric already
-    rewards saying "no objects".
+    rewards saying "no objects". A failure scores 0.0 on every row, empty scenes included:
+    the metric applies there to any method that answers (invented boxes score 0), so a
+    failure left out would score better than an answer.
     """
+    if predicted is None:
+        return 0.0
     if not predicted.objects and not truth.objects:
         return None
     if not predicted.objects or not truth.objects:
@@ -95,30 +110,34 @@ def match_palettes(
     return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
 
 
-def palette_rgb_distance(predicted: Verbalization, truth: Verbalization) -> float | None:
+def palette_rgb_distance(predicted: Prediction, truth: Verbalization) -> float | None:
     """Mean sRGB distance between matched colours (0 = same colours, lower is better).
 
-    Truth without colours -> None. A prediction without colours scores ``MAX_RGB_DISTANCE``:
-    saying nothing must not beat naming a wrong colour.
+    Truth without colours -> None. A prediction without colours, or a failure, scores
+    ``MAX_RGB_DISTANCE``: saying nothing must not beat naming a wrong colour.
     """
     if not truth.colors:
         return None
-    if not predicted.colors:
+    if predicted is None or not predicted.colors:
         return MAX_RGB_DISTANCE
     distances = _rgb_distances(predicted.colors, truth.colors)
     pairs = match_palettes(predicted.colors, truth.colors)
     return float(np.mean([distances[p, t] for p, t in pairs]))
 
 
-def coverage_rmse(predicted: Verbalization, truth: Verbalization) -> float | None:
+def coverage_rmse(predicted: Prediction, truth: Verbalization) -> float | None:
     """RMSE of colour coverages over the union of both palettes.
 
     Matched colours (the matching of ``palette_rgb_distance``) compare their coverages; an
     unmatched colour on either side is compared with 0, so a missed or an invented colour
     costs as much as the share of the image it stands for. Truth without colours -> None.
+    A failure scores ``MAX_COVERAGE_RMSE``: an empty palette would only cost the truth's
+    coverages, often well below the worst.
     """
     if not truth.colors:
         return None
+    if predicted is None:
+        return MAX_COVERAGE_RMSE
     pairs = match_palettes(predicted.colors, truth.colors)
     matched_predicted = {p for p, _ in pairs}
     matched_true = {t for _, t in pairs}
@@ -131,14 +150,17 @@ def coverage_rmse(predicted: Verbalization, truth: Verbalization) -> float | Non
 # --- tones ------------------------------------------------------------------------------
 
 
-def tone_agreement(predicted: Verbalization, truth: Verbalization) -> float | None:
+def tone_agreement(predicted: Prediction, truth: Verbalization) -> float | None:
     """Share of the truth's tone axes on which the prediction names the same tone word.
 
     An axis the prediction leaves out counts as a disagreement; axes the truth leaves out are
-    not scored (the featurizer found no clear tone there). Truth without tones -> None.
+    not scored (the featurizer found no clear tone there). Truth without tones -> None; a
+    failure agrees on no axis (0.0).
     """
     if not truth.tones:
         return None
+    if predicted is None:
+        return 0.0
     predicted_by_axis = {TONE_AXIS[tone]: tone for tone in predicted.tones}
     agreeing = sum(predicted_by_axis.get(TONE_AXIS[tone]) == tone for tone in truth.tones)
     return agreeing / len(truth.tones)
@@ -147,13 +169,20 @@ def tone_agreement(predicted: Verbalization, truth: Verbalization) -> float | No
 # --- captions ---------------------------------------------------------------------------
 
 
-def caption_cosine(predicted: Verbalization, truth: Verbalization, embed: Embed) -> float | None:
+def caption_cosine(predicted: Prediction, truth: Verbalization, embed: Embed) -> float | None:
     """Cosine similarity of the two captions' embeddings; None unless both have a caption.
 
     The embeddings are normalized here too, so any ``embed`` works, normalized or not; a zero
-    vector carries no meaning and scores 0.0.
+    vector carries no meaning and scores 0.0. A failure against a true caption scores
+    ``MIN_CAPTION_COSINE`` (-1), the metric's floor, as every metric scores a failure at its
+    worst: 0.0 is roughly what MiniLM gives two unrelated captions, so it would tie a failure
+    with a wrong answer.
     """
-    if predicted.caption is None or truth.caption is None:
+    if truth.caption is None:
+        return None
+    if predicted is None:
+        return MIN_CAPTION_COSINE
+    if predicted.caption is None:
         return None
     vectors = np.asarray(embed([predicted.caption, truth.caption]), dtype=float)
     norms = np.linalg.norm(vectors, axis=1)

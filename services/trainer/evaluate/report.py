@@ -1,7 +1,9 @@
 """The report of an evaluation: a printed table (rich) and one self-contained HTML file.
 
 BoigLLM (the first method) is said to beat a baseline only when their confidence intervals
-do not overlap; a better point estimate alone wins nothing.
+do not overlap; a better point estimate alone wins nothing. The description tables show the
+methods that describe (``result.methods``), the behaviour table the methods that predict
+levels (BoigLLM first, then the other models and the behaviour baselines).
 """
 
 from __future__ import annotations
@@ -144,27 +146,42 @@ def _description_estimates(
     return {method: by_method.get(method, {}).get(bucket) for method in result.methods}
 
 
-def _behaviour_estimates(result: EvaluationResult, key: str) -> dict[str, Estimate | None]:
+def behaviour_methods(result: EvaluationResult) -> tuple[str, ...]:
+    """The behaviour table's columns: the first method (the model under evaluation), then
+    every other method with a behaviour estimate, those of ``result.methods`` in its order
+    before behaviour-only baselines in the order the result lists them."""
+    predicting = dict.fromkeys(m for by_method in result.behaviour.values() for m in by_method)
+    ours = result.methods[:1]
+    known = [m for m in result.methods[1:] if m in predicting]
+    extra = [m for m in predicting if m not in result.methods]
+    return (*ours, *known, *extra)
+
+
+def _behaviour_estimates(
+    result: EvaluationResult, key: str, methods: tuple[str, ...]
+) -> dict[str, Estimate | None]:
     by_method = result.behaviour.get(key, {})
-    return {method: by_method.get(method) for method in result.methods}
+    return {method: by_method.get(method) for method in methods}
 
 
 def _row(
-    result: EvaluationResult, spec: MetricSpec, estimates: dict[str, Estimate | None]
+    spec: MetricSpec, estimates: dict[str, Estimate | None], methods: tuple[str, ...]
 ) -> _MetricRow:
-    return _MetricRow(spec, estimates, _compare(estimates, result.methods, spec.better))
+    return _MetricRow(spec, estimates, _compare(estimates, methods, spec.better))
 
 
 def _description_rows(result: EvaluationResult, bucket: str) -> list[_MetricRow]:
     return [
-        _row(result, spec, _description_estimates(result, spec.key, bucket))
+        _row(spec, _description_estimates(result, spec.key, bucket), result.methods)
         for spec in DESCRIPTION_METRICS
     ]
 
 
 def _behaviour_rows(result: EvaluationResult) -> list[_MetricRow]:
+    methods = behaviour_methods(result)
     return [
-        _row(result, spec, _behaviour_estimates(result, spec.key)) for spec in BEHAVIOUR_METRICS
+        _row(spec, _behaviour_estimates(result, spec.key, methods), methods)
+        for spec in BEHAVIOUR_METRICS
     ]
 
 
@@ -179,7 +196,7 @@ def _best_baseline(
 
 
 def _bucket_cell(result: EvaluationResult, spec: MetricSpec, bucket: str) -> _BucketCell:
-    row = _row(result, spec, _description_estimates(result, spec.key, bucket))
+    row = _row(spec, _description_estimates(result, spec.key, bucket), result.methods)
     ours = row.estimates.get(result.methods[0]) if result.methods else None
     best = _best_baseline(row.estimates, result.methods, spec.better)
     if ours is None and best is None:
@@ -197,6 +214,17 @@ def verdicts(result: EvaluationResult) -> dict[str, dict[str, bool | None]]:
     return {row.spec.key: row.beats for row in rows}
 
 
+def failure_summary(result: EvaluationResult) -> str | None:
+    """One line with each describing method's count of failed descriptions, or None when
+    the result has no counts (e.g. one written before they were counted)."""
+    if not result.description_failures:
+        return None
+    rows = result.meta.get("content rows")
+    of_rows = f" of {rows} rows" if rows else ""
+    counts = ", ".join(f"{m} {n}" for m, n in result.description_failures.items())
+    return f"failed descriptions{of_rows} (each scored worst on every metric): {counts}"
+
+
 # --- printed report --------------------------------------------------------------------------
 
 _SUMMARY_STYLES = {"yes": "bold green", "partial": "yellow", "no": "red", NOT_AVAILABLE: "dim"}
@@ -206,25 +234,32 @@ def print_report(result: EvaluationResult, console: Console | None = None) -> No
     """Print the description table ("all" bucket), a per-bucket summary, the behaviour table
     and what was evaluated."""
     console = console or Console()
-    console.print(_estimate_table(result, _description_rows(result, ALL_BUCKETS), "Description"))
+    description = _description_rows(result, ALL_BUCKETS)
+    console.print(_estimate_table(result, description, "Description", result.methods))
+    failures = failure_summary(result)
+    if failures is not None:
+        console.print(Text(failures))
     console.print(_bucket_table(result))
-    console.print(_estimate_table(result, _behaviour_rows(result), "Behaviour"))
+    behaviour = _behaviour_rows(result)
+    console.print(_estimate_table(result, behaviour, "Behaviour", behaviour_methods(result)))
     for key, value in result.meta.items():
         console.print(Text(f"{key}: {value}"))
 
 
-def _estimate_table(result: EvaluationResult, rows: list[_MetricRow], title: str) -> Table:
-    ours = result.methods[0] if result.methods else "model"
+def _estimate_table(
+    result: EvaluationResult, rows: list[_MetricRow], title: str, methods: tuple[str, ...]
+) -> Table:
+    ours = methods[0] if methods else "model"
     table = Table(title=Text(f"{title} metrics (all rows, {_confidence(result)})"))
     table.add_column(Text("metric"))
-    for method in result.methods:
+    for method in methods:
         table.add_column(Text(method), no_wrap=True)
     table.add_column(Text(f"{ours} beats all baselines?"))
     for row in rows:
         label = Text(f"{row.spec.title} {row.arrow}")
         note = row.missing_note
         if note is not None:
-            blanks = [Text("")] * (len(result.methods) - 1)
+            blanks = [Text("")] * (len(methods) - 1)
             table.add_row(label, Text(note, style="dim"), *blanks, Text(NOT_AVAILABLE, "dim"))
             continue
         summary = Text(row.summary_text, style=_SUMMARY_STYLES[row.summary])
@@ -318,11 +353,14 @@ def _card(row: ExampleRow, methods: tuple[str, ...]) -> _Card:
 
 def write_html(result: EvaluationResult, path: Path) -> Path:
     """Write one self-contained HTML report (inline CSS and images) atomically; return path."""
+    predicting = behaviour_methods(result)
     html = _template().render(
         title=f"{result.methods[0] if result.methods else 'Model'} evaluation",
         meta=result.meta,
         methods=result.methods,
-        baselines=result.methods[1:],
+        behaviour_methods=predicting,
+        baselines=[*result.methods[1:], *(m for m in predicting if m not in result.methods)],
+        failures=failure_summary(result),
         confidence=_confidence(result),
         bucket_names=BUCKETS,
         bucket_rows=[
@@ -444,16 +482,16 @@ confidence intervals ({{ confidence }}) do not overlap. â†‘ higher is better, â†
 {% macro metric_label(spec) -%}
 {{ spec.title }} <span class="arrow">{{ arrows[spec.better] }}</span>
 {%- endmacro %}
-{% macro estimate_table(rows) %}
+{% macro estimate_table(rows, columns) %}
 <div class="scroll"><table>
 <thead><tr><th>metric</th>
-{% for method in methods %}<th>{{ method }}</th>{% endfor %}
-<th>{{ methods[0] if methods else "model" }} beats all baselines?</th></tr></thead>
+{% for method in columns %}<th>{{ method }}</th>{% endfor %}
+<th>{{ columns[0] if columns else "model" }} beats all baselines?</th></tr></thead>
 <tbody>
 {% for row in rows %}
 <tr><td>{{ metric_label(row.spec) }}</td>
 {% if row.missing_note %}
-<td class="na" colspan="{{ methods|length }}">{{ row.missing_note }}</td><td class="na">n/a</td>
+<td class="na" colspan="{{ columns|length }}">{{ row.missing_note }}</td><td class="na">n/a</td>
 {% else %}
 {% for cell in row.cells %}
 <td class="num{{ ' na' if cell == 'n/a' else '' }}">{{ cell }}</td>
@@ -484,13 +522,14 @@ estimates); green where it beats every baseline with separated intervals.</p>
 </tbody></table></div>
 
 <h2>Description metrics</h2>
+{% if failures %}<p class="note">{{ failures }}</p>{% endif %}
 {% for bucket, rows in description_tables %}
 <h3>{{ "All rows" if bucket == "all" else "KPI bucket: " ~ bucket }}</h3>
-{{ estimate_table(rows) }}
+{{ estimate_table(rows, methods) }}
 {% endfor %}
 
 <h2>Behaviour metrics</h2>
-{{ estimate_table(behaviour_rows) }}
+{{ estimate_table(behaviour_rows, behaviour_methods) }}
 
 <h2>Verdict per baseline</h2>
 <p class="note">Whether {{ methods[0] if methods else "the model" }} is better with separated
@@ -503,7 +542,7 @@ intervals (all rows).</p>
 {% for row in verdict_rows %}
 <tr><td>{{ metric_label(row.spec) }}</td>
 {% for baseline in baselines %}
-{% set verdict = row.beats[baseline] %}
+{% set verdict = row.beats.get(baseline) %}
 {% if verdict is none %}<td class="na">n/a</td>
 {% elif verdict %}<td class="good">separated</td>
 {% else %}<td>overlap or worse</td>

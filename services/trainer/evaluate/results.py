@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from services.common.contracts import KpiLevel
+
 
 class Better(StrEnum):
     HIGHER = "higher"
@@ -39,6 +41,20 @@ ALL_BUCKETS = "all"
 BUCKETS: tuple[str, ...] = (ALL_BUCKETS, "low", "medium", "high")
 
 
+FAILED_DESCRIPTION = "(failed)"
+"""How an example row shows a description the method failed to give."""
+
+
+@dataclass(frozen=True)
+class LevelPredictions:
+    """One method's behaviour simulation over the behaviour rows, in row order."""
+
+    levels: list[KpiLevel]
+    scores: list[float]
+    """Expected normalized KPI per row (the describer's expected_percentile); Spearman ranks
+    these against the real normalized KPI."""
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A point estimate with its bootstrap confidence interval over ``n`` rows."""
@@ -62,7 +78,8 @@ class ExampleRow:
     truth: str
     """The real image's verbalization (text form)."""
     predictions: dict[str, str]
-    """Method name -> its description (text form); empty when the method gave none."""
+    """Method name -> its description (text form): empty for an empty description,
+    ``FAILED_DESCRIPTION`` when the method failed to give one."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +89,11 @@ class EvaluationResult:
     description: dict[str, dict[str, dict[str, Estimate | None]]]
     """metric key -> method -> bucket -> estimate (None: no row where the metric applies)."""
     behaviour: dict[str, dict[str, Estimate | None]]
-    """metric key -> method -> estimate over all test rows (only methods that predict levels)."""
+    """metric key -> method -> estimate over all test rows. Only methods that predict levels:
+    the models and the behaviour baselines, which need not appear in ``methods``."""
     examples: tuple[ExampleRow, ...] = ()
     meta: dict[str, str] = field(default_factory=dict)
     """What was evaluated: checkpoint, dataset version, row counts, seed, confidence, time."""
+    description_failures: dict[str, int] = field(default_factory=dict)
+    """Method -> content rows it gave no description for (a describer error, or a baseline
+    with no evidence for the row); each is scored worst on every description metric."""

@@ -4,7 +4,8 @@ metrics per row -> bootstrap estimates per KPI bucket.
 BoigLLM and the base model are evaluated as they are served: through a describer's HTTP API
 (one serving the published checkpoint, one serving no checkpoint), so the numbers include the
 prompt, decoding and repair that users get. The baselines run in-process from the training
-split.
+split. A description a method fails to give is kept as None and scored worst on every
+description metric (see metrics.py), and counted in the result.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,20 +23,29 @@ from numpy.typing import NDArray
 from rich.progress import Progress
 
 from services.common.clients import DescriberClient
-from services.common.contracts import KPI_LEVELS, KpiLevel, KpiTarget, ModelInfo, Verbalization
+from services.common.contracts import KPI_LEVELS, KpiLevel, KpiTarget, ModelInfo
 from services.common.errors import BoigError
 from services.common.verbalization import parse, render
 from services.trainer.evaluate import metrics
-from services.trainer.evaluate.baselines import BrandAveragePalette, Embed, NearestPastImage
+from services.trainer.evaluate.baselines import (
+    BrandAveragePalette,
+    BrandLevelPrior,
+    Embed,
+    MajorityLevel,
+    NearestPastImage,
+)
 from services.trainer.evaluate.bootstrap import bootstrap_mean, bootstrap_statistic
+from services.trainer.evaluate.metrics import DescriptionMetric, Prediction
 from services.trainer.evaluate.results import (
     ALL_BUCKETS,
     BEHAVIOUR_METRICS,
     BUCKETS,
     DESCRIPTION_METRICS,
+    FAILED_DESCRIPTION,
     Estimate,
     EvaluationResult,
     ExampleRow,
+    LevelPredictions,
 )
 from services.trainer.ingest.dataset import Direction, InstructionExample
 
@@ -43,12 +53,15 @@ logger = logging.getLogger(__name__)
 
 BOIGLLM = "BoigLLM"
 BASE_MODEL = "base model (few-shot)"
+BOIGLLM_WITHOUT_RETRIEVAL = "BoigLLM without history"
 
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    rows_per_level: int = 100
-    """Held-out rows drawn per KPI level (stratified, seeded); all of a level if fewer."""
+    rows_per_level: int = 20
+    """Held-out rows drawn per KPI level (stratified, seeded); all of a level if fewer. 20
+    keeps `make eval-llm` within ~20 min on 2 cores (every row is a generation of ~10 s by
+    each served model); the report states each interval's width."""
     confidence: float = 0.95
     resamples: int = 2000
     seed: int = 0
@@ -86,12 +99,13 @@ async def describe_all(
     progress: Progress,
     label: str,
     expect_version: str | None = None,
-) -> list[Verbalization]:
+) -> list[Prediction]:
     """The describer's description for each row's (context, level). A row the describer
-    cannot describe (unreadable model output) counts as an empty description: it scores the
-    worst on every metric rather than vanishing from the average."""
+    cannot describe (unreadable model output, an error answer) is None, not an empty
+    description: an empty one is a claim ("no objects") that can score well, a failure
+    scores the worst on every metric rather than vanishing from the average."""
     task = progress.add_task(f"{label}: describe", total=len(rows))
-    results: list[Verbalization] = []
+    results: list[Prediction] = []
     failures = 0
     for row in rows:
         try:
@@ -103,18 +117,11 @@ async def describe_all(
         except BoigError as exc:
             failures += 1
             logger.warning("%s could not describe %s: %s", label, row.id, exc)
-            results.append(Verbalization())
+            results.append(None)
         progress.advance(task)
     if failures:
         logger.warning("%s: %d of %d descriptions failed", label, failures, len(rows))
     return results
-
-
-@dataclass(frozen=True)
-class LevelPredictions:
-    levels: list[KpiLevel]
-    scores: list[float]
-    """Expected normalized KPI per row (the describer's expected_percentile)."""
 
 
 async def predict_levels(
@@ -142,19 +149,18 @@ async def predict_levels(
 
 def description_estimates(
     rows: Sequence[InstructionExample],
-    predictions: dict[str, list[Verbalization]],
+    predictions: dict[str, list[Prediction]],
     settings: EvaluationSettings,
     embed: Embed | None,
 ) -> dict[str, dict[str, dict[str, Estimate | None]]]:
-    """metric -> method -> bucket -> estimate; each method is scored on the same rows."""
+    """metric -> method -> bucket -> estimate; each method is scored on the same rows, a
+    failed row (None) at the metric's worst value."""
     truths = [parse(row.verbalization) for row in rows]
     buckets: dict[str, list[int]] = {bucket: [] for bucket in BUCKETS}
     for index, row in enumerate(rows):
         buckets[ALL_BUCKETS].append(index)
         buckets[row.level.value].append(index)
-    functions: dict[str, Callable[[Verbalization, Verbalization], float | None]] = dict(
-        metrics.DESCRIPTION_METRIC_FUNCTIONS
-    )
+    functions: dict[str, DescriptionMetric] = dict(metrics.DESCRIPTION_METRIC_FUNCTIONS)
     if embed is not None:
         functions["caption_cosine"] = lambda p, t: metrics.caption_cosine(p, t, embed)
     result: dict[str, dict[str, dict[str, Estimate | None]]] = {}
@@ -212,9 +218,18 @@ def behaviour_estimates(
     return result
 
 
+def description_failures(predictions: dict[str, list[Prediction]]) -> dict[str, int]:
+    """Method -> how many rows it gave no description for."""
+    return {method: sum(p is None for p in predicted) for method, predicted in predictions.items()}
+
+
+def _shown(prediction: Prediction) -> str:
+    return FAILED_DESCRIPTION if prediction is None else render(prediction)
+
+
 def example_rows(
     rows: Sequence[InstructionExample],
-    predictions: dict[str, list[Verbalization]],
+    predictions: dict[str, list[Prediction]],
     media: dict[str, Path],
     count: int,
 ) -> tuple[ExampleRow, ...]:
@@ -231,10 +246,22 @@ def example_rows(
             text=rows[i].context.text,
             image_path=media.get(rows[i].id),
             truth=rows[i].verbalization,
-            predictions={method: render(values[i]) for method, values in predictions.items()},
+            predictions={method: _shown(values[i]) for method, values in predictions.items()},
         )
         for i in picked
     )
+
+
+def behaviour_baselines(
+    train: Sequence[InstructionExample], rows: Sequence[InstructionExample]
+) -> dict[str, LevelPredictions]:
+    """The behaviour baselines' predictions for ``rows``, built from the training split's
+    behaviour rows; none when there are no such rows (logged: the table then lacks them)."""
+    if not train:
+        logger.warning("no behaviour rows in the training split: no behaviour baselines")
+        return {}
+    baselines = (MajorityLevel(train), BrandLevelPrior(train))
+    return {baseline.name: baseline.predict(rows) for baseline in baselines}
 
 
 async def evaluate(
@@ -248,9 +275,12 @@ async def evaluate(
     embed: Embed,
     meta: dict[str, str],
     checkpoint_version: str | None = None,
+    others: Mapping[str, tuple[DescriberClient, str | None]] | None = None,
 ) -> EvaluationResult:
     """Score BoigLLM and the baselines on the same held-out rows; every BoigLLM answer must
-    come from ``checkpoint_version`` when one is given."""
+    come from ``checkpoint_version`` when one is given. ``others``: more served
+    configurations (label -> client and the checkpoint version it must answer with), such as
+    BoigLLM without its history lines."""
     content_rows = select_rows(test[Direction.CONTENT], settings.rows_per_level, settings.seed)
     behaviour_rows = select_rows(test[Direction.BEHAVIOUR], settings.rows_per_level, settings.seed)
     train_content = train[Direction.CONTENT]
@@ -258,7 +288,7 @@ async def evaluate(
 
         async def answers(
             client: DescriberClient, label: str, expect_version: str | None
-        ) -> tuple[list[Verbalization], LevelPredictions]:
+        ) -> tuple[list[Prediction], LevelPredictions]:
             described = await describe_all(client, content_rows, progress, label, expect_version)
             return described, await predict_levels(
                 client, behaviour_rows, progress, label, expect_version
@@ -267,6 +297,8 @@ async def evaluate(
         # The two models are separate describer processes: asking both at once keeps both
         # busy (each is given its share of the cores), instead of one waiting for the other.
         models = {BOIGLLM: answers(boigllm, BOIGLLM, checkpoint_version)}
+        for label, (client, version) in (others or {}).items():
+            models[label] = answers(client, label, version)
         if base is not None:
             models[BASE_MODEL] = answers(base, BASE_MODEL, None)
         answered = dict(zip(models, await asyncio.gather(*models.values()), strict=True))
@@ -279,6 +311,7 @@ async def evaluate(
     )
     for baseline in baselines:
         descriptions[baseline.name] = baseline.predict(content_rows)
+    levels.update(behaviour_baselines(train.get(Direction.BEHAVIOUR, []), behaviour_rows))
     has_captions = any(parse(row.verbalization).caption for row in content_rows)
     return EvaluationResult(
         methods=tuple(descriptions),
@@ -287,6 +320,7 @@ async def evaluate(
         ),
         behaviour=behaviour_estimates(behaviour_rows, levels, settings),
         examples=example_rows(content_rows, descriptions, media, settings.report_examples),
+        description_failures=description_failures(descriptions),
         meta={
             **meta,
             "content rows": str(len(content_rows)),

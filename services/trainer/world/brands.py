@@ -8,6 +8,7 @@ Nothing of the taste is written next to the generated data.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -298,3 +299,30 @@ TOY_SHOP = Brand(
 )
 
 DEFAULT_BRANDS: tuple[Brand, ...] = (COFFEE, SPORTSWEAR, BANK, TOY_SHOP)
+
+SUNBREW = Brand(
+    name="Sunbrew",
+    account="sunbrew",
+    audience=15_000,
+    base_rate=0.03,
+    taste=dataclasses.replace(
+        COFFEE.taste,
+        palette=((20, 150, 150), (250, 120, 90), (250, 240, 220)),
+        late_palette=((20, 150, 150), (250, 120, 90), (240, 200, 60)),
+        tones=TonePreference(lightness=0.3, saturation=0.3, warmth=0.2),
+        object_effects=_effects(star=0.4, square=-0.3),
+    ),
+    habits=dataclasses.replace(
+        COFFEE.habits,
+        house_palette=((80, 60, 110), (200, 200, 205), (40, 90, 60)),
+        house_shapes=("circle", "triangle"),
+    ),
+    voice=dataclasses.replace(
+        COFFEE.voice,
+        openers=("Sunny days call for", "Try our", "Cool off with", "New this week:"),
+        products=("iced latte", "cold brew tonic", "lemon pastry", "orange espresso"),
+        keywords=("coffee", "summer", "iced", "sale", "cafe", "sun"),
+    ),
+)
+"""A brand outside DEFAULT_BRANDS: the account BoigLLM is never trained on, for the held-out
+account evaluation and the demo's new account (the sample request's ``sunbrew``)."""

@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from services.tooling.llm_recipe import LlmPaths, cpu_config, current_dataset, run_evaluation
+from services.tooling.llm_recipe import (
+    DatasetMismatch,
+    LlmPaths,
+    check_dataset,
+    current_dataset,
+    preset_config,
+    run_evaluation,
+)
 from services.trainer.evaluate.run import EvaluationSettings
+from services.trainer.finetune.publish import dataset_ref
 
 
 def _paths(tmp_path: Path) -> LlmPaths:
@@ -47,12 +55,24 @@ def test_a_dataset_is_reused_only_for_the_same_posts_file(tmp_path: Path) -> Non
     assert current_dataset(paths, posts) is None
 
 
-def test_cpu_config_overrides_steps_and_keeps_warmup_below_them(tmp_path: Path) -> None:
+def test_preset_config_overrides_steps_and_keeps_warmup_below_them(tmp_path: Path) -> None:
     paths = _paths(tmp_path)
-    assert cpu_config(paths).max_steps == 120
-    short = cpu_config(paths, max_steps=4)
+    assert preset_config(paths).max_steps == 100
+    assert preset_config(paths).retrieval
+    assert not preset_config(paths, "cpu-weights").retrieval
+    short = preset_config(paths, max_steps=4)
     assert short.max_steps == 4 and short.warmup_steps == 3
     assert short.base_model == paths.base_model
+
+
+def test_a_checkpoint_is_evaluated_only_on_its_own_dataset(tmp_path: Path) -> None:
+    paths = _paths(tmp_path)
+    own = _dataset(paths, "a" * 64, "v1")
+    other = _dataset(paths, "b" * 64, "v2")
+    trained_on = dataset_ref(own).manifest_sha256
+    check_dataset(trained_on, own)  # same manifest: fine
+    with pytest.raises(DatasetMismatch, match="trained on dataset manifest"):
+        check_dataset(trained_on, other)
 
 
 def test_evaluation_without_a_trained_model_says_what_to_run(tmp_path: Path) -> None:

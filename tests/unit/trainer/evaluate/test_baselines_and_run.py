@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from rich.console import Console
 
 from services.common.contracts import (
     Context,
@@ -22,12 +24,21 @@ from services.common.contracts import (
 )
 from services.common.errors import ModelOutputError
 from services.common.verbalization import parse
-from services.trainer.evaluate.baselines import BrandAveragePalette, NearestPastImage
-from services.trainer.evaluate.results import ALL_BUCKETS
+from services.trainer.evaluate.baselines import (
+    BrandAveragePalette,
+    BrandLevelPrior,
+    MajorityLevel,
+    NearestPastImage,
+)
+from services.trainer.evaluate.metrics import MAX_RGB_DISTANCE, Prediction
+from services.trainer.evaluate.report import print_report
+from services.trainer.evaluate.results import ALL_BUCKETS, FAILED_DESCRIPTION
 from services.trainer.evaluate.run import (
+    BASE_MODEL,
     BOIGLLM,
     EvaluationSettings,
     WrongModelServed,
+    behaviour_estimates,
     description_estimates,
     evaluate,
     select_rows,
@@ -91,10 +102,10 @@ def test_nearest_past_image_takes_the_closest_text_at_the_target_level() -> None
         example("q1", "acme", "red shoe run", KpiLevel.HIGH, BLUE),
         example("q2", "acme", "jacket sale", KpiLevel.HIGH, RED),
         example("q3", "acme", "red shoe", KpiLevel.LOW, RED),
-        example("q4", "acme", "red shoe", KpiLevel.MEDIUM, RED),  # no medium post: nothing
+        example("q4", "acme", "red shoe", KpiLevel.MEDIUM, RED),  # no medium post: failure
     ]
     predicted = retrieval.predict(queries)
-    assert predicted == [parse(RED), parse(BLUE), parse(GREEN), Verbalization()]
+    assert predicted == [parse(RED), parse(BLUE), parse(GREEN), None]
 
 
 def test_nearest_past_image_breaks_ties_towards_the_latest_post() -> None:
@@ -123,6 +134,7 @@ def test_brand_average_palette_finds_the_brands_colours_and_majority_tones() -> 
     [average] = BrandAveragePalette(train).predict(
         [example("q", "acme", "post", KpiLevel.LOW, RED)]
     )
+    assert average is not None
     assert [color.name for color in average.colors] == ["red", "white"]
     assert np.allclose(average.colors[0].rgb, (200, 20, 30), atol=4)
     assert np.allclose(average.colors[1].rgb, (250, 250, 250), atol=4)
@@ -143,9 +155,10 @@ def test_brand_average_at_level_averages_only_that_levels_posts() -> None:
         ]
     )
     assert model.name == "brand average at level"
+    assert high is not None and low is not None
     assert [c.name for c in high.colors] == ["red", "white"]
     assert [c.name for c in low.colors] == ["blue", "black"]
-    assert medium == Verbalization()  # no past medium post
+    assert medium is None  # no past medium post: a failure, not an empty image
 
 
 def test_select_rows_is_stratified_seeded_and_bounded() -> None:
@@ -168,7 +181,7 @@ def test_description_estimates_score_a_perfect_method_perfectly_per_bucket() -> 
         example("h2", "acme", "post", KpiLevel.HIGH, GREEN),
         example("l1", "acme", "post", KpiLevel.LOW, BLUE),
     ]
-    truths = [parse(row.verbalization) for row in rows]
+    truths: list[Prediction] = [parse(row.verbalization) for row in rows]
     estimates = description_estimates(
         rows,
         {"oracle": truths, "silent": [Verbalization()] * 3},
@@ -182,6 +195,117 @@ def test_description_estimates_score_a_perfect_method_perfectly_per_bucket() -> 
     iou = estimates["object_label_iou"]["silent"][ALL_BUCKETS]
     assert iou is not None and iou.value == 1 / 3  # only the object-less row is right
     assert all(bucket is None for bucket in estimates["caption_cosine"]["oracle"].values())
+
+
+CIRCLE_ONLY = "objects: circle 0.90 [0.00,0.00,1.00,1.00]"
+
+
+def test_description_estimates_score_failed_rows_worst_and_keep_them_in() -> None:
+    rows = [
+        example("h1", "acme", "post", KpiLevel.HIGH, RED),
+        example("l1", "acme", "post", KpiLevel.LOW, BLUE),  # no objects in the truth
+        example("m1", "acme", "post", KpiLevel.MEDIUM, CIRCLE_ONLY),  # no colours or tones
+    ]
+    estimates = description_estimates(
+        rows, {"failed": [None, None, None]}, EvaluationSettings(resamples=50), embed=None
+    )
+
+    def value(metric: str) -> tuple[float, int]:
+        estimate = estimates[metric]["failed"][ALL_BUCKETS]
+        assert estimate is not None
+        return estimate.value, estimate.n
+
+    assert value("object_label_iou") == (0.0, 3)  # empty-vs-empty would have been 1.0
+    assert value("matched_box_iou") == (0.0, 3)
+    assert value("palette_rgb_distance") == (MAX_RGB_DISTANCE, 2)  # m1 has no colours
+    assert value("coverage_rmse") == (1.0, 2)
+    assert value("tone_agreement") == (0.0, 2)
+
+
+def behaviour_row(id: str, account: str, level: KpiLevel, percentile: float) -> InstructionExample:
+    return example(
+        id, account, "post", level, RED, direction=Direction.BEHAVIOUR, percentile=percentile
+    )
+
+
+# acme: low 0.2, 0.4, 0.3 and high 0.95 -> smoothed (3+1, 0+1, 1+1) / 7 = 4/7, 1/7, 2/7.
+# beta: medium 0.7, 0.8 -> smoothed (1, 3, 1) / 5.
+# Mean percentile per level: low 0.3, medium 0.75, high 0.95.
+# Global frequencies (3, 2, 1) / 6.
+BEHAVIOUR_TRAIN = [
+    behaviour_row("a1", "acme", KpiLevel.LOW, 0.2),
+    behaviour_row("a2", "acme", KpiLevel.LOW, 0.4),
+    behaviour_row("a3", "acme", KpiLevel.LOW, 0.3),
+    behaviour_row("a4", "acme", KpiLevel.HIGH, 0.95),
+    behaviour_row("b1", "beta", KpiLevel.MEDIUM, 0.7),
+    behaviour_row("b2", "beta", KpiLevel.MEDIUM, 0.8),
+]
+ACME_SCORE = (4 * 0.3 + 1 * 0.75 + 2 * 0.95) / 7
+BETA_SCORE = (1 * 0.3 + 3 * 0.75 + 1 * 0.95) / 5
+UNSEEN_SCORE = (3 * 0.3 + 2 * 0.75 + 1 * 0.95) / 6
+
+
+def test_majority_level_predicts_the_most_frequent_training_level() -> None:
+    queries = [
+        behaviour_row("q1", "acme", KpiLevel.LOW, 0.1),
+        behaviour_row("q2", "beta", KpiLevel.MEDIUM, 0.7),
+        behaviour_row("q3", "gamma", KpiLevel.LOW, 0.5),
+        behaviour_row("q4", "acme", KpiLevel.HIGH, 0.99),
+    ]
+    predicted = MajorityLevel(BEHAVIOUR_TRAIN).predict(queries)
+    assert predicted.levels == [KpiLevel.LOW] * 4
+    assert predicted.scores == pytest.approx([(0.2 + 0.4 + 0.3 + 0.95 + 0.7 + 0.8) / 6] * 4)
+    estimates = behaviour_estimates(
+        queries, {"majority class": predicted}, EvaluationSettings(resamples=50)
+    )
+    accuracy = estimates["level_accuracy"]["majority class"]
+    assert accuracy is not None and accuracy.value == 0.5 and accuracy.n == 4  # q1 and q3
+    assert estimates["spearman"]["majority class"] is None  # constant score
+
+
+def test_brand_level_prior_predicts_the_brands_level_and_expected_kpi() -> None:
+    prior = BrandLevelPrior(BEHAVIOUR_TRAIN)
+    assert prior.frequencies("acme") == pytest.approx(
+        {KpiLevel.LOW: 4 / 7, KpiLevel.MEDIUM: 1 / 7, KpiLevel.HIGH: 2 / 7}
+    )
+    assert prior.frequencies("gamma") == pytest.approx(
+        {KpiLevel.LOW: 3 / 6, KpiLevel.MEDIUM: 2 / 6, KpiLevel.HIGH: 1 / 6}
+    )
+    predicted = prior.predict(
+        [
+            behaviour_row("q1", "acme", KpiLevel.LOW, 0.2),
+            behaviour_row("q2", "beta", KpiLevel.HIGH, 0.9),
+            behaviour_row("q3", "gamma", KpiLevel.MEDIUM, 0.6),
+        ]
+    )
+    assert predicted.levels == [KpiLevel.LOW, KpiLevel.MEDIUM, KpiLevel.LOW]
+    assert predicted.scores == pytest.approx([ACME_SCORE, BETA_SCORE, UNSEEN_SCORE])
+
+
+def test_brand_level_prior_ranks_accounts_so_spearman_is_defined() -> None:
+    # Scores: acme 0.550 < gamma 0.558 < beta 0.700; true KPIs in the same order.
+    queries = [
+        behaviour_row("q1", "acme", KpiLevel.LOW, 0.1),
+        behaviour_row("q2", "acme", KpiLevel.LOW, 0.2),
+        behaviour_row("q3", "gamma", KpiLevel.MEDIUM, 0.6),
+        behaviour_row("q4", "beta", KpiLevel.MEDIUM, 0.7),
+        behaviour_row("q5", "beta", KpiLevel.HIGH, 0.9),
+    ]
+    predicted = BrandLevelPrior(BEHAVIOUR_TRAIN).predict(queries)
+    estimates = behaviour_estimates(queries, {"prior": predicted}, EvaluationSettings(resamples=50))
+    spearman = estimates["spearman"]["prior"]
+    accuracy = estimates["level_accuracy"]["prior"]
+    # Ranks of the scores (1.5, 1.5, 3, 4.5, 4.5) against (1, 2, 3, 4, 5): deviations
+    # (-1.5, -1.5, 0, 1.5, 1.5) and (-2, -1, 0, 1, 2), so rho = 9 / sqrt(9 * 10).
+    assert spearman is not None and spearman.value == pytest.approx(9 / math.sqrt(90))
+    assert accuracy is not None and accuracy.value == pytest.approx(3 / 5)  # q1, q2, q4
+
+
+def test_behaviour_baselines_refuse_an_empty_training_split() -> None:
+    with pytest.raises(ValueError, match="at least one training row"):
+        MajorityLevel([])
+    with pytest.raises(ValueError, match="at least one training row"):
+        BrandLevelPrior([])
 
 
 class ScriptedDescriber:
@@ -222,6 +346,9 @@ class ScriptedDescriber:
         )
 
 
+PERCENTILES = {KpiLevel.LOW: 0.1, KpiLevel.MEDIUM: 0.5, KpiLevel.HIGH: 0.9}
+
+
 async def test_evaluate_scores_every_method_on_the_same_rows_and_keeps_failures() -> None:
     train = {
         Direction.CONTENT: [
@@ -230,7 +357,7 @@ async def test_evaluate_scores_every_method_on_the_same_rows_and_keeps_failures(
         ],
         Direction.BEHAVIOUR: [],
     }
-    percentiles = {KpiLevel.LOW: 0.1, KpiLevel.MEDIUM: 0.5, KpiLevel.HIGH: 0.9}
+    percentiles = PERCENTILES
     test = {
         direction: [
             example(
@@ -271,6 +398,92 @@ async def test_evaluate_scores_every_method_on_the_same_rows_and_keeps_failures(
     assert spearman is not None and spearman.value == 1.0
     assert len(result.examples) == 2
     assert result.meta["content rows"] == "6"
+    assert result.description_failures == {
+        BOIGLLM: 0,
+        BASE_MODEL: 2,  # the two low rows
+        "nearest past image": 0,
+        "brand average palette": 0,
+        "brand average at level": 0,
+    }
+    first = result.examples[0]  # rows come grouped by level, low first
+    assert first.level == "low" and first.predictions[BASE_MODEL] == FAILED_DESCRIPTION
+    # No behaviour rows in training: only the models predict levels.
+    assert set(result.behaviour["level_accuracy"]) == {BOIGLLM, BASE_MODEL}
+
+
+def behaviour_split(
+    accounts_levels: list[tuple[str, KpiLevel]], prefix: str
+) -> list[InstructionExample]:
+    return [
+        example(
+            f"{prefix}{i}",
+            account,
+            f"post {PERCENTILES[level]}",
+            level,
+            RED,
+            direction=Direction.BEHAVIOUR,
+            percentile=PERCENTILES[level],
+        )
+        for i, (account, level) in enumerate(accounts_levels)
+    ]
+
+
+async def test_evaluate_scores_the_behaviour_baselines_and_reports_them() -> None:
+    # Training: acme is mostly low, beta mostly high; low is the majority overall (3 of 5).
+    train_rows = behaviour_split(
+        [
+            ("acme", KpiLevel.LOW),
+            ("acme", KpiLevel.LOW),
+            ("acme", KpiLevel.LOW),
+            ("beta", KpiLevel.HIGH),
+            ("beta", KpiLevel.HIGH),
+        ],
+        "t",
+    )
+    # Test: two low acme rows, one medium row per account, two high beta rows.
+    test_rows = behaviour_split(
+        [
+            ("acme", KpiLevel.LOW),
+            ("acme", KpiLevel.LOW),
+            ("acme", KpiLevel.MEDIUM),
+            ("beta", KpiLevel.MEDIUM),
+            ("beta", KpiLevel.HIGH),
+            ("beta", KpiLevel.HIGH),
+        ],
+        "x",
+    )
+    content = [example("c", "acme", "post 0.5", KpiLevel.LOW, RED)]
+    result = await evaluate(
+        {Direction.CONTENT: content, Direction.BEHAVIOUR: train_rows},
+        {Direction.CONTENT: content, Direction.BEHAVIOUR: test_rows},
+        boigllm=ScriptedDescriber(RED),  # type: ignore[arg-type]
+        base=None,
+        settings=EvaluationSettings(resamples=100, report_examples=1),
+        media={},
+        embed=bag_of_words,
+        meta={},
+    )
+
+    accuracy = result.behaviour["level_accuracy"]
+    spearman = result.behaviour["spearman"]
+    majority, prior = accuracy["majority class"], accuracy["brand level prior"]
+    assert majority is not None and majority.value == pytest.approx(2 / 6)  # the low rows
+    assert prior is not None and prior.value == pytest.approx(4 / 6)  # low acme, high beta
+    assert spearman["majority class"] is None
+    # The prior ranks every acme row (score 0.26) below every beta row (0.7): ranks
+    # (2, 2, 2, 5, 5, 5) against the KPIs' (1.5, 1.5, 3.5, 3.5, 5.5, 5.5); deviations
+    # (-1.5 x3, 1.5 x3) and (-2, -2, 0, 0, 2, 2), so rho = 12 / sqrt(13.5 * 16).
+    prior_rho = spearman["brand level prior"]
+    assert prior_rho is not None and prior_rho.value == pytest.approx(12 / math.sqrt(13.5 * 16))
+    assert "majority class" not in result.methods  # no description columns for them
+
+    console = Console(record=True, width=240)
+    print_report(result, console=console)
+    text = console.export_text()
+    behaviour_table = text[text.index("Behaviour metrics") :]
+    assert "majority class" in behaviour_table and "brand level prior" in behaviour_table
+    assert "nearest past image" not in behaviour_table
+    assert "failed descriptions of 1 rows" in text
 
 
 async def test_evaluate_refuses_answers_from_another_model_than_the_checkpoint() -> None:

@@ -11,7 +11,9 @@ import pytest
 from services.common.contracts import ColorSwatch, DetectedObject, Tone, Verbalization
 from services.trainer.evaluate.metrics import (
     DESCRIPTION_METRIC_FUNCTIONS,
+    MAX_COVERAGE_RMSE,
     MAX_RGB_DISTANCE,
+    MIN_CAPTION_COSINE,
     MiniLmEmbedder,
     box_iou,
     caption_cosine,
@@ -75,6 +77,48 @@ def test_identical_verbalizations_score_perfectly() -> None:
         "coverage_rmse": 0.0,
         "tone_agreement": 1.0,
     }
+
+
+# --- failed descriptions -----------------------------------------------------------------
+
+
+def test_a_failure_scores_the_worst_value_of_every_metric() -> None:
+    scores = {key: fn(None, FULL) for key, fn in DESCRIPTION_METRIC_FUNCTIONS.items()}
+    assert scores == {
+        "object_label_iou": 0.0,
+        "matched_box_iou": 0.0,
+        "palette_rgb_distance": MAX_RGB_DISTANCE,
+        "coverage_rmse": 1.0,
+        "tone_agreement": 0.0,
+    }
+    assert MAX_COVERAGE_RMSE == 1.0
+    assert caption_cosine(None, FULL, fake_embed_any) == MIN_CAPTION_COSINE == -1.0
+
+
+def test_a_failure_scores_below_an_empty_answer() -> None:
+    # The bug this guards: an empty description for a failure scored 1.0 on an object-less
+    # scene, and an empty palette only the truth's coverages as RMSE (here about 0.32).
+    scene = Verbalization(colors=FULL.colors, tones=FULL.tones)
+    assert object_label_iou(Verbalization(), scene) == 1.0
+    assert object_label_iou(None, scene) == 0.0
+    empty_rmse = coverage_rmse(Verbalization(), scene)
+    assert empty_rmse == pytest.approx(math.sqrt((0.4**2 + 0.5**2) / 2))
+    assert coverage_rmse(None, scene) == 1.0
+    assert matched_box_iou(Verbalization(), scene) is None
+    assert matched_box_iou(None, scene) == 0.0  # answers are scored here, so failures are too
+
+
+def test_a_failure_is_not_scored_where_the_truth_makes_a_metric_inapplicable() -> None:
+    bare = Verbalization()  # no caption, colours or tones
+    assert palette_rgb_distance(None, bare) is None
+    assert coverage_rmse(None, bare) is None
+    assert tone_agreement(None, bare) is None
+    assert caption_cosine(None, bare, fake_embed_any) is None
+
+
+def fake_embed_any(texts: Sequence[str]) -> np.ndarray:
+    """Any caption embeds to the same vector: the failure cases must not reach it."""
+    return np.ones((len(texts), 2))
 
 
 # --- object labels -----------------------------------------------------------------------

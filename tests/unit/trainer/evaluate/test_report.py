@@ -124,8 +124,74 @@ def test_verdicts_need_separated_intervals(tmp_path: Path) -> None:
 def test_verdicts_cover_behaviour_metrics(tmp_path: Path) -> None:
     result = verdicts(_result(tmp_path))
 
-    assert result["level_accuracy"] == {FEW_SHOT: True, NEAREST: None}
-    assert result["spearman"] == {FEW_SHOT: False, NEAREST: None}
+    # Only methods that predict levels are compared on behaviour: not the nearest image.
+    assert result["level_accuracy"] == {FEW_SHOT: True}
+    assert result["spearman"] == {FEW_SHOT: False}
+
+
+MAJORITY = "majority class"
+PRIOR = "brand level prior"
+
+
+def _with_behaviour_baselines(tmp_path: Path) -> EvaluationResult:
+    base = _result(tmp_path)
+    behaviour = {
+        "level_accuracy": {
+            **base.behaviour["level_accuracy"],
+            MAJORITY: _est(0.60, 0.56, 0.64),
+            PRIOR: _est(0.40, 0.35, 0.45),
+        },
+        "spearman": {**base.behaviour["spearman"], MAJORITY: None, PRIOR: _est(-0.05, -0.15, 0.05)},
+    }
+    return replace(base, behaviour=behaviour)
+
+
+def test_behaviour_table_shows_behaviour_only_baselines(tmp_path: Path) -> None:
+    result = _with_behaviour_baselines(tmp_path)
+    console = Console(record=True, width=200)
+
+    print_report(result, console=console)
+    text = console.export_text()
+
+    behaviour = text[text.index("Behaviour metrics") :]
+    header = next(line for line in behaviour.splitlines() if "┃ metric" in line)
+    assert [name in header for name in (BOIG, FEW_SHOT, MAJORITY, PRIOR)] == [True] * 4
+    assert NEAREST not in header
+    description = text[: text.index("Behaviour metrics")]
+    assert MAJORITY not in description
+    assert verdicts(result)["level_accuracy"] == {FEW_SHOT: True, MAJORITY: False, PRIOR: True}
+    assert verdicts(result)["spearman"] == {FEW_SHOT: False, MAJORITY: None, PRIOR: True}
+
+
+def test_write_html_shows_behaviour_only_baselines(tmp_path: Path) -> None:
+    html = write_html(_with_behaviour_baselines(tmp_path), tmp_path / "r.html").read_text()
+
+    behaviour = html[html.index("<h2>Behaviour metrics</h2>") : html.index("<h2>Verdict")]
+    assert f"<th>{PRIOR}</th>" in behaviour and f"<th>{NEAREST}</th>" not in behaviour
+    assert "0.400 [0.350, 0.450]" in behaviour
+    verdict = html[html.index("<h2>Verdict") : html.index("<h2>Examples")]
+    assert f"<th>{MAJORITY}</th>" in verdict and f"<th>{NEAREST}</th>" in verdict
+
+
+def test_report_prints_failure_counts_and_failed_examples(tmp_path: Path) -> None:
+    base = _result(tmp_path)
+    failed = replace(base.examples[0], predictions={BOIG: BOIG_PREDICTION, FEW_SHOT: "(failed)"})
+    result = replace(
+        base,
+        examples=(failed,),
+        description_failures={BOIG: 0, FEW_SHOT: 7, NEAREST: 0},
+        meta={**base.meta, "content rows": "240"},
+    )
+    console = Console(record=True, width=200)
+
+    print_report(result, console=console)
+    html = write_html(result, tmp_path / "r.html").read_text()
+
+    line = "failed descriptions of 240 rows (each scored worst on every metric): "
+    counts = f"{BOIG} 0, {FEW_SHOT} 7, {NEAREST} 0"
+    assert line + counts in console.export_text()
+    assert line + counts in html
+    assert "<pre>(failed)</pre>" in html
 
 
 @pytest.mark.parametrize(
@@ -183,7 +249,7 @@ def test_print_report_summarizes_wins_per_metric(tmp_path: Path) -> None:
     assert summary("matched box IoU") == "partial"
     assert summary("colour-coverage RMSE") == "no"
     assert summary("RGB distance") == "yes (1 of 2 compared)"
-    assert summary("level accuracy") == "yes (1 of 2 compared)"
+    assert summary("level accuracy") == "yes"  # behaviour compares level predictors only
 
 
 def test_write_html_is_self_contained_and_escaped(tmp_path: Path) -> None:
