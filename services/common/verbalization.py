@@ -45,6 +45,11 @@ _LOOSE_OBJECT = re.compile(
     rf"^(?P<label>[A-Za-z][A-Za-z0-9 _-]*?)\s+(?P<conf>{_NUMBER})?\s*"
     rf"\[\s*(?P<box>{_NUMBER}\s*,\s*{_NUMBER}\s*,\s*{_NUMBER}\s*,\s*{_NUMBER})\s*\]$"
 )
+# A model that learned labels better than box corners writes "star 0.99 [0.99,0.99,0.99,0.99,0.9":
+# the label and confidence are readable though the box runs on or is cut off.
+_RUNAWAY_OBJECT = re.compile(
+    rf"^(?P<label>[A-Za-z][A-Za-z0-9 _-]*?)\s+(?P<conf>{_NUMBER})?\s*\[(?P<numbers>[\d.,\s]*)\]?$"
+)
 _KEY_ALIASES = {
     "caption": "caption",
     "colors": "colors",
@@ -275,10 +280,10 @@ def _repair_objects(value: str, repairs: list[str]) -> list[DetectedObject]:
     objects: list[DetectedObject] = []
     for item in _items(value, ";"):
         match = _LOOSE_OBJECT.match(item)
-        if match is None:
+        values = _object_fields(match) if match is not None else _runaway_object(item, repairs)
+        if values is None:
             repairs.append(f"dropped unreadable object {_clip(item)!r}")
             continue
-        values = _object_fields(match)
         values["label"] = " ".join(values["label"].lower().split())
         x0, y0, x1, y1 = (min(1.0, max(0.0, v)) for v in values["box"])
         box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
@@ -291,6 +296,25 @@ def _repair_objects(value: str, repairs: list[str]) -> list[DetectedObject]:
         except ValidationError:
             repairs.append(f"dropped invalid object {_clip(item)!r}")
     return objects[:50]
+
+
+def _runaway_object(item: str, repairs: list[str]) -> dict[str, Any] | None:
+    """Label and confidence of an object whose box is malformed: the first four numbers of
+    the box where it has them, else the whole image (the label is still a claim worth
+    keeping; the box then says nothing about where)."""
+    match = _RUNAWAY_OBJECT.match(item)
+    if match is None:
+        return None
+    numbers = [float(n) for n in re.findall(_NUMBER, match.group("numbers"))]
+    label = match.group("label")
+    if len(numbers) >= 4:
+        box = (numbers[0], numbers[1], numbers[2], numbers[3])
+        repairs.append(f"read the box of {label!r} from its first four numbers")
+    else:
+        box = (0.0, 0.0, 1.0, 1.0)
+        repairs.append(f"unreadable box of {label!r}: the whole image")
+    conf = match.group("conf")
+    return {"label": label, "confidence": float(conf) if conf else 1.0, "box": box}
 
 
 def _items(value: str, separator: str) -> list[str]:

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from services.common.checkpoints import BOIGLLM_CHECKPOINT, current_checkpoint
 from services.common.settings import boig_home, checkpoint_registry
+from services.demo.brand_looks import show_brand_looks
 from services.demo.generate import follow, submit, write_gallery
 from services.demo.world_sample import ingest_world_sample
 from services.demo.world_sd import show_world_sd
@@ -125,7 +126,11 @@ def show(result: dict[str, Any], elapsed: float) -> None:
 def run_demo(stack: LocalStack, run_dir: Path, checkpoint: str | None) -> None:
     console.rule("1. ingest a sample of the synthetic brand world")
     sample = ingest_world_sample(stack.url("featurizer"), run_dir, console)
-    console.rule("2. rank the sample creatives through the public API")
+    console.rule("2. BoigLLM knows each brand's look")
+    show_brand_looks(
+        stack.url("describer"), stack.url("featurizer"), sample.version_dir, run_dir, console
+    )
+    console.rule("3. rank the sample creatives through the public API")
     key = create_api_key(stack.database_url)
     console.print(f"API key created for the demo: {key[:12]}… (stored hashed)")
     count = len(list(SAMPLES.glob("*.*g")))
@@ -137,7 +142,7 @@ def run_demo(stack: LocalStack, run_dir: Path, checkpoint: str | None) -> None:
         show(result, time.perf_counter() - started)
     console.print(f"models: {json.dumps(result['models'])}")
     generate_images(stack, key)
-    console.rule("4. the world SD draws what a description asks for")
+    console.rule("5. the world SD draws what a description asks for")
     page = show_world_sd(
         GeneratorSettings().model_path,
         sample.version_dir,
@@ -149,19 +154,20 @@ def run_demo(stack: LocalStack, run_dir: Path, checkpoint: str | None) -> None:
     if checkpoint is None:
         console.print(
             "The describer here is the base SmolLM2, not fine-tuned on any KPI history, so "
-            "these rankings show the machinery, not a brand's learned taste. `make train-llm` "
+            "these rankings show the machinery, not a brand's learned taste. `make models` "
             "fine-tunes and publishes BoigLLM; the next `make demo` serves it."
         )
     else:
         console.print(
-            f"The describer served BoigLLM {checkpoint}, fine-tuned by `make train-llm` on the "
-            "synthetic world's brands (the sample request's account is not one of them); "
-            "`make eval-llm` measures how its descriptions compare with simple baselines."
+            f"The describer served BoigLLM {checkpoint}, fine-tuned on the synthetic world's "
+            "brands and reading each account's ingested history (the sample request's "
+            "account, sunbrew, was ingested in step 2, never trained on); `make eval-llm` "
+            "measures its descriptions and level predictions against simple baselines."
         )
 
 
 def generate_images(stack: LocalStack, key: str) -> None:
-    console.rule("3. generate creatives for the same target: POST /v1/generate")
+    console.rule("4. generate creatives for the same target: POST /v1/generate")
     sample = json.loads((SAMPLES / "request.json").read_text())
     request = {
         "context": sample["context"],

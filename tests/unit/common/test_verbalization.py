@@ -140,3 +140,15 @@ def test_repair_of_garbage_gives_an_empty_description_and_says_why() -> None:
     repaired = repair("I am sorry, I cannot help with that.")
     assert repaired.verbalization == Verbalization()
     assert repaired.repairs
+
+
+def test_repair_keeps_the_label_of_an_object_whose_box_runs_on() -> None:
+    repaired = repair(
+        "colors: gold (248,210,30) 90%\n"
+        "objects: star 0.99 [0.10,0.20,0.30,0.40,0.99,0.9; circle 0.80 [0.5,0.5"
+    )
+    star, circle = repaired.verbalization.objects
+    assert (star.label, star.confidence, star.box) == ("star", 0.99, (0.1, 0.2, 0.3, 0.4))
+    assert (circle.label, circle.box) == ("circle", (0.0, 0.0, 1.0, 1.0))
+    assert any("first four numbers" in r for r in repaired.repairs)
+    assert any("whole image" in r for r in repaired.repairs)
