@@ -45,10 +45,11 @@ _LOOSE_OBJECT = re.compile(
     rf"^(?P<label>[A-Za-z][A-Za-z0-9 _-]*?)\s+(?P<conf>{_NUMBER})?\s*"
     rf"\[\s*(?P<box>{_NUMBER}\s*,\s*{_NUMBER}\s*,\s*{_NUMBER}\s*,\s*{_NUMBER})\s*\]$"
 )
-# A model that learned labels better than box corners writes "star 0.99 [0.99,0.99,0.99,0.99,0.9":
-# the label and confidence are readable though the box runs on or is cut off.
+# A model that learned labels better than box corners writes "star 0.99 [0.99,0.99,0.99,0.99,0.9"
+# or stops at "star 0.99": the label and confidence are readable though the box is not.
 _RUNAWAY_OBJECT = re.compile(
-    rf"^(?P<label>[A-Za-z][A-Za-z0-9 _-]*?)\s+(?P<conf>{_NUMBER})?\s*\[(?P<numbers>[\d.,\s]*)\]?$"
+    rf"^(?P<label>[A-Za-z][A-Za-z0-9 _-]*?)\s+(?P<conf>{_NUMBER})"
+    rf"(?:\s*\[(?P<numbers>[\d.,\s]*)\]?)?$"
 )
 _KEY_ALIASES = {
     "caption": "caption",
@@ -305,7 +306,7 @@ def _runaway_object(item: str, repairs: list[str]) -> dict[str, Any] | None:
     match = _RUNAWAY_OBJECT.match(item)
     if match is None:
         return None
-    numbers = [float(n) for n in re.findall(_NUMBER, match.group("numbers"))]
+    numbers = [float(n) for n in re.findall(_NUMBER, match.group("numbers") or "")]
     label = match.group("label")
     if len(numbers) >= 4:
         box = (numbers[0], numbers[1], numbers[2], numbers[3])
@@ -313,8 +314,7 @@ def _runaway_object(item: str, repairs: list[str]) -> dict[str, Any] | None:
     else:
         box = (0.0, 0.0, 1.0, 1.0)
         repairs.append(f"unreadable box of {label!r}: the whole image")
-    conf = match.group("conf")
-    return {"label": label, "confidence": float(conf) if conf else 1.0, "box": box}
+    return {"label": label, "confidence": float(match.group("conf")), "box": box}
 
 
 def _items(value: str, separator: str) -> list[str]:

@@ -121,7 +121,11 @@ note: ignore me
     assert v.colors[0].rgb == (20, 30, 255)
     assert sum(c.coverage for c in v.colors) <= 1.0
     assert v.tones == [Tone.COOL, Tone.DARK]
-    assert v.objects == [DetectedObject(label="dog", confidence=1.0, box=(0.2, 0.5, 0.5, 0.9))]
+    assert v.objects == [
+        DetectedObject(label="dog", confidence=1.0, box=(0.2, 0.5, 0.5, 0.9)),
+        # A label with its confidence but no box is kept, located nowhere in particular.
+        DetectedObject(label="cat", confidence=0.8, box=(0.0, 0.0, 1.0, 1.0)),
+    ]
     joined = "\n".join(repaired.repairs)
     for expected in (
         "clipped rgb",
@@ -145,10 +149,12 @@ def test_repair_of_garbage_gives_an_empty_description_and_says_why() -> None:
 def test_repair_keeps_the_label_of_an_object_whose_box_runs_on() -> None:
     repaired = repair(
         "colors: gold (248,210,30) 90%\n"
-        "objects: star 0.99 [0.10,0.20,0.30,0.40,0.99,0.9; circle 0.80 [0.5,0.5"
+        "objects: star 0.99 [0.10,0.20,0.30,0.40,0.99,0.9; circle 0.80 [0.5,0.5; square 0.7; none"
     )
-    star, circle = repaired.verbalization.objects
+    star, circle, square = repaired.verbalization.objects
+    assert (square.label, square.confidence, square.box) == ("square", 0.7, (0, 0, 1, 1))
     assert (star.label, star.confidence, star.box) == ("star", 0.99, (0.1, 0.2, 0.3, 0.4))
     assert (circle.label, circle.box) == ("circle", (0.0, 0.0, 1.0, 1.0))
     assert any("first four numbers" in r for r in repaired.repairs)
     assert any("whole image" in r for r in repaired.repairs)
+    assert any("unreadable object 'none'" in r for r in repaired.repairs)  # no confidence: text

@@ -111,12 +111,10 @@ async def test_describe_reports_repairs_of_malformed_output(
     assert all(0 <= channel <= 255 for c in response.verbalization.colors for channel in c.rgb)
     assert sum(c.coverage for c in response.verbalization.colors) <= 1.0
     assert [t.value for t in response.verbalization.tones] == ["warm", "bright"]
-    # A box cut off before its bracket: the label is kept, the box read from its four
-    # numbers and clipped into the image.
-    [shoe] = response.verbalization.objects
-    assert (shoe.label, shoe.box) == ("shoe", (0.2, 0.3, 1.0, 0.9))
+    # Neither a confidence nor a closed box: nothing says this is an object.
+    assert response.verbalization.objects == []
     joined = "\n".join(response.repairs)
-    for fragment in ("clipped rgb", "unreadable color", "rescaled", "unknown tone", "box"):
+    for fragment in ("clipped rgb", "unreadable color", "rescaled", "unknown tone", "object"):
         assert fragment in joined
     assert counter("boig_verbalization_repairs_total", service="describer") == before + 1
 
