@@ -166,12 +166,10 @@ def ensure_dataset(paths: LlmPaths, posts: Path, run_dir: Path) -> Path:
 def ensure_histories(dataset: Path, serving_history: Path) -> None:
     """Backfill what ingest writes today for a dataset ingested before it did: the training
     split's history, and the dataset's accounts in the describer's store."""
-    if not (dataset / TRAIN_HISTORY_FILE).is_file():
-        history_of(load_examples(dataset, "train")[Direction.CONTENT]).write(
-            dataset / TRAIN_HISTORY_FILE
-        )
-    store = HistoryStore.read(serving_history) if serving_history.is_file() else HistoryStore()
     train = load_examples(dataset, "train")[Direction.CONTENT]
+    if not (dataset / TRAIN_HISTORY_FILE).is_file():
+        history_of(train).write(dataset / TRAIN_HISTORY_FILE)
+    store = HistoryStore.read(serving_history) if serving_history.is_file() else HistoryStore()
     if not {e.context.account for e in train} <= store.accounts():
         everything = train + load_examples(dataset, "test")[Direction.CONTENT]
         store.merge(history_of(everything)).write(serving_history)

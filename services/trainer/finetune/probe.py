@@ -29,7 +29,7 @@ from services.common import prompts
 from services.common.contracts import KPI_LEVELS, KpiLevel, KpiTarget
 from services.common.history import HistoryStore
 from services.common.verbalization import parse
-from services.trainer.finetune.data import level_history_lines
+from services.trainer.finetune.data import to_prompt_target
 from services.trainer.ingest.dataset import InstructionExample
 
 LEVEL_MIDPOINTS = {KpiLevel.LOW: 1 / 6, KpiLevel.MEDIUM: 0.5, KpiLevel.HIGH: 5 / 6}
@@ -183,9 +183,7 @@ class Probe:
         # The distribution right after "colors:" at the start of the answer: the world's
         # descriptions start there. A caption line before it would carry the row's own
         # words into the prefix, so it is never teacher-forced.
-        texts = [
-            prompts.chat_prompt(tokenizer, self._messages(example)) + "colors:" for example in rows
-        ]
+        texts = [self._prompt(example, tokenizer) + "colors:" for example in rows]
         distributions = np.zeros((len(rows), len(names)))
         for start in range(0, len(texts), self.batch_size):
             logits = _last_logits(model, tokenizer, texts[start : start + self.batch_size])
@@ -224,21 +222,15 @@ class Probe:
             "ce_cell_prior": ce_cell,
         }
 
-    def _messages(self, example: InstructionExample) -> list[prompts.ChatMessage]:
-        look = parse(example.verbalization) if self.leave_out else None
-        line = (
-            self.history.line(
-                example.context.account, example.kpi_name, example.level, leave_out=look
-            )
-            if self.history is not None
-            else None
-        )
-        return prompts.describe_messages(
-            example.context,
-            KpiTarget(name=example.kpi_name, level=example.level),
+    def _prompt(self, example: InstructionExample, tokenizer: Any) -> str:
+        """The prompt the trainer trains on and the describer serves for ``example``."""
+        return to_prompt_target(
+            example,
+            tokenizer,
             few_shot=self.few_shot,
-            history=line,
-        )
+            history=self.history,
+            leave_out=self.leave_out,
+        ).prompt
 
     # --- behaviour ----------------------------------------------------------------------
 
@@ -282,14 +274,7 @@ class Probe:
             tokenizer(prompts.level_continuation(level), add_special_tokens=False)["input_ids"][0]
             for level in KPI_LEVELS
         ]
-        texts = []
-        for example in self.behaviour:
-            look = parse(example.verbalization) if self.leave_out else None
-            lines = level_history_lines(self.history, example, leave_out=look)
-            messages = prompts.behaviour_messages(
-                example.context, example.kpi_name, example.verbalization, lines
-            )
-            texts.append(prompts.chat_prompt(tokenizer, messages) + prompts.BEHAVIOUR_ANSWER_PREFIX)
+        texts = [self._prompt(example, tokenizer) for example in self.behaviour]
         out = np.zeros((len(texts), len(KPI_LEVELS)))
         for start in range(0, len(texts), self.batch_size):
             logits = _last_logits(model, tokenizer, texts[start : start + self.batch_size])
