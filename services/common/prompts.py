@@ -16,7 +16,7 @@ from typing import Any, Literal, TypedDict
 from services.common.contracts import Context, KpiLevel, KpiTarget, Verbalization
 from services.common.verbalization import render
 
-PROMPT_VERSION = "describer-prompts-v3"
+PROMPT_VERSION = "describer-prompts-v4"
 
 
 class ChatMessage(TypedDict):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from services.common.contracts import ColorSwatch, DetectedObject, KpiLevel, Tone, Verbalization
 from services.common.history import HistoryStore, LevelTally
 
@@ -36,14 +38,16 @@ def store() -> HistoryStore:
     return HistoryStore.from_looks(("acme", "likes", HIGH, post) for post in POSTS)
 
 
-def test_summary_counts_dominant_colours_and_weights_rgb_by_coverage() -> None:
+def test_summary_ranks_colours_by_mean_share_and_weights_rgb_by_coverage() -> None:
     summary = store().summary("acme", "likes", HIGH)
     assert summary is not None
     assert summary.posts == 4
-    # Largest colour per post: navy, white, navy, gold -> navy 2, then gold/white 1 (by name).
-    assert [name for name, _ in summary.colors] == ["navy", "gold", "white"]
+    # Mean share over the 4 posts (0 where a post lacks the colour): navy 1.3/4, gold 1.2/4,
+    # white 1.0/4; the largest colour of most posts (navy, white, navy, gold) is not the rule.
+    assert [color.name for color in summary.colors] == ["navy", "gold", "white"]
+    assert [color.share for color in summary.colors] == pytest.approx([0.325, 0.3, 0.25])
     # navy: (20*.6 + 40*.2 + 30*.5) / 1.3 = 26.9 -> 27 for red.
-    assert summary.colors[0][1] == (27, 47, 87)
+    assert summary.colors[0].rgb == (27, 47, 87)
     # Tones: the majority word of an axis that at least half of the posts name.
     assert summary.tones == ["cool"]  # bright: 1 of 4 posts, below half
     # Objects in at least a quarter of the posts, most common first.
@@ -54,8 +58,8 @@ def test_line_spells_colours_as_the_description_does() -> None:
     summary = store().summary("acme", "likes", HIGH)
     assert summary is not None
     assert summary.line() == (
-        "history at this level: colors navy (27,47,87), gold (227,187,47), "
-        "white (243,243,243); tones cool; objects star, circle"
+        "history at this level: colors navy (27,47,87) 32%, gold (227,187,47) 30%, "
+        "white (243,243,243) 25%; tones cool; objects star, circle"
     )
     assert summary.line(HIGH).startswith("history at high level: colors navy")
     # No post count: leaving a training row out of its level would make that level the one
@@ -92,3 +96,18 @@ def test_a_fresh_ingest_replaces_an_accounts_history_and_keeps_the_others(
     assert merged.level_posts("acme", "likes") == {KpiLevel.LOW: 1, KpiLevel.MEDIUM: 0, HIGH: 0}
     path = merged.write(tmp_path / "history" / "history.json")
     assert HistoryStore.read(path).to_json() == merged.to_json()
+
+
+def test_line_names_at_most_four_colours_and_reads_files_with_dominant_counts() -> None:
+    many = [look([(f"c{i}", (i, i, i), 0.1 + i / 100) for i in range(6)])]
+    summary = HistoryStore.from_looks(("acme", "likes", HIGH, p) for p in many).summary(
+        "acme", "likes", HIGH
+    )
+    assert summary is not None
+    assert [color.name for color in summary.colors] == ["c5", "c4", "c3", "c2"]
+    # A store written before colours were ranked by share also holds "dominant" counts.
+    data = store().to_json()
+    data["accounts"]["acme"]["likes"]["high"]["dominant"] = {"navy": 2}
+    assert HistoryStore.from_json(data).line("acme", "likes", HIGH) == store().line(
+        "acme", "likes", HIGH
+    )
