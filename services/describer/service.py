@@ -36,6 +36,7 @@ from services.common.errors import BackendError, BoigError, InvalidInput, ModelO
 from services.common.history import HistoryStore
 from services.common.verbalization import Repaired, render, repair
 from services.describer.backends.base import LlmBackend
+from services.describer.batching import MicroBatcher
 from services.describer.settings import DescriberSettings
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ logger = logging.getLogger(__name__)
 SERVICE = "describer"
 
 T = TypeVar("T")
+
+DescribeJob = tuple[Context, KpiTarget, str | None]
+"""What one description is decoded from: the context, the target and the history line."""
 
 
 class LruCache(Generic[T]):
@@ -131,6 +135,9 @@ class Describer:
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._history = HistoryReader(settings.history_path)
+        self._describe_queue: MicroBatcher[DescribeJob, tuple[str, ModelInfo]] = MicroBatcher(
+            self._describe_batch, max_batch=settings.describe_batch_size
+        )
 
     @property
     def model(self) -> ModelInfo:
@@ -182,11 +189,14 @@ class Describer:
         candidates = self._settings.describe_candidates
         if candidates > 1:
             return await self._describe_best_of(context, target, history, candidates)
-        raw, info = await self._run_model(
-            "describe", self._generate_description, context, target, history
+        raw, info = await self._describe_queue.submit((context, target, history))
+        return self._described(_readable(raw), info)
+
+    async def _describe_batch(self, jobs: list[DescribeJob]) -> list[tuple[str, ModelInfo]]:
+        raws, info = await self._run_model(
+            "describe", self._generate_descriptions, jobs, self._settings.temperature
         )
-        repaired = _readable(raw)
-        return self._described(repaired, info)
+        return [(raw, info) for raw in raws]
 
     async def _describe_best_of(
         self, context: Context, target: KpiTarget, history: str | None, count: int
@@ -196,10 +206,9 @@ class Describer:
         temperature = self._settings.candidate_temperature
         raws, info = await self._run_model(
             "describe",
-            lambda: [
-                self._generate_description(context, target, history, temperature)
-                for _ in range(count)
-            ],
+            self._generate_descriptions,
+            [(context, target, history)] * count,
+            temperature,
         )
         readable = []
         for raw in raws:
@@ -232,41 +241,34 @@ class Describer:
             cached=False,
         )
 
-    def _generate_description(
-        self,
-        context: Context,
-        target: KpiTarget,
-        history: str | None,
-        temperature: float | None = None,
-    ) -> str:
-        """Blocking: the model's description in text form (runs in a worker thread)."""
-        settings = self._settings
-        if temperature is None:
-            temperature = settings.temperature
+    def _generate_descriptions(self, jobs: list[DescribeJob], temperature: float) -> list[str]:
+        """Blocking: the model's descriptions in text form, decoded as one batch (runs in a
+        worker thread)."""
         few_shot = self._backend.few_shot_prompt
-        prompt = self._backend.chat_prompt(
-            prompts.describe_messages(context, target, few_shot=few_shot, history=history)
-        )
+        chat_prompts = [
+            self._backend.chat_prompt(
+                prompts.describe_messages(context, target, few_shot=few_shot, history=history)
+            )
+            for context, target, history in jobs
+        ]
+        max_new_tokens = self._settings.max_new_tokens
         if self._decoding(few_shot) == "free":
             return self._backend.generate(
-                [prompt],
-                max_new_tokens=settings.max_new_tokens,
-                stop=("\n\n",),
-                temperature=temperature,
-            )[0]
+                chat_prompts, max_new_tokens=max_new_tokens, stop=("\n\n",), temperature=temperature
+            )
         # 'fields': we write each key and the model fills one line, so an untuned model cannot
         # skip, reorder or invent fields, and a looping line ends at its own token budget.
-        lines: list[str] = []
+        heads = [""] * len(jobs)
         for key in self._backend.serving.fields or prompts.DESCRIBE_FIELDS:
-            head = "".join(f"{line}\n" for line in lines) + f"{key}:"
-            value = self._backend.generate(
-                [prompt + head],
-                max_new_tokens=min(prompts.FIELD_TOKEN_BUDGETS[key], settings.max_new_tokens),
+            heads = [f"{head}{key}:" for head in heads]
+            values = self._backend.generate(
+                [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)],
+                max_new_tokens=min(prompts.FIELD_TOKEN_BUDGETS[key], max_new_tokens),
                 stop=prompts.FIELD_STOPS[key],
                 temperature=temperature,
-            )[0]
-            lines.append(f"{key}: {value.strip()}")
-        return "\n".join(lines)
+            )
+            heads = [f"{head} {value.strip()}\n" for head, value in zip(heads, values, strict=True)]
+        return [head.rstrip("\n") for head in heads]
 
     def _decoding(self, few_shot: bool) -> str:
         decoding = self._settings.describe_decoding

@@ -116,6 +116,17 @@ class DescriberSettings(ServiceSettings):
             "(likelihood keeps one KV cache per prompt x level)."
         ),
     )
+    describe_batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description=(
+            "Most /describe requests decoded together: requests that arrive while the model "
+            "is busy queue and run as one batch (micro-batching; nothing waits for a batch to "
+            "fill). 1 decodes one request at a time. Either way each line's decoding reuses "
+            "the KV cache of the lines before it."
+        ),
+    )
     max_new_tokens: int = Field(
         default=256,
         ge=8,

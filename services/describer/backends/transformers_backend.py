@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,8 @@ class TransformersBackend:
                 raise ValueError("the tokenizer has neither a pad nor an eos token to pad with")
             tokenizer.pad_token = tokenizer.eos_token
         self._eos_ids = _eos_token_ids(model, tokenizer)
-        # Token ids and KV cache of the last single-prompt generation (see _reusable_cache).
-        self._last: tuple[list[int], Any] | None = None
+        # What the last generation left in its KV cache (see _reuse).
+        self._last: _CachedBatch | None = None
         # transformers 5 renamed the KV cache argument; the old name still works but warns.
         parameters = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
@@ -178,8 +179,17 @@ class TransformersBackend:
     def _generate_batch(
         self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...], temperature: float
     ) -> list[str]:
-        encoded = self._encode(prompts)
-        prompt_length = encoded["input_ids"].shape[1]
+        rows = [self._token_ids(prompt) for prompt in prompts]
+        reuse = self._reuse(rows) if len(prompts) <= self._max_batch_size else None
+        self._last = None  # generate extends the cache in place: stale if it fails midway
+        if reuse is None:
+            input_ids, mask = _pad(
+                rows, self._tokenizer.pad_token_id, left=True, device=torch.device("cpu")
+            )
+            cache = None
+        else:
+            input_ids, mask, cache = reuse
+        prompt_length = input_ids.shape[1]
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=temperature > 0,
@@ -193,43 +203,83 @@ class TransformersBackend:
         criteria = StoppingCriteriaList()
         if stop:
             criteria.append(_StopOnText(self._tokenizer, prompt_length, stop))
-        reused = self._reusable_cache(encoded["input_ids"])
-        self._last = None  # generate extends the cache in place: stale if it fails midway
+        device = self._model.device
         with torch.inference_mode():
             output = self._model.generate(
-                **encoded,
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
                 generation_config=config,
                 stopping_criteria=criteria,
-                **({self._cache_kwarg: reused} if reused is not None else {}),
+                **({self._cache_kwarg: cache} if cache is not None else {}),
             )
         sequences = output.sequences
-        cache = _output_cache(output)
-        if len(prompts) == 1 and cache is not None:
-            # The cache holds every token but the last one generated (never fed back).
-            self._last = (sequences[0, : cache.get_seq_length()].tolist(), cache)
+        new_cache = _output_cache(output)
+        if new_cache is not None:
+            # The cache holds every position but the last one generated (never fed back);
+            # generate attends to every generated position, padding after a row's end too.
+            generated = sequences.shape[1] - prompt_length
+            self._last = _CachedBatch(
+                layout=sequences.tolist(),
+                mask=[row + [1] * generated for row in mask.tolist()],
+                cache=new_cache,
+            )
         texts = self._tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
         return [_cut_at_stop(text, stop) for text in texts]
 
-    def _reusable_cache(self, input_ids: torch.Tensor) -> Any | None:
-        """The previous single-prompt call's KV cache, cut back to the tokens it shares with
-        this prompt, or None. Describing fills one line at a time, each prompt being the
-        last prompt plus its answer plus a key, and every description starts with the same
-        system prompt and examples: without reuse each line would re-read ~700 tokens."""
-        if self._last is None or input_ids.shape[0] != 1:
+    def _reuse(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, Any] | None:
+        """Inputs that continue the previous generation's KV cache, or None.
+
+        Describing fills one line at a time, each prompt being the last prompt plus its
+        answer plus the next key, and the cache already holds all but that tail: without
+        reuse each line would re-read the whole prompt (~250 tokens for BoigLLM, ~700 with
+        the base model's examples), which costs more than decoding the line. For a batch,
+        the cache is cut where the first row stops matching its own earlier tokens (every
+        row shares the cache's positions), and each row's remaining tokens follow after
+        padding that the attention mask hides; positions come from the mask, so a row reads
+        exactly as it would alone.
+        """
+        last = self._last
+        if last is None or len(last.layout) != len(rows):
             return None
-        previous_ids, cache = self._last
-        # At least one prompt token must be left to run, to produce the next-token logits.
-        shared = min(
-            _common_prefix_length(previous_ids, input_ids[0].tolist()), input_ids.shape[1] - 1
-        )
-        if shared <= 0:
+        cached = last.cache.get_seq_length()
+        # Per row: the first position that cannot be reused, keeping one token to run.
+        cut = cached
+        for layout, row_mask, ids in zip(last.layout, last.mask, rows, strict=True):
+            matched, first_free = 0, 0
+            for position in range(cached):
+                if not row_mask[position]:
+                    first_free = position + 1
+                    continue
+                if matched >= len(ids) - 1 or layout[position] != ids[matched]:
+                    break
+                matched += 1
+                first_free = position + 1
+            cut = min(cut, first_free)
+        if cut <= 0:
             return None
         try:
             # A negative count means "remove this many" in every transformers version.
-            cache.crop(shared - cache.get_seq_length())
+            last.cache.crop(cut - cached)
         except (ValueError, RuntimeError, AttributeError):  # a cache kind that cannot be cut
             return None
-        return cache
+        tails = [ids[sum(row_mask[:cut]) :] for row_mask, ids in zip(last.mask, rows, strict=True)]
+        width = max(len(tail) for tail in tails)
+        pad_id = self._tokenizer.pad_token_id
+        input_ids = torch.tensor(
+            [
+                layout[:cut] + [pad_id] * (width - len(tail)) + tail
+                for layout, tail in zip(last.layout, tails, strict=True)
+            ],
+            dtype=torch.long,
+        )
+        attention_mask = torch.tensor(
+            [
+                row_mask[:cut] + [0] * (width - len(tail)) + [1] * len(tail)
+                for row_mask, tail in zip(last.mask, tails, strict=True)
+            ],
+            dtype=torch.long,
+        )
+        return input_ids, attention_mask, last.cache
 
     def continuation_logprobs(
         self, prompts: list[str], continuations: list[str]
@@ -310,11 +360,16 @@ class TransformersBackend:
         ids: list[int] = self._tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
 
-    def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        encoded = self._tokenizer(
-            prompts, add_special_tokens=False, padding=True, return_tensors="pt"
-        )
-        return {key: value.to(self._model.device) for key, value in encoded.items()}
+
+@dataclass
+class _CachedBatch:
+    """The KV cache a generation left, with the tokens at each of its positions per row."""
+
+    layout: list[list[int]]
+    """Per row, the token at each position (pads included, left and inside)."""
+    mask: list[list[int]]
+    """Per row, 1 where the position holds a token the row attends to."""
+    cache: Any
 
 
 class _StopOnText(StoppingCriteria):

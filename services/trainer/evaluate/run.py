@@ -66,6 +66,9 @@ class EvaluationSettings:
     resamples: int = 2000
     seed: int = 0
     report_examples: int = 6
+    in_flight: int = 8
+    """Describe requests kept open per served model: the describer decodes the ones that
+    queue as one batch (micro-batching), which is where a CPU's throughput comes from."""
 
 
 def select_rows(
@@ -99,26 +102,32 @@ async def describe_all(
     progress: Progress,
     label: str,
     expect_version: str | None = None,
+    in_flight: int = 1,
 ) -> list[Prediction]:
-    """The describer's description for each row's (context, level). A row the describer
-    cannot describe (unreadable model output, an error answer) is None, not an empty
-    description: an empty one is a claim ("no objects") that can score well, a failure
-    scores the worst on every metric rather than vanishing from the average."""
+    """The describer's description for each row's (context, level), ``in_flight`` requests
+    at a time. A row the describer cannot describe (unreadable model output, an error
+    answer) is None, not an empty description: an empty one is a claim ("no objects") that
+    can score well, a failure scores the worst on every metric rather than vanishing from
+    the average."""
     task = progress.add_task(f"{label}: describe", total=len(rows))
-    results: list[Prediction] = []
-    failures = 0
-    for row in rows:
-        try:
-            response = await client.describe(
-                row.context, KpiTarget(name=row.kpi_name, level=row.level)
-            )
-            _check_model(response.model, expect_version, label)
-            results.append(response.verbalization)
-        except BoigError as exc:
-            failures += 1
-            logger.warning("%s could not describe %s: %s", label, row.id, exc)
-            results.append(None)
-        progress.advance(task)
+    slots = asyncio.Semaphore(in_flight)
+
+    async def describe(row: InstructionExample) -> Prediction:
+        async with slots:
+            try:
+                response = await client.describe(
+                    row.context, KpiTarget(name=row.kpi_name, level=row.level)
+                )
+                _check_model(response.model, expect_version, label)
+                return response.verbalization
+            except BoigError as exc:
+                logger.warning("%s could not describe %s: %s", label, row.id, exc)
+                return None
+            finally:
+                progress.advance(task)
+
+    results = list(await asyncio.gather(*(describe(row) for row in rows)))
+    failures = sum(result is None for result in results)
     if failures:
         logger.warning("%s: %d of %d descriptions failed", label, failures, len(rows))
     return results
@@ -289,7 +298,9 @@ async def evaluate(
         async def answers(
             client: DescriberClient, label: str, expect_version: str | None
         ) -> tuple[list[Prediction], LevelPredictions]:
-            described = await describe_all(client, content_rows, progress, label, expect_version)
+            described = await describe_all(
+                client, content_rows, progress, label, expect_version, settings.in_flight
+            )
             return described, await predict_levels(
                 client, behaviour_rows, progress, label, expect_version
             )

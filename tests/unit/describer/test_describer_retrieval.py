@@ -166,19 +166,24 @@ async def test_generative_falls_back_to_the_level_word_for_an_unknown_account(
 
 
 class RotatingBackend:
-    """Samples a different description each call; rates gold images high, others low."""
+    """Samples a different description for each prompt; rates gold images high, others low."""
 
     def __init__(self, fake_backend: Any, texts: list[str]) -> None:
         self.inner = free_backend(fake_backend, ServingProfile())
         self.texts = texts
         self.temperatures: list[float] = []
+        self.batches: list[int] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     def generate(self, prompts: list[str], **options: Any) -> list[str]:
-        self.temperatures.append(options["temperature"])
-        return [self.texts[(len(self.temperatures) - 1) % len(self.texts)] for _ in prompts]
+        self.batches.append(len(prompts))
+        samples = []
+        for _ in prompts:
+            self.temperatures.append(options["temperature"])
+            samples.append(self.texts[(len(self.temperatures) - 1) % len(self.texts)])
+        return samples
 
     def continuation_logprobs(
         self, prompts: list[str], continuations: list[str]
@@ -199,6 +204,7 @@ async def test_best_of_k_keeps_the_sample_rated_likeliest_to_reach_the_target(
     assert [c.name for c in high.verbalization.colors] == ["gold"]
     assert [c.name for c in low.verbalization.colors] == ["navy"]
     assert backend.temperatures == [0.7] * 6  # sampled, never greedy
+    assert backend.batches == [3, 3]  # the k samples decode as one batch
     assert high.cached is False and low.cached is False
 
 

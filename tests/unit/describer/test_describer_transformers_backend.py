@@ -121,8 +121,54 @@ def test_generate_reuses_the_shared_prefix_without_changing_the_output(
         [expected] = fresh.generate([prompt], max_new_tokens=6)
         [answer] = reusing.generate([prompt], max_new_tokens=6)
         assert answer == expected
-        assert reusing._last is not None and len(reusing._last[0]) > len(reusing._token_ids(base))
+        assert reusing._last is not None
+        assert len(reusing._last.layout[0]) > len(reusing._token_ids(base))
         text += f"{key}:{answer}\n"
+
+
+def test_a_batch_reuses_each_rows_prefix_without_changing_any_output(
+    tiny_model_dir: Path, context: Context
+) -> None:
+    # Fields decoding of a micro-batch: rows of different lengths, each growing by its own
+    # answer and the next key, so the reused cache has padding inside some rows.
+    reusing = TransformersBackend.load(tiny_model_dir, device="cpu", max_batch_size=8)
+    fresh = TransformersBackend.load(tiny_model_dir, device="cpu", max_batch_size=8)
+    bases = [
+        reusing.chat_prompt(prompts.describe_messages(context, KpiTarget(level=level)))
+        for level in KpiLevel
+    ] + [
+        reusing.chat_prompt(
+            prompts.describe_messages(
+                context.model_copy(
+                    update={"text": "a much longer post text than the others, by far"}
+                ),
+                KpiTarget(),
+            )
+        )
+    ]
+    reused: list[int] = []  # input columns the model ran, per call
+    original = reusing._reuse
+
+    def spy(rows: list[list[int]]) -> Any:
+        result = original(rows)
+        reused.append(-1 if result is None else result[0].shape[1] - result[2].get_seq_length())
+        return result
+
+    reusing._reuse = spy  # type: ignore[method-assign]
+    texts = [""] * len(bases)
+    for index, key in enumerate(prompts.DESCRIBE_FIELDS):
+        batch = [base + text + f"{key}:" for base, text in zip(bases, texts, strict=True)]
+        answers = reusing.generate(batch, max_new_tokens=4 + 3 * index)
+        alone = []
+        for prompt in batch:
+            fresh._last = None  # each row alone, from scratch
+            alone.extend(fresh.generate([prompt], max_new_tokens=4 + 3 * index))
+        assert answers == alone
+        texts = [f"{text}{key}:{answer}\n" for text, answer in zip(texts, answers, strict=True)]
+    # No cache before the first line; from then on only the new tails ran (a few tokens of
+    # answer and key per row, not the ~100-token prompts).
+    assert reused[0] == -1
+    assert all(0 < columns < 40 for columns in reused[1:]), reused
 
 
 def test_generate_cuts_at_the_first_stop_string(tiny: TransformersBackend) -> None:
