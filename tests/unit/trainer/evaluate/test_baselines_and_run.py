@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 from rich.console import Console
+from rich.progress import Progress
 
 from services.common.contracts import (
     Context,
@@ -39,6 +41,7 @@ from services.trainer.evaluate.run import (
     EvaluationSettings,
     WrongModelServed,
     behaviour_estimates,
+    describe_all,
     description_estimates,
     evaluate,
     select_rows,
@@ -347,6 +350,44 @@ class ScriptedDescriber:
 
 
 PERCENTILES = {KpiLevel.LOW: 0.1, KpiLevel.MEDIUM: 0.5, KpiLevel.HIGH: 0.9}
+
+
+class SlowDescriber(ScriptedDescriber):
+    """Answers later rows sooner, and records how many requests it held at once."""
+
+    def __init__(self, texts: dict[str, str]) -> None:
+        super().__init__(RED)
+        self.texts = texts
+        self.open = 0
+        self.most_open = 0
+
+    async def describe(self, context: Context, target: KpiTarget) -> DescribeResponse:
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        await asyncio.sleep(0.01 * (10 - int(context.text.split()[-1])))
+        self.open -= 1
+        self.text = self.texts[context.text]
+        return await super().describe(context, target)
+
+
+async def test_describe_all_keeps_the_row_order_with_requests_in_flight() -> None:
+    rows = [example(f"r{i}", "acme", f"post {i}", KpiLevel.LOW, RED) for i in range(10)]
+    texts = {row.context.text: (RED if i % 2 else BLUE) for i, row in enumerate(rows)}
+    describer = SlowDescriber(texts)
+
+    with Progress(disable=True) as progress:
+        described = await describe_all(
+            describer,  # type: ignore[arg-type]
+            rows,
+            progress,
+            "scripted",
+            in_flight=4,
+        )
+
+    assert [d is not None and d.colors[0].name for d in described] == [
+        parse(texts[row.context.text]).colors[0].name for row in rows
+    ]
+    assert describer.most_open == 4  # never more than asked, and really concurrent
 
 
 async def test_evaluate_scores_every_method_on_the_same_rows_and_keeps_failures() -> None:
