@@ -180,7 +180,7 @@ class TransformersBackend:
         self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...], temperature: float
     ) -> list[str]:
         rows = [self._token_ids(prompt) for prompt in prompts]
-        reuse = self._reuse(rows) if len(prompts) <= self._max_batch_size else None
+        reuse = self._reuse(rows)
         self._last = None  # generate extends the cache in place: stale if it fails midway
         if reuse is None:
             input_ids, mask = _pad(
