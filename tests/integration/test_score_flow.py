@@ -3,6 +3,7 @@ describer, each a real app wired through its HTTP client (no fakes anywhere)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -37,7 +38,8 @@ def transport(app: FastAPI) -> httpx.ASGITransport:
 async def gateway(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
-    prepare_all(world_sd=False, log=False)
+    # In a thread: a first run ingests the world, which runs an event loop of its own.
+    await asyncio.to_thread(prepare_all, world_sd=False, log=False)
     featurizer_app, describer_app = create_featurizer(), create_describer()
     async with AsyncExitStack() as stack:
         # ASGITransport runs no lifespan, so start each app's models here as a server would.
