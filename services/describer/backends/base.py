@@ -49,9 +49,12 @@ class LlmBackend(Protocol):
         max_new_tokens: int,
         stop: Sequence[str] = (),
         temperature: float = 0.0,
+        samples: int = 1,
     ) -> list[str]:
         """Continue each prompt (batched); each result is cut before the first stop string and
-        ends at end-of-sequence or after ``max_new_tokens``. Temperature 0 is greedy."""
+        ends at end-of-sequence or after ``max_new_tokens``. Temperature 0 is greedy.
+        ``samples`` > 1: that many continuations of each prompt (sample at a temperature
+        above 0), grouped by prompt: the first prompt's come first."""
         ...
 
     def continuation_logprobs(

@@ -170,14 +170,26 @@ class TransformersBackend:
         max_new_tokens: int,
         stop: Sequence[str] = (),
         temperature: float = 0.0,
+        samples: int = 1,
     ) -> list[str]:
+        if samples < 1:
+            raise ValueError(f"samples must be at least 1, not {samples}")
         results: list[str] = []
+        # max_batch_size bounds the distinct prompts of a pass; their samples share each
+        # prompt's cache, so a batch of samples costs decoding, not more prompt reading.
         for chunk in _chunks(prompts, self._max_batch_size):
-            results.extend(self._generate_batch(chunk, max_new_tokens, tuple(stop), temperature))
+            results.extend(
+                self._generate_batch(chunk, max_new_tokens, tuple(stop), temperature, samples)
+            )
         return results
 
     def _generate_batch(
-        self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...], temperature: float
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        stop: tuple[str, ...],
+        temperature: float,
+        samples: int = 1,
     ) -> list[str]:
         rows = [self._token_ids(prompt) for prompt in prompts]
         reuse = self._reuse(rows)
@@ -189,6 +201,14 @@ class TransformersBackend:
             cache = None
         else:
             input_ids, mask, cache = reuse
+        if samples > 1:
+            # Each prompt is read once; its KV cache is then copied for its samples.
+            input_ids = input_ids.repeat_interleave(samples, dim=0)
+            mask = mask.repeat_interleave(samples, dim=0)
+            if cache is not None:
+                cache.batch_repeat_interleave(samples)
+            elif input_ids.shape[1] > 1:
+                cache = self._prefill(input_ids, mask, samples)
         prompt_length = input_ids.shape[1]
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
@@ -222,6 +242,7 @@ class TransformersBackend:
                 layout=sequences.tolist(),
                 mask=[row + [1] * generated for row in mask.tolist()],
                 cache=new_cache,
+                samples=samples,
             )
         texts = self._tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
         return [_cut_at_stop(text, stop) for text in texts]
@@ -239,6 +260,8 @@ class TransformersBackend:
         exactly as it would alone.
         """
         last = self._last
+        if last is not None and last.samples > 1 and len(last.layout) == len(rows) * last.samples:
+            last = self._first_samples(last)
         if last is None or len(last.layout) != len(rows):
             return None
         cached = last.cache.get_seq_length()
@@ -280,6 +303,35 @@ class TransformersBackend:
             dtype=torch.long,
         )
         return input_ids, attention_mask, last.cache
+
+    def _first_samples(self, last: _CachedBatch) -> _CachedBatch | None:
+        """The cache of a sampled batch cut down to each prompt's first sample: the next line
+        continues one text per prompt, which shares its prompt with every sample."""
+        keep = list(range(0, len(last.layout), last.samples))
+        try:
+            last.cache.batch_select_indices(torch.tensor(keep))
+        except (ValueError, RuntimeError, AttributeError):  # a cache kind without row selection
+            return None
+        return _CachedBatch(
+            layout=[last.layout[i] for i in keep],
+            mask=[last.mask[i] for i in keep],
+            cache=last.cache,
+        )
+
+    def _prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, samples: int) -> Any:
+        """Read each distinct prompt (every ``samples``-th row) into a KV cache once, all but
+        its last token, and copy that cache for the prompt's samples."""
+        distinct = slice(None, None, samples)
+        with torch.inference_mode():
+            output = self._model(
+                input_ids=input_ids[distinct, :-1].to(self._model.device),
+                attention_mask=mask[distinct, :-1].to(self._model.device),
+                position_ids=_positions(mask[distinct, :-1]).to(self._model.device),
+                use_cache=True,
+            )
+        cache = output.past_key_values
+        cache.batch_repeat_interleave(samples)
+        return cache
 
     def continuation_logprobs(
         self, prompts: list[str], continuations: list[str]
@@ -370,6 +422,8 @@ class _CachedBatch:
     mask: list[list[int]]
     """Per row, 1 where the position holds a token the row attends to."""
     cache: Any
+    samples: int = 1
+    """Consecutive rows that continue the same prompt (``generate``'s ``samples``)."""
 
 
 class _StopOnText(StoppingCriteria):

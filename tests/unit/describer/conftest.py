@@ -131,13 +131,14 @@ class FakeBackend:
         max_new_tokens: int,
         stop: Sequence[str] = (),
         temperature: float = 0.0,
+        samples: int = 1,
     ) -> list[str]:
         self._called()
         self.generate_calls.append(list(prompts))
         results = []
         for prompt in prompts:
             key = prompt.rsplit("\n", 1)[-1].removesuffix(":")
-            results.append(self.lines.get(key, self.free_text))
+            results += [self.lines.get(key, self.free_text)] * samples
         return results
 
     def continuation_logprobs(

@@ -126,27 +126,16 @@ def test_generate_reuses_the_shared_prefix_without_changing_the_output(
         text += f"{key}:{answer}\n"
 
 
-def test_a_batch_reuses_each_rows_prefix_without_changing_any_output(
-    tiny_model_dir: Path, context: Context
-) -> None:
-    # Fields decoding of a micro-batch: rows of different lengths, each growing by its own
-    # answer and the next key, so the reused cache has padding inside some rows.
+def decode_lines_as_alone(
+    tiny_model_dir: Path, bases: list[str], lines: list[tuple[str, int, int]]
+) -> list[int]:
+    """Fields decoding of a batch of ``bases``: per ``(key, samples, max_new_tokens)`` each
+    row grows by the key, the model's answer (the first sample's) and a newline. Asserts
+    that every answer equals its prompt decoded alone from scratch (greedy samples are
+    deterministic), and returns the input columns the model ran per call (-1: no cache)."""
     reusing = TransformersBackend.load(tiny_model_dir, device="cpu", max_batch_size=8)
     fresh = TransformersBackend.load(tiny_model_dir, device="cpu", max_batch_size=8)
-    bases = [
-        reusing.chat_prompt(prompts.describe_messages(context, KpiTarget(level=level)))
-        for level in KpiLevel
-    ] + [
-        reusing.chat_prompt(
-            prompts.describe_messages(
-                context.model_copy(
-                    update={"text": "a much longer post text than the others, by far"}
-                ),
-                KpiTarget(),
-            )
-        )
-    ]
-    reused: list[int] = []  # input columns the model ran, per call
+    reused: list[int] = []
     original = reusing._reuse
 
     def spy(rows: list[list[int]]) -> Any:
@@ -156,19 +145,69 @@ def test_a_batch_reuses_each_rows_prefix_without_changing_any_output(
 
     reusing._reuse = spy  # type: ignore[method-assign]
     texts = [""] * len(bases)
-    for index, key in enumerate(prompts.DESCRIBE_FIELDS):
+    for key, samples, max_new_tokens in lines:
         batch = [base + text + f"{key}:" for base, text in zip(bases, texts, strict=True)]
-        answers = reusing.generate(batch, max_new_tokens=4 + 3 * index)
+        answers = reusing.generate(batch, max_new_tokens=max_new_tokens, samples=samples)
         alone = []
         for prompt in batch:
             fresh._last = None  # each row alone, from scratch
-            alone.extend(fresh.generate([prompt], max_new_tokens=4 + 3 * index))
+            alone.extend(fresh.generate([prompt], max_new_tokens=max_new_tokens) * samples)
         assert answers == alone
-        texts = [f"{text}{key}:{answer}\n" for text, answer in zip(texts, answers, strict=True)]
+        texts = [f"{text}{key}:{answers[row * samples]}\n" for row, text in enumerate(texts)]
+    return reused
+
+
+def test_a_batch_reuses_each_rows_prefix_without_changing_any_output(
+    tiny: TransformersBackend, tiny_model_dir: Path, context: Context
+) -> None:
+    # Rows of different lengths, so the reused cache has padding inside some rows.
+    bases = [
+        tiny.chat_prompt(prompts.describe_messages(context, KpiTarget(level=level)))
+        for level in KpiLevel
+    ] + [
+        tiny.chat_prompt(
+            prompts.describe_messages(
+                context.model_copy(
+                    update={"text": "a much longer post text than the others, by far"}
+                ),
+                KpiTarget(),
+            )
+        )
+    ]
+    lines = [(key, 1, 4 + 3 * index) for index, key in enumerate(prompts.DESCRIBE_FIELDS)]
+
+    reused = decode_lines_as_alone(tiny_model_dir, bases, lines)
+
     # No cache before the first line; from then on only the new tails ran (a few tokens of
     # answer and key per row, not the ~100-token prompts).
     assert reused[0] == -1
     assert all(0 < columns < 40 for columns in reused[1:]), reused
+
+
+def test_samples_share_their_prompts_cache_and_decode_as_that_prompt_alone(
+    tiny: TransformersBackend, tiny_model_dir: Path, context: Context
+) -> None:
+    # An averaged colours line: a sampled line between greedy ones. The copied cache (fresh
+    # on the first line, reused on the last) changes nothing.
+    bases = [
+        tiny.chat_prompt(prompts.describe_messages(context, KpiTarget(level=level)))
+        for level in (KpiLevel.LOW, KpiLevel.HIGH)
+    ]
+
+    reused = decode_lines_as_alone(
+        tiny_model_dir, bases, [("colors", 3, 6), ("tones", 1, 6), ("objects", 2, 6)]
+    )
+
+    # The first line read the prompts (once each); every later line ran only its tail.
+    assert reused[0] == -1
+    assert all(0 < columns < 40 for columns in reused[1:]), reused
+
+
+def test_samples_differ_when_sampled(tiny: TransformersBackend) -> None:
+    torch.manual_seed(1)
+    drawn = tiny.generate(["caption:", "colors:"], max_new_tokens=8, temperature=1.5, samples=4)
+    assert len(drawn) == 8
+    assert len(set(drawn[:4])) > 1
 
 
 def test_generate_cuts_at_the_first_stop_string(tiny: TransformersBackend) -> None:
