@@ -10,12 +10,19 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.common.contracts import KPI_LEVELS, TONE_AXES, KpiLevel, Tone, Verbalization
+from services.common.contracts import (
+    KPI_LEVELS,
+    TONE_AXES,
+    ColorSwatch,
+    KpiLevel,
+    Tone,
+    Verbalization,
+)
 
 HISTORY_FILE = "history.json"
 HISTORY_FORMAT = 1
@@ -162,6 +169,24 @@ class LevelSummary:
         ]
         where = f"{level.value} level" if level is not None else "this level"
         return f"history at {where}: " + "; ".join(parts)
+
+
+def average_palette(palettes: Sequence[Sequence[ColorSwatch]]) -> list[ColorSwatch]:
+    """The palettes' average by colour name, as a history line averages a level's posts: the
+    ``SUMMARY_COLORS`` names of largest mean share (0 where a palette lacks the name), each
+    with its coverage-weighted mean RGB and that share. Shares under half a percent are
+    dropped: they would read as ``0%``."""
+    tally = LevelTally()
+    for palette in palettes:
+        tally.add(Verbalization(colors=list(palette)))
+    summary = tally.summary()
+    if summary is None:
+        return []
+    return [
+        ColorSwatch(name=color.name, rgb=color.rgb, coverage=round(color.share, 2))
+        for color in summary.colors
+        if round(color.share, 2) > 0
+    ]
 
 
 Key = tuple[str, str, KpiLevel]

@@ -76,7 +76,7 @@ def render(verbalization: Verbalization) -> str:
     if verbalization.caption is not None:
         lines.append(f"caption: {verbalization.caption}")
     if verbalization.colors:
-        lines.append("colors: " + "; ".join(_render_color(c) for c in verbalization.colors))
+        lines.append("colors: " + render_colors(verbalization.colors))
     if verbalization.tones:
         lines.append("tones: " + ", ".join(tone.value for tone in verbalization.tones))
     if verbalization.objects:
@@ -92,6 +92,17 @@ def _quote(text: str) -> str:
     return (
         quoted.replace("\x85", "\\u0085").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     )
+
+
+def render_colors(colors: list[ColorSwatch]) -> str:
+    """A colors line's value: ``navy (20,30,90) 41%; white (245,245,245) 30%``."""
+    return "; ".join(_render_color(color) for color in colors)
+
+
+def read_colors(value: str) -> list[ColorSwatch]:
+    """The colours a model wrote on a colors line (its value), read as leniently as
+    ``repair`` reads them; what cannot be read is left out."""
+    return _repair_colors(value.strip(), [])
 
 
 def _render_color(color: ColorSwatch) -> str:

@@ -33,8 +33,8 @@ from services.common.contracts import (
     Verbalization,
 )
 from services.common.errors import BackendError, BoigError, InvalidInput, ModelOutputError
-from services.common.history import HistoryStore
-from services.common.verbalization import Repaired, render, repair
+from services.common.history import HistoryStore, average_palette
+from services.common.verbalization import Repaired, read_colors, render, render_colors, repair
 from services.describer.backends.base import LlmBackend
 from services.describer.batching import MicroBatcher
 from services.describer.settings import DescriberSettings
@@ -259,16 +259,41 @@ class Describer:
         # 'fields': we write each key and the model fills one line, so an untuned model cannot
         # skip, reorder or invent fields, and a looping line ends at its own token budget.
         heads = [""] * len(jobs)
+        average = self._settings.palette_samples > 1 and temperature == 0
         for key in self._backend.serving.fields or prompts.DESCRIBE_FIELDS:
             heads = [f"{head}{key}:" for head in heads]
-            values = self._backend.generate(
-                [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)],
-                max_new_tokens=min(prompts.FIELD_TOKEN_BUDGETS[key], max_new_tokens),
-                stop=prompts.FIELD_STOPS[key],
-                temperature=temperature,
-            )
+            line_prompts = [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)]
+            budget = min(prompts.FIELD_TOKEN_BUDGETS[key], max_new_tokens)
+            if key == "colors" and average:
+                values = self._average_colors(line_prompts, budget)
+            else:
+                values = self._backend.generate(
+                    line_prompts,
+                    max_new_tokens=budget,
+                    stop=prompts.FIELD_STOPS[key],
+                    temperature=temperature,
+                )
             heads = [f"{head} {value.strip()}\n" for head, value in zip(heads, values, strict=True)]
         return [head.rstrip("\n") for head in heads]
+
+    def _average_colors(self, line_prompts: list[str], max_new_tokens: int) -> list[str]:
+        """Each prompt's colors line as the average palette of ``palette_samples`` sampled
+        lines (settings.palette_samples says why). A prompt none of whose samples reads as a
+        colour keeps its first sample, for the repairing parser to report."""
+        samples = self._settings.palette_samples
+        drawn = self._backend.generate(
+            line_prompts,
+            max_new_tokens=max_new_tokens,
+            stop=prompts.FIELD_STOPS["colors"],
+            temperature=self._settings.palette_temperature,
+            samples=samples,
+        )
+        lines = []
+        for start in range(0, len(drawn), samples):
+            group = drawn[start : start + samples]
+            palette = average_palette([read_colors(line) for line in group])
+            lines.append(render_colors(palette) if palette else group[0])
+        return lines
 
     def _decoding(self, few_shot: bool) -> str:
         decoding = self._settings.describe_decoding

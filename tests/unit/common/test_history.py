@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.common.contracts import ColorSwatch, DetectedObject, KpiLevel, Tone, Verbalization
-from services.common.history import HistoryStore, LevelTally
+from services.common.history import HistoryStore, LevelTally, average_palette
 
 HIGH = KpiLevel.HIGH
 
@@ -111,3 +111,21 @@ def test_line_names_at_most_four_colours_and_reads_files_with_dominant_counts() 
     assert HistoryStore.from_json(data).line("acme", "likes", HIGH) == store().line(
         "acme", "likes", HIGH
     )
+
+
+def test_average_palette_is_the_mean_share_per_colour_name() -> None:
+    navy = ColorSwatch(name="navy", rgb=(20, 30, 90), coverage=0.9)
+    dust = ColorSwatch(name="lime", rgb=(0, 255, 0), coverage=0.01)
+
+    palette = average_palette(
+        [
+            [navy],
+            [navy.model_copy(update={"coverage": 0.5}), dust],
+            [navy.model_copy(update={"coverage": 0.7})],
+        ]
+    )
+
+    # lime's mean share (0.0033) rounds to no share at all and is left out.
+    assert palette == [ColorSwatch(name="navy", rgb=(20, 30, 90), coverage=0.7)]
+    assert average_palette([]) == []
+    assert average_palette([[], []]) == []

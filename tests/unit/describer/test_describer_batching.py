@@ -126,7 +126,9 @@ async def describe_at_once(
     backend: LevelEchoBackend, batch_size: int, context: Context, levels: list[KpiLevel]
 ) -> list[str]:
     """First colour of each description, for requests sent all at once, one account each."""
-    settings = DescriberSettings(model_path=Path("/nonexistent"), describe_batch_size=batch_size)
+    settings = DescriberSettings(
+        model_path=Path("/nonexistent"), describe_batch_size=batch_size, palette_samples=1
+    )
     describer = Describer(backend, settings)  # type: ignore[arg-type]
     responses = await asyncio.gather(
         *(

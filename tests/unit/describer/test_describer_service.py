@@ -33,7 +33,7 @@ async def test_describe_fills_each_field_line_and_parses_it(
     fake_backend: Any, context: Context
 ) -> None:
     backend = fake_backend()
-    describer = Describer(backend, make_settings())
+    describer = Describer(backend, make_settings(palette_samples=1))
 
     response = await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
 
@@ -83,7 +83,7 @@ async def test_the_base_model_gets_worked_examples_and_field_decoding(
     fake_backend: Any, context: Context
 ) -> None:
     backend = fake_backend()
-    describer = Describer(backend, make_settings())
+    describer = Describer(backend, make_settings(palette_samples=1))
 
     await describer.describe(context=context, target=KpiTarget())
 
@@ -102,7 +102,7 @@ async def test_describe_reports_repairs_of_malformed_output(
             "objects": " shoe [0.2,0.3,1.4,0.9",
         }
     )
-    describer = Describer(backend, make_settings())
+    describer = Describer(backend, make_settings(palette_samples=1))
     before = counter("boig_verbalization_repairs_total", service="describer")
 
     response = await describer.describe(context=context, target=KpiTarget())
@@ -117,6 +117,92 @@ async def test_describe_reports_repairs_of_malformed_output(
     for fragment in ("clipped rgb", "unreadable color", "rescaled", "unknown tone", "object"):
         assert fragment in joined
     assert counter("boig_verbalization_repairs_total", service="describer") == before + 1
+
+
+class PaletteDrawsBackend:
+    """Answers each colors prompt with the next of ``draws`` (cycling), the other lines as
+    the scripted fake does; logs every call with its temperature and samples."""
+
+    def __init__(self, fake_backend: Any, draws: list[str]) -> None:
+        self.inner = fake_backend()
+        self.draws = draws
+        self.drawn = 0
+        self.calls: list[tuple[list[str], float, int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def generate(self, prompts: list[str], **options: Any) -> list[str]:
+        samples = options.get("samples", 1)
+        self.calls.append((list(prompts), options.get("temperature", 0.0), samples))
+        answers = []
+        for prompt in prompts:
+            for _ in range(samples):
+                if prompt.endswith("colors:"):
+                    answers.append(self.draws[self.drawn % len(self.draws)])
+                    self.drawn += 1
+                else:
+                    key = prompt.rsplit("\n", 1)[-1].removesuffix(":")
+                    answers.append(self.inner.lines[key])
+        return answers
+
+
+async def test_the_colors_line_is_the_average_of_sampled_palettes(
+    fake_backend: Any, context: Context
+) -> None:
+    draws = [
+        " navy (20,30,90) 80%; white (250,250,250) 20%",
+        " navy (40,50,110) 60%; gold (240,200,40) 40%",
+        " white (240,240,240) 52%; ???",
+        " navy (20,30,90) 100%",
+    ]
+    backend = PaletteDrawsBackend(fake_backend, draws)
+    settings = make_settings(palette_samples=4, palette_temperature=0.9)
+    describer = Describer(backend, settings)  # type: ignore[arg-type]
+
+    response = await describer.describe(context=context, target=KpiTarget())
+
+    [(color_prompts, temperature, samples)] = [call for call in backend.calls if call[1] > 0]
+    assert len(color_prompts) == 1 and samples == 4 and temperature == 0.9
+    # Every other line is greedy, one decoding per prompt.
+    assert sum(call[1] == 0 and call[2] == 1 for call in backend.calls) == 3
+    # Mean shares over the 4 draws: navy 2.4/4, white 0.72/4, gold 0.4/4, largest first;
+    # each RGB is the mean weighted by the shares: navy (20*.8 + 40*.6 + 20*1) / 2.4 = 25.
+    colors = response.verbalization.colors
+    assert [(c.name, c.coverage) for c in colors] == [
+        ("navy", 0.6),
+        ("white", 0.18),
+        ("gold", 0.1),
+    ]
+    assert colors[0].rgb == (25, 35, 95)
+    # The lines after it are decoded after the averaged line, not after any one draw.
+    tones_prompt = backend.calls[-2][0][0]
+    assert tones_prompt.endswith(
+        "colors: navy (25,35,95) 60%; white (243,243,243) 18%; gold (240,200,40) 10%\ntones:"
+    )
+
+
+async def test_average_palette_keeps_a_draw_when_none_reads_as_a_colour(
+    fake_backend: Any, context: Context
+) -> None:
+    backend = PaletteDrawsBackend(fake_backend, [" ???", " (((", " !!"])
+    describer = Describer(backend, make_settings(palette_samples=3))  # type: ignore[arg-type]
+
+    response = await describer.describe(context=context, target=KpiTarget())
+
+    assert response.verbalization.colors == []
+    assert any("unreadable color" in repair for repair in response.repairs)
+    assert [t.value for t in response.verbalization.tones] == ["warm", "bright"]
+
+
+async def test_sampled_descriptions_are_not_averaged(fake_backend: Any, context: Context) -> None:
+    backend = PaletteDrawsBackend(fake_backend, [" red (200,20,30) 40%"])
+    settings = make_settings(palette_samples=4, temperature=0.8)
+    describer = Describer(backend, settings)  # type: ignore[arg-type]
+
+    await describer.describe(context=context, target=KpiTarget())
+
+    assert [samples for _, _, samples in backend.calls] == [1] * len(prompts.DESCRIBE_FIELDS)
 
 
 async def test_describe_refuses_output_without_colors_tones_or_objects(
@@ -228,7 +314,7 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_shared_work(
     backend = fake_backend()
     release = threading.Event()
     backend.on_call = lambda: release.wait(5)
-    describer = Describer(backend, make_settings())
+    describer = Describer(backend, make_settings(palette_samples=1))
     target = KpiTarget()
 
     leaver = asyncio.create_task(describer.describe(context=context, target=target))
