@@ -119,6 +119,17 @@ def probe_llm(
     )
 
 
+ABLATIONS = ("no-history", "greedy-colors")
+"""llm_recipe.Ablation's names, here so that the CLI starts without importing torch."""
+
+
+def _known_ablations(names: list[str] | None) -> list[str]:
+    unknown = sorted(set(names or ()) - set(ABLATIONS))
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(unknown)}: choose from {', '.join(ABLATIONS)}")
+    return names or []
+
+
 @llm_app.command("evaluate")
 def evaluate_llm(
     seed: Seed = 0,
@@ -129,13 +140,16 @@ def evaluate_llm(
     base: Annotated[
         bool, typer.Option(help="Also evaluate the base model (the slowest part).")
     ] = True,
-    ablations: Annotated[
-        bool,
+    ablation: Annotated[
+        list[str] | None,
         typer.Option(
-            help="Also evaluate BoigLLM without its history lines (~30 s a row on 2 cores: "
-            "without them its descriptions often run to the token limit)."
+            callback=_known_ablations,
+            help="Also evaluate a variant of BoigLLM (repeatable): 'no-history', without its "
+            "history lines (~30 s a row on 2 cores: without them its descriptions often run "
+            "to the token limit); 'greedy-colors', greedy colours lines instead of the "
+            "average of sampled ones (descriptions only).",
         ),
-    ] = False,
+    ] = None,
     holdout_account: Annotated[
         bool,
         typer.Option(help="Also evaluate on an account never trained on (its own history)."),
@@ -155,7 +169,7 @@ def evaluate_llm(
         paths,
         settings,
         with_base=base,
-        ablations=ablations,
+        ablations=[llm_recipe.Ablation(name) for name in ablation or ()],
         holdout_account=holdout_account,
         holdout_rows_per_level=holdout_rows_per_level,
     )

@@ -18,9 +18,10 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from rich.console import Console
@@ -39,8 +40,10 @@ from services.trainer.evaluate.results import EvaluationResult
 from services.trainer.evaluate.run import (
     BASE_MODEL,
     BOIGLLM,
+    BOIGLLM_GREEDY_COLORS,
     BOIGLLM_WITHOUT_RETRIEVAL,
     EvaluationSettings,
+    OtherConfiguration,
     evaluate,
 )
 from services.trainer.finetune.config import PRESETS, FinetuneConfig
@@ -298,16 +301,40 @@ class ServedConfiguration:
     checkpoint: bool
     """Serve the registry's current checkpoint (else the bare base model, few-shot)."""
     retrieval: str = "auto"
+    palette_samples: int | None = None
+    """Colours lines averaged per description (None: the describer's default)."""
+
+    @property
+    def decoding_only(self) -> bool:
+        """Differs from BoigLLM as served only in how descriptions are decoded."""
+        return self.checkpoint and self.retrieval == "auto" and self.label != BOIGLLM
 
 
-def evaluation_configurations(*, with_base: bool, ablations: bool) -> list[ServedConfiguration]:
-    """BoigLLM as served first; then, with ``ablations``, the same checkpoint without its
-    history lines (what the weights alone learned); then the base model."""
+class Ablation(StrEnum):
+    """A variant of BoigLLM as served that the evaluation can add next to it."""
+
+    NO_HISTORY = "no-history"
+    """Without its history lines: what the weights alone learned."""
+    GREEDY_COLORS = "greedy-colors"
+    """Greedy colours lines instead of the average of sampled ones (descriptions only)."""
+
+
+ABLATIONS = {
+    Ablation.NO_HISTORY: ServedConfiguration(
+        BOIGLLM_WITHOUT_RETRIEVAL, checkpoint=True, retrieval="off"
+    ),
+    Ablation.GREEDY_COLORS: ServedConfiguration(
+        BOIGLLM_GREEDY_COLORS, checkpoint=True, palette_samples=1
+    ),
+}
+
+
+def evaluation_configurations(
+    *, with_base: bool, ablations: Iterable[Ablation] = ()
+) -> list[ServedConfiguration]:
+    """BoigLLM as served first; then each of ``ablations``; then the base model."""
     configurations = [ServedConfiguration(BOIGLLM, checkpoint=True)]
-    if ablations:
-        configurations.append(
-            ServedConfiguration(BOIGLLM_WITHOUT_RETRIEVAL, checkpoint=True, retrieval="off")
-        )
+    configurations += [ABLATIONS[ablation] for ablation in dict.fromkeys(ablations)]
     if with_base:
         configurations.append(ServedConfiguration(BASE_MODEL, checkpoint=False, retrieval="off"))
     return configurations
@@ -332,6 +359,8 @@ def describers(
             }
             if configuration.checkpoint:
                 env["BOIG_DESCRIBER_CHECKPOINT_REGISTRY"] = str(paths.registry)
+            if configuration.palette_samples is not None:
+                env["BOIG_DESCRIBER_PALETTE_SAMPLES"] = str(configuration.palette_samples)
             served = stack.enter_context(
                 local_stack(
                     paths.home / "stack" / f"describer-eval-{index}",
@@ -412,7 +441,7 @@ def run_evaluation(
     settings: EvaluationSettings,
     *,
     with_base: bool,
-    ablations: bool = False,
+    ablations: Iterable[Ablation] = (),
     holdout_account: bool = True,
     holdout_rows_per_level: int = 10,
 ) -> list[Path]:
@@ -457,6 +486,7 @@ def run_evaluation(
                     load_examples(part.dataset, "train"),
                     load_examples(part.dataset, "test"),
                     urls,
+                    {c.label for c in configurations if c.decoding_only},
                     part.settings,
                     media,
                     embed,
@@ -479,6 +509,7 @@ async def _evaluate(
     train_examples: dict[Direction, list[InstructionExample]],
     test_examples: dict[Direction, list[InstructionExample]],
     urls: dict[str, str],
+    decoding_only: set[str],
     settings: EvaluationSettings,
     media: dict[str, Path],
     embed: metrics.MiniLmEmbedder,
@@ -503,5 +534,10 @@ async def _evaluate(
             embed=embed,
             meta=meta,
             checkpoint_version=checkpoint_version,
-            others={label: (client, checkpoint_version) for label, client in clients.items()},
+            others={
+                label: OtherConfiguration(
+                    client, checkpoint_version, behaviour=label not in decoding_only
+                )
+                for label, client in clients.items()
+            },
         )

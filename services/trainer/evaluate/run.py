@@ -54,6 +54,19 @@ logger = logging.getLogger(__name__)
 BOIGLLM = "BoigLLM"
 BASE_MODEL = "base model (few-shot)"
 BOIGLLM_WITHOUT_RETRIEVAL = "BoigLLM without history"
+BOIGLLM_GREEDY_COLORS = "BoigLLM, greedy colors"
+
+
+@dataclass(frozen=True)
+class OtherConfiguration:
+    """One more served configuration to evaluate next to BoigLLM."""
+
+    client: DescriberClient
+    expect_version: str | None
+    """The checkpoint version every answer must come from (None: any)."""
+    behaviour: bool = True
+    """Also read levels. A configuration that differs from BoigLLM only in how it decodes
+    descriptions reads levels exactly as BoigLLM does: asking again would only cost time."""
 
 
 @dataclass(frozen=True)
@@ -284,7 +297,7 @@ async def evaluate(
     embed: Embed,
     meta: dict[str, str],
     checkpoint_version: str | None = None,
-    others: Mapping[str, tuple[DescriberClient, str | None]] | None = None,
+    others: Mapping[str, OtherConfiguration] | None = None,
 ) -> EvaluationResult:
     """Score BoigLLM and the baselines on the same held-out rows; every BoigLLM answer must
     come from ``checkpoint_version`` when one is given. ``others``: more served
@@ -296,25 +309,29 @@ async def evaluate(
     with Progress() as progress:
 
         async def answers(
-            client: DescriberClient, label: str, expect_version: str | None
-        ) -> tuple[list[Prediction], LevelPredictions]:
+            client: DescriberClient, label: str, expect_version: str | None, behaviour: bool
+        ) -> tuple[list[Prediction], LevelPredictions | None]:
             described = await describe_all(
                 client, content_rows, progress, label, expect_version, settings.in_flight
             )
+            if not behaviour:
+                return described, None
             return described, await predict_levels(
                 client, behaviour_rows, progress, label, expect_version
             )
 
-        # The two models are separate describer processes: asking both at once keeps both
-        # busy (each is given its share of the cores), instead of one waiting for the other.
-        models = {BOIGLLM: answers(boigllm, BOIGLLM, checkpoint_version)}
-        for label, (client, version) in (others or {}).items():
-            models[label] = answers(client, label, version)
+        # The models are separate describer processes: asking all at once keeps each busy
+        # (each is given its share of the cores), instead of one waiting for another.
+        models = {BOIGLLM: answers(boigllm, BOIGLLM, checkpoint_version, True)}
+        for label, other in (others or {}).items():
+            models[label] = answers(other.client, label, other.expect_version, other.behaviour)
         if base is not None:
-            models[BASE_MODEL] = answers(base, BASE_MODEL, None)
+            models[BASE_MODEL] = answers(base, BASE_MODEL, None, True)
         answered = dict(zip(models, await asyncio.gather(*models.values()), strict=True))
     descriptions = {label: described for label, (described, _) in answered.items()}
-    levels = {label: predicted for label, (_, predicted) in answered.items()}
+    levels = {
+        label: predicted for label, (_, predicted) in answered.items() if predicted is not None
+    }
     baselines = (
         NearestPastImage(train_content, embed),
         BrandAveragePalette(train_content),

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from services import cli
+from services.tooling import llm_recipe
 from services.tooling.llm_recipe import (
+    Ablation,
     DatasetMismatch,
     LlmPaths,
     check_dataset,
@@ -16,7 +19,12 @@ from services.tooling.llm_recipe import (
     preset_config,
     run_evaluation,
 )
-from services.trainer.evaluate.run import EvaluationSettings
+from services.trainer.evaluate.run import (
+    BASE_MODEL,
+    BOIGLLM,
+    BOIGLLM_GREEDY_COLORS,
+    EvaluationSettings,
+)
 from services.trainer.finetune.publish import dataset_ref
 
 
@@ -78,3 +86,19 @@ def test_a_checkpoint_is_evaluated_only_on_its_own_dataset(tmp_path: Path) -> No
 def test_evaluation_without_a_trained_model_says_what_to_run(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="make train-llm"):
         run_evaluation(_paths(tmp_path), EvaluationSettings(), with_base=False)
+
+
+def test_each_ablation_is_served_once_between_boigllm_and_the_base_model() -> None:
+    configurations = llm_recipe.evaluation_configurations(
+        with_base=True, ablations=[Ablation.GREEDY_COLORS, Ablation.GREEDY_COLORS]
+    )
+
+    assert [c.label for c in configurations] == [BOIGLLM, BOIGLLM_GREEDY_COLORS, BASE_MODEL]
+    greedy = configurations[1]
+    assert greedy.palette_samples == 1 and greedy.decoding_only
+    # Without its history the checkpoint reads levels differently: it is asked for them.
+    assert not llm_recipe.ABLATIONS[Ablation.NO_HISTORY].decoding_only
+
+
+def test_the_cli_knows_every_ablation_by_name() -> None:
+    assert set(cli.ABLATIONS) == {ablation.value for ablation in Ablation}

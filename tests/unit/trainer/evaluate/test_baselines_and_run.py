@@ -39,6 +39,7 @@ from services.trainer.evaluate.run import (
     BASE_MODEL,
     BOIGLLM,
     EvaluationSettings,
+    OtherConfiguration,
     WrongModelServed,
     behaviour_estimates,
     describe_all,
@@ -390,7 +391,11 @@ async def test_describe_all_keeps_the_row_order_with_requests_in_flight() -> Non
     assert describer.most_open == 4  # never more than asked, and really concurrent
 
 
-async def test_evaluate_scores_every_method_on_the_same_rows_and_keeps_failures() -> None:
+Split = dict[Direction, list[InstructionExample]]
+
+
+def small_split() -> tuple[Split, Split]:
+    """(train, test): 12 red training posts without behaviour rows; 3 test rows per level."""
     train = {
         Direction.CONTENT: [
             example(f"t{i}", "acme", "red shoe", level, RED)
@@ -398,22 +403,26 @@ async def test_evaluate_scores_every_method_on_the_same_rows_and_keeps_failures(
         ],
         Direction.BEHAVIOUR: [],
     }
-    percentiles = PERCENTILES
     test = {
         direction: [
             example(
                 f"x{i}",
                 "acme",
-                f"post {percentiles[level]}",
+                f"post {PERCENTILES[level]}",
                 level,
                 RED,
                 direction=direction,
-                percentile=percentiles[level],
+                percentile=PERCENTILES[level],
             )
             for i, level in enumerate(list(KpiLevel) * 3)
         ]
         for direction in Direction
     }
+    return train, test
+
+
+async def test_evaluate_scores_every_method_on_the_same_rows_and_keeps_failures() -> None:
+    train, test = small_split()
     embed: Any = bag_of_words
     result = await evaluate(
         train,
@@ -450,6 +459,35 @@ async def test_evaluate_scores_every_method_on_the_same_rows_and_keeps_failures(
     assert first.level == "low" and first.predictions[BASE_MODEL] == FAILED_DESCRIPTION
     # No behaviour rows in training: only the models predict levels.
     assert set(result.behaviour["level_accuracy"]) == {BOIGLLM, BASE_MODEL}
+
+
+class DescribeOnly(ScriptedDescriber):
+    async def likelihood(
+        self, context: Context, verbalizations: list[Verbalization], *, kpi_name: str = "likes"
+    ) -> LikelihoodResponse:
+        raise AssertionError("a decoding-only configuration is never asked for levels")
+
+
+async def test_a_decoding_only_configuration_is_scored_on_its_descriptions_alone() -> None:
+    train, test = small_split()
+    embed: Any = bag_of_words
+    greedy = OtherConfiguration(DescribeOnly(BLUE), expect_version=None, behaviour=False)  # type: ignore[arg-type]
+
+    result = await evaluate(
+        train,
+        test,
+        boigllm=ScriptedDescriber(RED),  # type: ignore[arg-type]
+        base=None,
+        settings=EvaluationSettings(rows_per_level=2, resamples=200, report_examples=2),
+        media={},
+        embed=embed,
+        meta={"checkpoint": "test"},
+        others={"greedy": greedy},
+    )
+
+    distance = result.description["palette_rgb_distance"]["greedy"][ALL_BUCKETS]
+    assert distance is not None and distance.value > 200 and distance.n == 6
+    assert set(result.behaviour["level_accuracy"]) == {BOIGLLM}
 
 
 def behaviour_split(
