@@ -329,7 +329,7 @@ class TransformersBackend:
                 position_ids=_positions(mask[distinct, :-1]).to(self._model.device),
                 use_cache=True,
             )
-        cache = output.past_key_values
+        cache = _output_cache(output)
         cache.batch_repeat_interleave(samples)
         return cache
 
