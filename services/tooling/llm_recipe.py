@@ -303,11 +303,9 @@ class ServedConfiguration:
     retrieval: str = "auto"
     palette_samples: int | None = None
     """Colours lines averaged per description (None: the describer's default)."""
-
-    @property
-    def decoding_only(self) -> bool:
-        """Differs from BoigLLM as served only in how descriptions are decoded."""
-        return self.checkpoint and self.retrieval == "auto" and self.label != BOIGLLM
+    levels: bool = True
+    """Also read levels. False where the configuration reads them exactly as BoigLLM does
+    (it differs only in how it decodes descriptions): asking again would only cost time."""
 
 
 class Ablation(StrEnum):
@@ -324,7 +322,7 @@ ABLATIONS = {
         BOIGLLM_WITHOUT_RETRIEVAL, checkpoint=True, retrieval="off"
     ),
     Ablation.GREEDY_COLORS: ServedConfiguration(
-        BOIGLLM_GREEDY_COLORS, checkpoint=True, palette_samples=1
+        BOIGLLM_GREEDY_COLORS, checkpoint=True, palette_samples=1, levels=False
     ),
 }
 
@@ -486,7 +484,7 @@ def run_evaluation(
                     load_examples(part.dataset, "train"),
                     load_examples(part.dataset, "test"),
                     urls,
-                    {c.label for c in configurations if c.decoding_only},
+                    {c.label: c.levels for c in configurations},
                     part.settings,
                     media,
                     embed,
@@ -509,7 +507,7 @@ async def _evaluate(
     train_examples: dict[Direction, list[InstructionExample]],
     test_examples: dict[Direction, list[InstructionExample]],
     urls: dict[str, str],
-    decoding_only: set[str],
+    levels: dict[str, bool],
     settings: EvaluationSettings,
     media: dict[str, Path],
     embed: metrics.MiniLmEmbedder,
@@ -535,9 +533,7 @@ async def _evaluate(
             meta=meta,
             checkpoint_version=checkpoint_version,
             others={
-                label: OtherConfiguration(
-                    client, checkpoint_version, behaviour=label not in decoding_only
-                )
+                label: OtherConfiguration(client, checkpoint_version, behaviour=levels[label])
                 for label, client in clients.items()
             },
         )

@@ -203,12 +203,12 @@ class TransformersBackend:
             input_ids, mask, cache = reuse
         if samples > 1:
             # Each prompt is read once; its KV cache is then copied for its samples.
-            input_ids = input_ids.repeat_interleave(samples, dim=0)
-            mask = mask.repeat_interleave(samples, dim=0)
+            if cache is None and input_ids.shape[1] > 1:
+                cache = self._prefill(input_ids, mask)
             if cache is not None:
                 cache.batch_repeat_interleave(samples)
-            elif input_ids.shape[1] > 1:
-                cache = self._prefill(input_ids, mask, samples)
+            input_ids = input_ids.repeat_interleave(samples, dim=0)
+            mask = mask.repeat_interleave(samples, dim=0)
         prompt_length = input_ids.shape[1]
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
@@ -318,20 +318,16 @@ class TransformersBackend:
             cache=last.cache,
         )
 
-    def _prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, samples: int) -> Any:
-        """Read each distinct prompt (every ``samples``-th row) into a KV cache once, all but
-        its last token, and copy that cache for the prompt's samples."""
-        distinct = slice(None, None, samples)
+    def _prefill(self, input_ids: torch.Tensor, mask: torch.Tensor) -> Any:
+        """The KV cache of the prompts, all but each one's last token (which generate runs)."""
         with torch.inference_mode():
             output = self._model(
-                input_ids=input_ids[distinct, :-1].to(self._model.device),
-                attention_mask=mask[distinct, :-1].to(self._model.device),
-                position_ids=_positions(mask[distinct, :-1]).to(self._model.device),
+                input_ids=input_ids[:, :-1].to(self._model.device),
+                attention_mask=mask[:, :-1].to(self._model.device),
+                position_ids=_positions(mask[:, :-1]).to(self._model.device),
                 use_cache=True,
             )
-        cache = _output_cache(output)
-        cache.batch_repeat_interleave(samples)
-        return cache
+        return _output_cache(output)
 
     def continuation_logprobs(
         self, prompts: list[str], continuations: list[str]

@@ -95,9 +95,9 @@ def test_each_ablation_is_served_once_between_boigllm_and_the_base_model() -> No
 
     assert [c.label for c in configurations] == [BOIGLLM, BOIGLLM_GREEDY_COLORS, BASE_MODEL]
     greedy = configurations[1]
-    assert greedy.palette_samples == 1 and greedy.decoding_only
+    assert greedy.palette_samples == 1 and not greedy.levels
     # Without its history the checkpoint reads levels differently: it is asked for them.
-    assert not llm_recipe.ABLATIONS[Ablation.NO_HISTORY].decoding_only
+    assert llm_recipe.ABLATIONS[Ablation.NO_HISTORY].levels
 
 
 def test_the_cli_knows_every_ablation_by_name() -> None:
