@@ -103,6 +103,13 @@ class TimeLimitExceeded(BackendError):
     type = "time_limit_exceeded"
 
 
+class WorkerLost(BackendError):
+    """A job's worker died while running it (killed for memory, a crash) as many times as a
+    job may be tried: it is failed rather than handed to the next worker to kill."""
+
+    type = "worker_lost"
+
+
 _ERROR_TYPES: dict[str, type[BoigError]] = {
     cls.type: cls
     for cls in (
@@ -121,6 +128,7 @@ _ERROR_TYPES: dict[str, type[BoigError]] = {
         ModelOutputError,
         ModelUnavailable,
         TimeLimitExceeded,
+        WorkerLost,
     )
 }
 

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.db import Base, Database
-from services.common.errors import Conflict, NotFound, Overloaded
+from services.common.errors import Conflict, NotFound, Overloaded, WorkerLost
 from services.common.generation import (
     FINAL_STATES,
     GenerateRequest,
@@ -42,6 +42,10 @@ from services.common.generation import (
     JobOutcome,
     JobState,
 )
+
+DEFAULT_MAX_ATTEMPTS = 5
+"""Starts a job gets: every claim counts, a transient error's retry included, so this must
+exceed the worker's transient retries (``GeneratorSettings`` checks it)."""
 
 
 def utcnow() -> datetime:
@@ -341,10 +345,19 @@ class JobStore:
 
     # --- the worker's side --------------------------------------------------------------
 
-    def claim(self, job_id: str, *, worker: str, lease_seconds: float) -> Lease | None:
+    def claim(
+        self,
+        job_id: str,
+        *,
+        worker: str,
+        lease_seconds: float,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> Lease | None:
         """Start (or restart after a dead worker) a job; None if it is not ours to run.
 
-        Not ours: it is finished, canceled, or running under another worker's live lease.
+        Not ours: it is finished, canceled, or running under another worker's live lease, or
+        it was started ``max_attempts`` times already. A job whose worker died that often
+        (the job itself may be what kills it) is failed here as ``worker_lost``.
         """
         now = utcnow()
         token = secrets.token_hex(16)
@@ -354,6 +367,7 @@ class JobStore:
                 .where(
                     JobRow.id == job_id,
                     JobRow.cancel_requested.is_(False),
+                    JobRow.attempts < max_attempts,
                     (JobRow.state == JobState.QUEUED.value)
                     | ((JobRow.state == JobState.RUNNING.value) & (JobRow.lease_until < now)),
                 )
@@ -367,6 +381,7 @@ class JobStore:
                 )
             ).rowcount  # type: ignore[attr-defined]
         if claimed != 1:
+            self.fail_lost(max_attempts=max_attempts, job_id=job_id)
             return None
         return Lease(job=self.get(job_id), token=token)
 
@@ -478,6 +493,40 @@ class JobStore:
                     .where(condition, JobRow.cancel_requested.is_(False))
                     .order_by(JobRow.created_at)
                 ).all()
+            )
+
+    def fail_lost(self, *, max_attempts: int, job_id: str | None = None) -> int:
+        """Fail, as ``worker_lost``, the running jobs (or the one ``job_id``) whose lease ran
+        out after their ``max_attempts``-th start: their worker died each time, and sending
+        them again would only kill the next one. Returns how many were failed."""
+        now = utcnow()
+        condition = (
+            (JobRow.state == JobState.RUNNING.value)
+            & (JobRow.lease_until < now)
+            & (JobRow.attempts >= max_attempts)
+            # A cancel the dead worker never saw is a cancel: cancel_orphans closes those.
+            & JobRow.cancel_requested.is_(False)
+        )
+        if job_id is not None:
+            condition = condition & (JobRow.id == job_id)
+        with self._db.session() as session:
+            return int(
+                session.execute(
+                    update(JobRow)
+                    .where(condition)
+                    .values(
+                        state=JobState.FAILED.value,
+                        finished_at=now,
+                        lease_until=None,
+                        lease_token=None,
+                        error_type=WorkerLost.type,
+                        error_message=(
+                            f"the worker running this job stopped {max_attempts} times before "
+                            "it finished (killed for memory or crashed); it is not tried again"
+                        ),
+                    )
+                ).rowcount  # type: ignore[attr-defined]
+                or 0
             )
 
     def cancel_orphans(self) -> int:

@@ -9,13 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.checkpoints import BOIGSD_CHECKPOINT
 from services.common.contracts import RewardName
 from services.common.db import default_database_url
 from services.common.generation import MAX_CANDIDATES_PER_JOB, Strategy
+from services.common.jobs import DEFAULT_MAX_ATTEMPTS
 from services.common.model_folders import SAMPLING_FILE
 from services.common.settings import artifact_store_root, boig_home, default_world_sd_dir
 
@@ -126,6 +127,16 @@ class GeneratorSettings(BaseSettings):
     retry_backoff_seconds: float = Field(
         default=2.0, ge=0, description="First retry delay; doubles."
     )
+    max_attempts: int = Field(
+        default=DEFAULT_MAX_ATTEMPTS,
+        ge=1,
+        le=50,
+        description=(
+            "Starts a job gets before it fails as worker_lost: a worker that dies mid-job (out "
+            "of memory, a crash) leaves it to the next one, until the job has been started this "
+            "often. Transient-error retries are starts too, so this must exceed max_retries."
+        ),
+    )
     sweep_interval_seconds: float = Field(
         default=5.0,
         gt=0,
@@ -149,3 +160,13 @@ class GeneratorSettings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"{value!r} is not an http(s) URL")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _attempts_above_retries(self) -> GeneratorSettings:
+        # A job released for a transient retry must still be claimable, or it would sit
+        # queued forever with no start left.
+        if self.max_attempts <= self.max_retries:
+            raise ValueError(
+                f"max_attempts ({self.max_attempts}) must exceed max_retries ({self.max_retries})"
+            )
+        return self

@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import Celery
 
-from services.common.jobs import JobStore
+from services.common.jobs import DEFAULT_MAX_ATTEMPTS, JobStore
 from services.common.queue import QueueSettings, send_generation_task
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,10 @@ class Sweeper:
         *,
         interval: float,
         unpublished_grace: float,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self._app = app
+        self._max_attempts = max_attempts
         self._store = store
         self._interval = interval
         self._grace = unpublished_grace
@@ -87,6 +89,10 @@ class Sweeper:
         canceled = self._store.cancel_orphans()
         if canceled:
             logger.info("%d canceled jobs of dead workers marked canceled", canceled)
+        # Before sending orphans again: a job that already killed max_attempts workers fails.
+        failed = self._store.fail_lost(max_attempts=self._max_attempts)
+        if failed:
+            logger.warning("%d jobs failed as worker_lost (their workers kept dying)", failed)
         job_ids = self._store.jobs_to_publish(unpublished_for=self._grace, all_queued=lost)
         for job_id in job_ids:
             send_generation_task(self._app, job_id)

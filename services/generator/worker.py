@@ -163,7 +163,12 @@ def run_job(task: Task, job_id: str) -> dict[str, Any]:
     state = runtime()
     worker = f"{task.request.hostname or socket.gethostname()}"
     try:
-        lease = state.store.claim(job_id, worker=worker, lease_seconds=state.lease_seconds)
+        lease = state.store.claim(
+            job_id,
+            worker=worker,
+            lease_seconds=state.lease_seconds,
+            max_attempts=state.settings.max_attempts,
+        )
     except SQLAlchemyError as exc:
         # The store is down: this message is the job's only way to a worker, so it must not
         # be acknowledged as done. Sent again, with a backoff capped at a minute, until the
@@ -260,6 +265,7 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
         QueueSettings(),
         interval=settings.sweep_interval_seconds,
         unpublished_grace=settings.unpublished_grace_seconds,
+        max_attempts=settings.max_attempts,
     )
     _sweeper.start()
     pool = getattr(sender, "pool", None)

@@ -167,6 +167,38 @@ def test_an_expired_lease_lets_a_redelivery_run_the_job_and_fences_the_old_one(
     assert store.claim(job.id, worker="late", lease_seconds=60) is None
 
 
+def test_a_job_whose_workers_keep_dying_fails_as_worker_lost(store: JobStore) -> None:
+    job, _ = submit(store)
+    for attempt in (1, 2):
+        lease = store.claim(job.id, worker=f"dead{attempt}", lease_seconds=0.01, max_attempts=2)
+        assert lease is not None and lease.job.attempts == attempt
+        time.sleep(0.05)
+    # The second dead worker used the last start: a redelivery fails the job, never runs it.
+    assert store.claim(job.id, worker="next", lease_seconds=60, max_attempts=2) is None
+    failed = store.get(job.id)
+    assert failed.state is JobState.FAILED
+    assert failed.error is not None and failed.error.type == "worker_lost"
+    assert "2 times" in failed.error.message
+    assert store.jobs_to_publish(unpublished_for=0.0) == []
+
+
+def test_fail_lost_spares_live_leases_starts_left_and_cancels(store: JobStore) -> None:
+    live, _ = submit(store)
+    orphan, _ = submit(store)
+    canceled, _ = submit(store)
+    assert store.claim(live.id, worker="w", lease_seconds=60) is not None
+    assert store.claim(orphan.id, worker="dead", lease_seconds=0.01) is not None
+    assert store.claim(canceled.id, worker="dead", lease_seconds=0.01) is not None
+    store.request_cancel(canceled.id, owner="k1")
+    time.sleep(0.05)
+    assert store.fail_lost(max_attempts=2) == 0  # one start each: a second one is left
+    assert store.fail_lost(max_attempts=1) == 1  # the orphan's only start is spent
+    assert store.get(orphan.id).state is JobState.FAILED
+    assert store.get(live.id).state is JobState.RUNNING  # its worker is alive
+    assert store.cancel_orphans() == 1  # a cancel the dead worker never saw stays a cancel
+    assert store.get(canceled.id).state is JobState.CANCELED
+
+
 def test_completion_records_outcome_and_images_once(store: JobStore) -> None:
     job, _ = submit(store)
     lease = store.claim(job.id, worker="w", lease_seconds=60)

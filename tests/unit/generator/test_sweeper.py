@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import Celery
 
 from services.common.contracts import Context
 from services.common.db import Database
-from services.common.generation import GenerateRequest
+from services.common.generation import GenerateRequest, JobState
 from services.common.jobs import JobStore
 from services.common.queue import GPU_QUEUE, QueueSettings, create_celery_app
 from services.generator.sweeper import EPOCH_KEY, BrokerEpoch, Sweeper
@@ -28,14 +29,19 @@ def submit(store: JobStore) -> str:
     return job.id
 
 
+def sqlite_queue(folder: Path) -> tuple[QueueSettings, Celery]:
+    """A broker in SQLite files under ``folder``: the sweeper's sends, without a server."""
+    queue = QueueSettings(
+        broker_url=f"sqla+sqlite:///{folder / 'broker.db'}",
+        result_backend=f"db+sqlite:///{folder / 'results.db'}",
+    )
+    return queue, create_celery_app(queue, name="test")
+
+
 def test_unsent_and_orphaned_jobs_are_sent_again_once(
     tmp_path: Path, database: Database, drain_queue: Any
 ) -> None:
-    queue = QueueSettings(
-        broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
-        result_backend=f"db+sqlite:///{tmp_path / 'results.db'}",
-    )
-    celery = create_celery_app(queue, name="test")
+    queue, celery = sqlite_queue(tmp_path)
     store = JobStore(database)
     published, unsent, orphan = submit(store), submit(store), submit(store)
     store.mark_published(published)
@@ -48,6 +54,23 @@ def test_unsent_and_orphaned_jobs_are_sent_again_once(
     # Sent once: the next sweep within the grace period sends nothing more.
     later = Sweeper(celery, store, queue, interval=60, unpublished_grace=3600)
     assert later.sweep() == []
+
+
+def test_an_orphan_out_of_starts_is_failed_not_sent_again(
+    tmp_path: Path, database: Database, drain_queue: Any
+) -> None:
+    queue, celery = sqlite_queue(tmp_path)
+    store = JobStore(database)
+    killer = submit(store)
+    store.mark_published(killer)
+    assert store.claim(killer, worker="dead", lease_seconds=0.01, max_attempts=1) is not None
+    time.sleep(0.05)
+    sweeper = Sweeper(celery, store, queue, interval=60, unpublished_grace=0.0, max_attempts=1)
+    assert sweeper.sweep() == []
+    assert drain_queue(celery, GPU_QUEUE) == []
+    job = store.get(killer)
+    assert job.state is JobState.FAILED and job.error is not None
+    assert job.error.type == "worker_lost"
 
 
 @pytest.mark.redis

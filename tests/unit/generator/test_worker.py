@@ -154,3 +154,13 @@ def test_a_job_store_outage_at_claim_sends_the_message_again(
     with pytest.raises(RetryingTask.Retry):
         worker.run_job(many, "some-job")  # type: ignore[arg-type]
     assert many.retried == [(60.0, None)]
+
+
+def test_max_attempts_must_leave_room_for_the_transient_retries() -> None:
+    from pydantic import ValidationError
+
+    from services.generator.settings import GeneratorSettings
+
+    assert GeneratorSettings(max_retries=3, max_attempts=4).max_attempts == 4
+    with pytest.raises(ValidationError, match="must exceed max_retries"):
+        GeneratorSettings(max_retries=3, max_attempts=3)
