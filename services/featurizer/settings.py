@@ -36,6 +36,15 @@ class FeaturizerSettings(ServiceSettings):
             "`make models` trains under BOIG_HOME."
         ),
     )
+    detector_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description=(
+            "The detector weights' sha256, checked before they are loaded (a .pt file is a "
+            "pickle: loading runs its code). Unset: the sha256 in the manifest.json beside the "
+            "weights, which `make models` writes; weights pinned by neither are refused."
+        ),
+    )
     detector_confidence: float = Field(
         default=0.25,
         ge=0.0,

@@ -23,6 +23,7 @@ def _load_yolo(settings: FeaturizerSettings) -> Detector:
         image_size=settings.detector_image_size,
         max_objects=settings.detector_max_objects,
         cpu_threads=settings.detector_cpu_threads,
+        sha256=settings.detector_sha256,
     )
 
 

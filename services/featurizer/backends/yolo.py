@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ from services.featurizer.ultralytics_setup import import_ultralytics
 
 logger = logging.getLogger(__name__)
 
+MANIFEST = "manifest.json"
 DEFAULT_IMAGE_SIZE = 640
 """Inference size for weights that do not record the size they were trained at."""
 
@@ -57,9 +59,14 @@ class YoloDetector:
         image_size: int | None = None,
         max_objects: int = 20,
         cpu_threads: int | None = None,
+        sha256: str | None = None,
     ) -> YoloDetector:
-        """Load and warm up ``weights``; ModelUnavailable if the file is missing or unusable.
+        """Load and warm up ``weights``; ModelUnavailable if the file is missing, not the
+        pinned file, or unusable.
 
+        A ``.pt`` file is a pickle: loading it runs whatever code it carries. So its sha256
+        is checked first, against ``sha256`` or else the one the ``manifest.json`` beside it
+        records (written by `make models`); weights pinned by neither are refused.
         ``cpu_threads`` sets torch's (process-wide) CPU thread count when running on CPU;
         None means all usable cores but one, which is left to colour analysis.
         """
@@ -71,6 +78,7 @@ class YoloDetector:
                 "shapes detector, or set BOIG_FEATURIZER_DETECTOR_WEIGHTS to an ultralytics "
                 "weights file (e.g. yolov8n.pt)"
             )
+        digest = _verified_sha256(weights, sha256)
         YOLO = import_ultralytics().YOLO
 
         resolved_device = resolve_device(device)
@@ -83,7 +91,8 @@ class YoloDetector:
         if model.task != "detect":
             raise ModelUnavailable(f"{weights} is a {model.task} model; a detect model is needed")
         size = image_size or int(model.overrides.get("imgsz") or DEFAULT_IMAGE_SIZE)
-        info = ModelInfo(name=str(weights), version=f"sha256:{_sha256(weights)[:16]}")
+        # A name and a hash: a server path would tell clients about the host's file system.
+        info = ModelInfo(name=_model_name(weights), version=f"sha256:{digest[:16]}")
         detector = cls(
             model,
             info=info,
@@ -176,6 +185,44 @@ def _set_torch_threads(threads: int | None) -> None:
         )
         threads = max(1, (usable or 1) - 1)
     torch.set_num_threads(threads)
+
+
+def _manifest(weights: Path) -> dict[str, Any]:
+    """The ``manifest.json`` beside prepared weights (`make models`), or {} if unreadable."""
+    try:
+        manifest = json.loads((weights.parent / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _verified_sha256(weights: Path, pinned: str | None) -> str:
+    """The weights' sha256, once it equals the pinned one; ModelUnavailable otherwise."""
+    recorded = _manifest(weights).get("weights")
+    # The manifest pins only the file it names: a renamed or added .pt beside it is not pinned.
+    if isinstance(recorded, dict) and recorded.get("file") == weights.name:
+        expected = pinned or recorded.get("sha256")
+    else:
+        expected = pinned
+    if not isinstance(expected, str) or not expected:
+        raise ModelUnavailable(
+            f"detector weights {weights.name} are not pinned: loading a .pt file runs the code "
+            "it carries, so its sha256 must be known first. Set BOIG_FEATURIZER_DETECTOR_SHA256 "
+            "to the file's sha256 (`sha256sum` it from a source you trust)"
+        )
+    actual = _sha256(weights)
+    if actual != expected.strip().lower():
+        raise ModelUnavailable(
+            f"detector weights {weights.name} have sha256 {actual[:16]}…, not the pinned "
+            f"{expected[:16]}…: refusing to load them"
+        )
+    return actual
+
+
+def _model_name(weights: Path) -> str:
+    """What responses call the detector: the prepared model's kind, else the file's name."""
+    kind = _manifest(weights).get("kind")
+    return kind if isinstance(kind, str) and kind else weights.name
 
 
 def _sha256(path: Path) -> str:

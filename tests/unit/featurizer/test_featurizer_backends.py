@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
+import types
 from pathlib import Path
 
 import pytest
@@ -162,8 +165,11 @@ def test_info_names_the_weights_and_their_hash(
     shape_detector: YoloDetector, shape_detector_weights: Path
 ) -> None:
     assert isinstance(shape_detector, Detector)
-    assert shape_detector.info.name == str(shape_detector_weights)
-    assert shape_detector.info.version.startswith("sha256:")
+    # A name and a hash, never the server's path.
+    assert shape_detector.info.name == "yolo-shapes"
+    assert str(shape_detector_weights.parent) not in shape_detector.info.model_dump_json()
+    digest = hashlib.sha256(shape_detector_weights.read_bytes()).hexdigest()
+    assert shape_detector.info.version == f"sha256:{digest[:16]}"
     assert shape_detector.image_size == 128  # read from the weights' training arguments
 
 
@@ -177,8 +183,42 @@ def test_missing_weights_raise_model_unavailable_with_a_fix(tmp_path: Path) -> N
 def test_corrupt_weights_raise_model_unavailable(tmp_path: Path) -> None:
     weights = tmp_path / "broken.pt"
     weights.write_bytes(b"this is not a checkpoint")
+    pin = hashlib.sha256(weights.read_bytes()).hexdigest()
     with pytest.raises(ModelUnavailable, match="could not load"):
+        YoloDetector.load(weights, sha256=pin)
+
+
+def _never_unpickled(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unpickle(*_: object, **__: object) -> None:
+        raise AssertionError("the weights were loaded before their hash was checked")
+
+    fake = types.SimpleNamespace(YOLO=unpickle)
+    monkeypatch.setattr("services.featurizer.backends.yolo.import_ultralytics", lambda: fake)
+
+
+def test_unpinned_weights_are_refused_before_they_are_unpickled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _never_unpickled(monkeypatch)
+    weights = tmp_path / "yolov8n.pt"
+    weights.write_bytes(b"pickled code")
+    with pytest.raises(ModelUnavailable, match="not pinned") as raised:
         YoloDetector.load(weights)
+    assert "BOIG_FEATURIZER_DETECTOR_SHA256" in raised.value.message
+
+
+def test_weights_that_differ_from_their_pin_are_refused_before_they_are_unpickled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape_detector_weights: Path
+) -> None:
+    _never_unpickled(monkeypatch)
+    swapped = tmp_path / "best.pt"
+    swapped.write_bytes(b"someone else's pickle")
+    manifest = json.loads((shape_detector_weights.parent / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))  # the pin of the real file
+    with pytest.raises(ModelUnavailable, match="refusing to load"):
+        YoloDetector.load(swapped)
+    with pytest.raises(ModelUnavailable, match="refusing to load"):  # an explicit pin too
+        YoloDetector.load(shape_detector_weights, sha256="0" * 64)
 
 
 def test_backend_table_builds_by_name(shape_detector_weights: Path) -> None:
@@ -190,7 +230,7 @@ def test_backend_table_builds_by_name(shape_detector_weights: Path) -> None:
         )
     )
     assert isinstance(detector, YoloDetector)
-    assert detector.info.name == str(shape_detector_weights)
+    assert detector.info.name == "yolo-shapes"
 
 
 @pytest.mark.parametrize(
