@@ -25,7 +25,7 @@ from services.common.contracts import (
     ScoreResponse,
 )
 from services.common.db import Database
-from services.common.errors import BoigError, InvalidInput, UnsupportedMediaType
+from services.common.errors import BoigError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from services.common.generation import GenerateRequest, JobAccepted, JobStatus
 from services.common.jobs import JobStore
 from services.common.queue import QueueSettings, create_celery_app
@@ -195,9 +195,17 @@ def create_app(
         response_model=DescribeResponse,
         tags=["describing"],
         summary="Describe how an image for this context should look to reach the KPI target",
+        openapi_extra=_json_body("DescribeRequest"),
     )
-    async def describe(body: DescribeRequest, _key: RateLimitedKey) -> DescribeResponse:
-        return await gateway.describe(body)
+    async def describe(request: Request, _key: RateLimitedKey) -> DescribeResponse:
+        # The body is read here, after the key was checked: a declared body parameter would
+        # be parsed before any dependency ran, for anonymous clients too.
+        body = await _read_json_body(request, settings.max_json_body_bytes)
+        try:
+            describe_request = DescribeRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise InvalidInput(validation_message(exc)) from exc
+        return await gateway.describe(describe_request)
 
     @app.post(
         "/v1/generate",
@@ -210,14 +218,7 @@ def create_app(
             "header the same key and body return the same job, and the same key with another "
             "body is a 409. While the queue is full: 503 with Retry-After."
         ),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/GenerateRequest"}}
-                },
-            }
-        },
+        openapi_extra=_json_body("GenerateRequest"),
     )
     async def generate(
         request: Request,
@@ -225,11 +226,9 @@ def create_app(
         key: RateLimitedKey,
         idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
     ) -> JobAccepted:
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type not in ("application/json", ""):
-            raise UnsupportedMediaType(f"unsupported content type {media_type!r}: send JSON")
+        body = await _read_json_body(request, settings.max_json_body_bytes)
         accepted, created = await generation.submit(
-            owner=key.prefix, body=await request.body(), idempotency_key=idempotency_key
+            owner=key.prefix, body=body, idempotency_key=idempotency_key
         )
         response.headers["Location"] = accepted.status_url
         if not created:
@@ -306,6 +305,30 @@ async def _read_multipart(request: Request, gateway: Gateway) -> ScoreRequest:
     return build_score_request(spec, uploads, limits=gateway.image_limits)
 
 
+def _json_body(model: str) -> dict[str, Any]:
+    """The OpenAPI requestBody of a route that reads its JSON body itself."""
+    schema = {"$ref": f"#/components/schemas/{model}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+async def _read_json_body(request: Request, limit: int) -> bytes:
+    """The body of a route that carries no images: JSON, at most ``limit`` bytes, refused by
+    its declared length before it is read and by the bytes read when it declares none."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in ("application/json", ""):
+        raise UnsupportedMediaType(f"unsupported content type {media_type!r}: send JSON")
+    too_large = PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
 def _ping(db: Database) -> None:
     with db.session() as session:
         session.execute(text("SELECT 1"))
@@ -314,9 +337,10 @@ def _ping(db: Database) -> None:
 def _declare_request_schemas(app: FastAPI) -> None:
     """Put ScoreRequest and GenerateRequest into the OpenAPI components.
 
-    /v1/score (JSON or multipart) and /v1/generate (its raw bytes are the idempotency
-    fingerprint) read their bodies themselves, so FastAPI does not see the models; the routes'
-    requestBody refers to them and this makes the references resolve.
+    /v1/score (JSON or multipart), /v1/generate (its raw bytes are the idempotency
+    fingerprint) and /v1/describe read their bodies themselves, after authentication, so
+    FastAPI does not see the models; the routes' requestBody refers to them and this makes
+    the references resolve.
     """
 
     def openapi() -> dict[str, Any]:
@@ -331,7 +355,7 @@ def _declare_request_schemas(app: FastAPI) -> None:
                 servers=app.servers,
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (ScoreRequest, GenerateRequest):
+            for model in (ScoreRequest, GenerateRequest, DescribeRequest):
                 request_schema = model.model_json_schema(
                     ref_template="#/components/schemas/{model}"
                 )

@@ -45,6 +45,14 @@ class GatewaySettings(ServiceSettings):
             "upstream timeout, so that the scorer reports its upstream's failure, not us."
         ),
     )
+    max_json_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description=(
+            "Largest body of a route that carries no images (/v1/describe, /v1/generate): a "
+            "context and a target fit in a few KiB; larger bodies get 413 before they are read."
+        ),
+    )
     max_creatives: int = Field(
         default=16,
         ge=1,

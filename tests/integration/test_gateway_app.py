@@ -271,6 +271,19 @@ def test_missing_wrong_and_revoked_keys_are_401(gw: Gateway, path: str) -> None:
 
 def test_unauthenticated_requests_are_refused_before_validation(gw: Gateway) -> None:
     assert_error(gw.client.post("/v1/score", content=b"garbage"), 401, "unauthorized")
+    # Not parsed for an anonymous client: neither 422 for the garbage nor 413 for the size.
+    for body in (b"garbage", b"{" * (200 * 1024)):
+        response = gw.client.post(
+            "/v1/describe", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert_error(response, 401, "unauthorized")
+
+
+def test_describe_bodies_beyond_what_a_request_needs_are_413(gw: Gateway) -> None:
+    big = {"context": {"account": "acme", "text": "x" * (80 * 1024)}}
+    assert_error(gw.post("/v1/describe", json=big), 413, "payload_too_large")
+    assert_error(gw.post("/v1/describe", content=b"not json"), 422, "invalid_input")
+    assert gw.upstreams.described == []
 
 
 # --- rate limit --------------------------------------------------------------------------

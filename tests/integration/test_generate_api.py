@@ -145,6 +145,14 @@ def test_generate_needs_an_api_key(api: Api) -> None:
     assert api.client.post("/v1/generate", json=BODY).status_code == 401
 
 
+def test_a_body_larger_than_a_request_needs_is_413_and_creates_nothing(api: Api) -> None:
+    big = {**BODY, "context": {"account": "acme", "text": "x" * (80 * 1024)}}
+    response = api.generate(big)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["type"] == "payload_too_large"
+    assert api.store.queued_count() == 0
+
+
 def test_jobs_and_images_belong_to_the_key_that_made_them(api: Api) -> None:
     job_id = api.generate().json()["job_id"]
     other = api.headers(api.other_key)
