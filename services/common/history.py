@@ -23,6 +23,7 @@ from services.common.contracts import (
     Tone,
     Verbalization,
 )
+from services.common.verbalization import read_colors
 
 HISTORY_FILE = "history.json"
 HISTORY_FORMAT = 1
@@ -187,6 +188,25 @@ def average_palette(palettes: Sequence[Sequence[ColorSwatch]]) -> list[ColorSwat
         for color in summary.colors
         if round(color.share, 2) > 0
     ]
+
+
+def line_palette(line: str) -> list[ColorSwatch]:
+    """The colours a history line (``LevelSummary.line``) shows, as swatches with its RGB
+    and mean shares: the evidence a prompt carried, read back from the prompt itself."""
+    _, found, rest = line.partition(": colors ")
+    if not found:
+        return []
+    colors, _, _ = rest.partition("; tones ")
+    # The line separates its colours with commas, a description's colors line with semicolons.
+    return read_colors(colors.replace("%, ", "%; "))
+
+
+def with_history_rgb(
+    palette: Sequence[ColorSwatch], history: Sequence[ColorSwatch]
+) -> list[ColorSwatch]:
+    """``palette`` with each colour that ``history`` names at the history's RGB for it."""
+    rgb = {color.name: color.rgb for color in history}
+    return [color.model_copy(update={"rgb": rgb.get(color.name, color.rgb)}) for color in palette]
 
 
 Key = tuple[str, str, KpiLevel]

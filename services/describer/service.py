@@ -33,7 +33,12 @@ from services.common.contracts import (
     Verbalization,
 )
 from services.common.errors import BackendError, BoigError, InvalidInput, ModelOutputError
-from services.common.history import HistoryStore, average_palette
+from services.common.history import (
+    HistoryStore,
+    average_palette,
+    line_palette,
+    with_history_rgb,
+)
 from services.common.verbalization import Repaired, read_colors, render, render_colors, repair
 from services.describer.backends.base import LlmBackend
 from services.describer.batching import MicroBatcher
@@ -265,7 +270,7 @@ class Describer:
             line_prompts = [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)]
             budget = min(prompts.FIELD_TOKEN_BUDGETS[key], max_new_tokens)
             if key == "colors" and average:
-                values = self._average_colors(line_prompts, budget)
+                values = self._average_colors(line_prompts, budget, [job[2] for job in jobs])
             else:
                 values = self._backend.generate(
                     line_prompts,
@@ -276,23 +281,34 @@ class Describer:
             heads = [f"{head} {value.strip()}\n" for head, value in zip(heads, values, strict=True)]
         return [head.rstrip("\n") for head in heads]
 
-    def _average_colors(self, line_prompts: list[str], max_new_tokens: int) -> list[str]:
+    def _average_colors(
+        self, line_prompts: list[str], max_new_tokens: int, histories: list[str | None]
+    ) -> list[str]:
         """Each prompt's colors line as the average palette of ``palette_samples`` sampled
-        lines (settings.palette_samples says why). A prompt none of whose samples reads as a
-        colour keeps its first sample, for the repairing parser to report."""
-        samples = self._settings.palette_samples
+        lines (settings.palette_samples says why), with the palette of the prompt's history
+        line counted as ``palette_history_weight`` more samples and, with
+        ``palette_history_rgb``, each colour the history names at the history's RGB. A prompt
+        none of whose samples reads as a colour keeps its first sample, for the repairing
+        parser to report."""
+        settings = self._settings
+        samples = settings.palette_samples
         drawn = self._backend.generate(
             line_prompts,
             max_new_tokens=max_new_tokens,
             stop=prompts.FIELD_STOPS["colors"],
-            temperature=self._settings.palette_temperature,
+            temperature=settings.palette_temperature,
             samples=samples,
         )
         lines = []
-        for start in range(0, len(drawn), samples):
-            group = drawn[start : start + samples]
-            palette = average_palette([read_colors(line) for line in group])
-            lines.append(render_colors(palette) if palette else group[0])
+        for index, history in enumerate(histories):
+            group = drawn[index * samples : (index + 1) * samples]
+            palettes = [read_colors(line) for line in group]
+            evidence = line_palette(history) if history else []
+            weight = settings.palette_history_weight if evidence else 0
+            palette = average_palette(palettes + [evidence] * weight)
+            if settings.palette_history_rgb:
+                palette = with_history_rgb(palette, evidence)
+            lines.append(render_colors(palette) if any(palettes) else group[0])
         return lines
 
     def _decoding(self, few_shot: bool) -> str:

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from services.common.contracts import ColorSwatch, DetectedObject, KpiLevel, Tone, Verbalization
-from services.common.history import HistoryStore, LevelTally, average_palette
+from services.common.history import (
+    HistoryStore,
+    LevelTally,
+    average_palette,
+    line_palette,
+    with_history_rgb,
+)
 
 HIGH = KpiLevel.HIGH
 
@@ -129,3 +135,27 @@ def test_average_palette_is_the_mean_share_per_colour_name() -> None:
     assert palette == [ColorSwatch(name="navy", rgb=(20, 30, 90), coverage=0.7)]
     assert average_palette([]) == []
     assert average_palette([[], []]) == []
+
+
+def test_line_palette_reads_back_the_colours_a_line_shows() -> None:
+    summary = store().summary("acme", "likes", HIGH)
+    assert summary is not None
+    expected = [(c.name, c.rgb, round(c.share * 100) / 100) for c in summary.colors]  # as spelled
+    for line in (summary.line(), summary.line(HIGH)):
+        assert [(c.name, c.rgb, c.coverage) for c in line_palette(line)] == expected
+    assert line_palette("history at this level: colors none; tones mixed; objects none") == []
+    assert line_palette("colors: navy (20,40,80) 60%") == []  # a description, not a line
+
+
+def test_with_history_rgb_replaces_only_the_colours_the_history_names() -> None:
+    palette = [
+        ColorSwatch(name="navy", rgb=(90, 90, 90), coverage=0.5),
+        ColorSwatch(name="red", rgb=(200, 20, 30), coverage=0.3),
+    ]
+    history = [ColorSwatch(name="navy", rgb=(20, 40, 80), coverage=0.9)]
+    grounded = with_history_rgb(palette, history)
+    assert [(c.name, c.rgb, c.coverage) for c in grounded] == [
+        ("navy", (20, 40, 80), 0.5),
+        ("red", (200, 20, 30), 0.3),
+    ]
+    assert with_history_rgb(palette, []) == palette

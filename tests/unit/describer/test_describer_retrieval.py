@@ -222,3 +222,32 @@ async def test_a_checkpoint_with_fields_fills_exactly_its_lines(
     assert "caption: a glass of iced coffee" not in backend.generate_calls[0][0]
     assert response.verbalization.caption is None
     assert [o.label for o in response.verbalization.objects] == ["shoe"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # The history's navy counts as a fifth sample and lends its RGB; red it lacks.
+        ({}, [("navy", (20, 40, 80), 0.62), ("red", (200, 20, 30), 0.32)]),
+        (
+            {"palette_history_weight": 0, "palette_history_rgb": False},
+            [("navy", (90, 90, 90), 0.6), ("red", (200, 20, 30), 0.4)],
+        ),
+    ],
+)
+async def test_averaged_colours_lean_on_the_history_line_in_the_prompt(
+    fake_backend: Any,
+    context: Context,
+    history: Path,
+    overrides: dict[str, Any],
+    expected: list[tuple[str, tuple[int, int, int], float]],
+) -> None:
+    profile = ServingProfile(retrieval=True, fields=("colors", "tones", "objects"))
+    backend = fake_backend(few_shot_prompt=False, serving=profile)
+    backend.lines["colors"] = " navy (90,90,90) 60%; red (200,20,30) 40%"
+    describer = Describer(backend, settings(history, palette_samples=4, **overrides))
+
+    response = await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
+
+    colors = response.verbalization.colors
+    assert [(c.name, c.rgb, c.coverage) for c in colors] == expected
