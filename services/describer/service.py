@@ -32,7 +32,13 @@ from services.common.contracts import (
     ModelInfo,
     Verbalization,
 )
-from services.common.errors import BackendError, BoigError, InvalidInput, ModelOutputError
+from services.common.errors import (
+    BackendError,
+    BoigError,
+    InvalidInput,
+    ModelOutputError,
+    Overloaded,
+)
 from services.common.history import (
     HistoryStore,
     average_palette,
@@ -47,6 +53,8 @@ from services.describer.settings import DescriberSettings
 logger = logging.getLogger(__name__)
 
 SERVICE = "describer"
+OVERLOAD_RETRY_AFTER_SECONDS = 2.0
+"""Retry-After of an overloaded answer: about one describe on a CPU."""
 
 T = TypeVar("T")
 
@@ -493,6 +501,7 @@ class Describer:
         wait on nor release the model lock while its thread is still running.
         """
         if key is None:
+            self._admit()
             return await asyncio.shield(self._start(compute)), False
         cached = self._cache.get(key)
         if cached is not None:
@@ -503,11 +512,21 @@ class Describer:
             metrics.CACHE_LOOKUPS.labels(SERVICE, "result", "hit").inc()
             return await asyncio.shield(task), True
         metrics.CACHE_LOOKUPS.labels(SERVICE, "result", "miss").inc()
+        self._admit()
         task = self._start(compute)
         self._in_flight[key] = task
         version = self._info.version  # the model version the key was made for
         task.add_done_callback(lambda done: self._settle(key, done, version))
         return await asyncio.shield(task), False
+
+    def _admit(self) -> None:
+        """Refuse new model work beyond ``max_pending_requests`` (running or queued)."""
+        pending = len(self._tasks)
+        if pending >= self._settings.max_pending_requests:
+            raise Overloaded(
+                f"the describer has {pending} requests waiting for the model; retry shortly",
+                retry_after=OVERLOAD_RETRY_AFTER_SECONDS,
+            )
 
     def _start(self, compute: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
         async def run() -> T:

@@ -226,6 +226,16 @@ class DescriberSettings(ServiceSettings):
             "'free' for a checkpoint fine-tuned on the compact prompt."
         ),
     )
+    max_pending_requests: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description=(
+            "Model computations admitted at once, running or queued for the model (requests "
+            "that share one, or that the cache answers, count once or not at all); more get "
+            "503 overloaded with Retry-After instead of an unbounded queue."
+        ),
+    )
     cache_size: int = Field(
         default=1024,
         ge=0,

@@ -15,7 +15,7 @@ import pytest
 
 from services.common import metrics, prompts
 from services.common.contracts import KPI_LEVELS, Context, KpiLevel, KpiTarget, Verbalization
-from services.common.errors import BackendError, InvalidInput, ModelOutputError
+from services.common.errors import BackendError, InvalidInput, ModelOutputError, Overloaded
 from services.describer.backends.transformers_backend import TransformersBackend
 from services.describer.service import Describer, LruCache
 from services.describer.settings import DescriberSettings
@@ -326,6 +326,29 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_shared_work(
     response = await stayer
     assert response.verbalization.colors
     assert len(backend.generate_calls) == len(prompts.DESCRIBE_FIELDS)
+
+
+async def test_work_beyond_the_pending_cap_is_refused_with_retry_after(
+    fake_backend: Any, context: Context
+) -> None:
+    backend = fake_backend()
+    release = threading.Event()
+    backend.on_call = lambda: release.wait(5)
+    describer = Describer(backend, make_settings(palette_samples=1, max_pending_requests=2))
+
+    def ask(kpi: str) -> asyncio.Task[Any]:
+        return asyncio.create_task(describer.describe(context=context, target=KpiTarget(name=kpi)))
+
+    admitted = [ask("a"), ask("b")]
+    await asyncio.sleep(0.05)
+    with pytest.raises(Overloaded) as refused:
+        await describer.describe(context=context, target=KpiTarget(name="c"))
+    assert refused.value.retry_after is not None and refused.value.retry_after > 0
+    joined = ask("a")  # the same question shares admitted work: no new model work, no refusal
+    release.set()
+    await asyncio.gather(*admitted, joined)
+    # Once the queue drained, new work is admitted again.
+    assert (await describer.describe(context=context, target=KpiTarget(name="c"))).verbalization
 
 
 async def test_sampled_descriptions_are_not_cached(fake_backend: Any, context: Context) -> None:
