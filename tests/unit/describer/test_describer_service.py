@@ -308,12 +308,18 @@ async def test_concurrent_identical_requests_share_one_computation(
     assert all(result == results[0] for result in results)
 
 
-async def test_a_caller_that_goes_away_does_not_cancel_the_shared_work(
-    fake_backend: Any, context: Context
-) -> None:
+def held_backend(fake_backend: Any) -> tuple[Any, threading.Event]:
+    """A fake backend whose model calls wait until the event is set (5 s at most)."""
     backend = fake_backend()
     release = threading.Event()
     backend.on_call = lambda: release.wait(5)
+    return backend, release
+
+
+async def test_a_caller_that_goes_away_does_not_cancel_the_shared_work(
+    fake_backend: Any, context: Context
+) -> None:
+    backend, release = held_backend(fake_backend)
     describer = Describer(backend, make_settings(palette_samples=1))
     target = KpiTarget()
 
@@ -331,9 +337,7 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_shared_work(
 async def test_work_beyond_the_pending_cap_is_refused_with_retry_after(
     fake_backend: Any, context: Context
 ) -> None:
-    backend = fake_backend()
-    release = threading.Event()
-    backend.on_call = lambda: release.wait(5)
+    backend, release = held_backend(fake_backend)
     describer = Describer(backend, make_settings(palette_samples=1, max_pending_requests=2))
 
     def ask(kpi: str) -> asyncio.Task[Any]:
