@@ -89,3 +89,29 @@ def test_gateway_image_needs_no_torch() -> None:
     assert not any(
         dep.startswith(("torch", "transformers", "ultralytics")) for dep in extras["gateway"]
     )
+
+
+def test_models_are_read_only_to_the_services_and_absent_from_the_gateway(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        mounts = [m for m in service.get("volumes", []) if m.startswith("models:")]
+        if name == "models":  # `docker compose run --rm models` prepares them
+            assert mounts == ["models:/var/lib/boig"] and service["profiles"] == ["prepare"]
+        elif name == "gateway":
+            assert mounts == []
+        else:
+            assert all(mount.endswith(":ro") for mount in mounts), (name, mounts)
+    assert services["featurizer"]["volumes"] == ["models:/var/lib/boig:ro"]  # via x-service
+
+
+def test_database_credentials_come_from_the_environment_with_no_default() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    required = "${BOIG_POSTGRES_PASSWORD:?set BOIG_POSTGRES_PASSWORD}"
+    assert "boig:boig@" not in text and "POSTGRES_PASSWORD: boig" not in text
+    compose = yaml.safe_load(text)["services"]
+    assert compose["postgres"]["environment"]["POSTGRES_PASSWORD"] == required
+    for name, key in (("gateway", "GATEWAY"), ("generator", "GENERATOR")):
+        url = compose[name]["environment"][f"BOIG_{key}_DATABASE_URL"]
+        assert f"boig:{required}@postgres" in url
