@@ -11,8 +11,10 @@ from enum import StrEnum
 from typing import Literal
 
 from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.contracts import Context, Contract, KpiTarget, ModelInfo
+from services.common.errors import InvalidInput
 
 MAX_IMAGES_PER_JOB = 16
 MAX_CANDIDATES_PER_JOB = 64
@@ -61,6 +63,54 @@ class GenerateRequest(Contract):
             if self.candidates < self.count:
                 raise ValueError(f"candidates ({self.candidates}) must be at least count")
         return self
+
+
+class GenerationLimits(BaseSettings):
+    """What one generation job may cost, read by the gateway (which refuses more at submit,
+    before anything is queued) and by the worker (which refuses a stored request beyond them
+    before any denoising): one source of truth for both sides of the queue.
+
+    The contract's own bounds are the widest any deployment may allow; these are this
+    deployment's, and the defaults fit one GPU worker."""
+
+    model_config = SettingsConfigDict(env_prefix="BOIG_GENERATION_", extra="ignore")
+
+    max_candidates: int = Field(
+        default=32,
+        ge=1,
+        le=MAX_CANDIDATES_PER_JOB,
+        description=(
+            "Most images one job denoises (best_of_n candidates, else count). The worker "
+            "scores a job's images in one scorer request: keep this at or below "
+            "BOIG_SCORER_MAX_CREATIVES_PER_REQUEST."
+        ),
+    )
+    max_side: int = Field(
+        default=1024, ge=64, le=MAX_SIDE, description="Largest width or height of an image."
+    )
+    max_steps: int = Field(default=50, ge=1, le=150, description="Most denoising steps.")
+    max_queued_per_owner: int = Field(
+        default=20,
+        ge=1,
+        description=(
+            "Jobs one API key may have waiting in the queue; more get 429 with Retry-After, "
+            "so one client cannot fill the queue that every key shares."
+        ),
+    )
+
+    def check(self, request: GenerateRequest) -> None:
+        """Raise InvalidInput naming every field of ``request`` beyond these limits."""
+        problems = []
+        images = request.candidates or request.count
+        if images > self.max_candidates:
+            problems.append(f"{images} images to generate; at most {self.max_candidates}")
+        for name, side in (("width", request.width), ("height", request.height)):
+            if side is not None and side > self.max_side:
+                problems.append(f"{name} {side}; at most {self.max_side}")
+        if request.steps is not None and request.steps > self.max_steps:
+            problems.append(f"{request.steps} steps; at most {self.max_steps}")
+        if problems:
+            raise InvalidInput("this deployment's generation limits: " + "; ".join(problems))
 
 
 class JobState(StrEnum):

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.db import Base, Database
-from services.common.errors import Conflict, NotFound, Overloaded, WorkerLost
+from services.common.errors import Conflict, NotFound, Overloaded, RateLimited, WorkerLost
 from services.common.generation import (
     FINAL_STATES,
     GenerateRequest,
@@ -220,12 +220,14 @@ class JobStore:
         idempotency_key: str | None,
         max_queued: int,
         retry_after_seconds: float,
+        max_queued_per_owner: int | None = None,
     ) -> tuple[Job, bool]:
         """Create a queued job, or return the one this idempotency key already made.
 
         Returns ``(job, created)``. The same key with another body is a Conflict; a queue
-        longer than ``max_queued`` is Overloaded (checked before creating, so a retried
-        request with a known key is answered even when the queue is full).
+        longer than ``max_queued`` is Overloaded, and ``max_queued_per_owner`` queued jobs of
+        this owner RateLimited (both checked before creating, so a retried request with a
+        known key is answered even when the queue is full).
         """
         if idempotency_key is not None:
             existing = self._by_idempotency_key(owner, idempotency_key)
@@ -234,6 +236,12 @@ class JobStore:
         if self.queued_count() >= max_queued:
             raise Overloaded(
                 f"the generation queue holds {max_queued} or more jobs; retry later",
+                retry_after=retry_after_seconds,
+            )
+        if max_queued_per_owner is not None and self.queued_count(owner) >= max_queued_per_owner:
+            raise RateLimited(
+                f"this key has {max_queued_per_owner} or more jobs waiting in the queue; "
+                "retry when one has started",
                 retry_after=retry_after_seconds,
             )
         row = JobRow(
@@ -285,15 +293,14 @@ class JobStore:
                 raise NotFound(f"no job {job_id!r}")
             return _job(row)
 
-    def queued_count(self) -> int:
+    def queued_count(self, owner: str | None = None) -> int:
+        """Jobs waiting in the queue, all of them or ``owner``'s."""
+        condition = JobRow.state == JobState.QUEUED.value
+        if owner is not None:
+            condition = condition & (JobRow.owner == owner)
         with self._db.session() as session:
             return int(
-                session.scalar(
-                    select(func.count())
-                    .select_from(JobRow)
-                    .where(JobRow.state == JobState.QUEUED.value)
-                )
-                or 0
+                session.scalar(select(func.count()).select_from(JobRow).where(condition)) or 0
             )
 
     def queue_position(self, job: Job) -> int | None:

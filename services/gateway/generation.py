@@ -17,10 +17,11 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from services.common import metrics
-from services.common.errors import InvalidInput, NotFound, Overloaded
+from services.common.errors import InvalidInput, NotFound, Overloaded, RateLimited
 from services.common.generation import (
     MAX_SEED,
     GenerateRequest,
+    GenerationLimits,
     JobAccepted,
     JobImage,
     JobProgress,
@@ -78,7 +79,9 @@ class Generation:
         artifacts: ArtifactStore,
         max_queued_jobs: int,
         retry_after_seconds: float,
+        limits: GenerationLimits | None = None,
     ) -> None:
+        self.limits = limits or GenerationLimits()
         self.store = store
         self.celery = celery
         self.artifacts = artifacts
@@ -90,6 +93,7 @@ class Generation:
     ) -> tuple[JobAccepted, bool]:
         """Returns the accepted job and whether this call created it (False: a replay)."""
         request = parse_generate_request(body)
+        self.limits.check(request)
         key = check_idempotency_key(idempotency_key)
         body_hash = request_hash(body)
         if request.seed is None:
@@ -104,8 +108,9 @@ class Generation:
                 idempotency_key=key,
                 max_queued=self.max_queued_jobs,
                 retry_after_seconds=self.retry_after_seconds,
+                max_queued_per_owner=self.limits.max_queued_per_owner,
             )
-        except Overloaded:
+        except (Overloaded, RateLimited):
             metrics.GENERATION_JOBS.labels("rejected").inc()
             raise
         if created:

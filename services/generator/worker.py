@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery, Task
@@ -29,7 +29,7 @@ from services.common.errors import (
     TimeLimitExceeded,
     UpstreamError,
 )
-from services.common.generation import JobError, JobProgress
+from services.common.generation import GenerationLimits, JobError, JobProgress
 from services.common.jobs import JobStore, Lease
 from services.common.queue import GENERATE_TASK, PROGRESS_STATE, QueueSettings, create_celery_app
 from services.common.storage import LocalArtifactStore
@@ -59,6 +59,7 @@ class Runtime:
     queue: QueueSettings
     store: JobStore
     runner: JobRunner
+    limits: GenerationLimits = field(default_factory=GenerationLimits)
 
     @property
     def lease_seconds(self) -> float:
@@ -196,6 +197,9 @@ def run_job(task: Task, job_id: str) -> dict[str, Any]:
         interval=state.settings.progress_interval_seconds,
     )
     try:
+        # A request stored before the limits were lowered (or sent around the gateway) is
+        # refused before any denoising, as the gateway would have refused it.
+        state.limits.check(lease.job.request)
         result = state.runner.run(lease.job.request, control)
     except JobCanceled:
         state.store.finish_canceled(lease)

@@ -44,8 +44,10 @@ class Api:
     def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}", **extra}
 
-    def generate(self, body: dict[str, Any] = BODY, **headers: str) -> Any:
-        return self.client.post("/v1/generate", json=body, headers=self.headers(**headers))
+    def generate(
+        self, body: dict[str, Any] = BODY, *, key: str | None = None, **headers: str
+    ) -> Any:
+        return self.client.post("/v1/generate", json=body, headers=self.headers(key, **headers))
 
     def sent_job_ids(self) -> list[str]:
         """Drain the broker's queue: the ids of the tasks the gateway sent."""
@@ -139,6 +141,37 @@ def test_bad_requests_get_a_typed_422_and_create_nothing(
     assert response.json()["error"]["type"] == "invalid_input"
     assert where in response.json()["error"]["message"]
     assert api.store.queued_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"candidates": 33}, "33 images to generate; at most 32"),
+        ({"strategy": "prompt", "candidates": None, "count": 16, "width": 1536}, "width 1536"),
+        ({"steps": 120}, "120 steps; at most 50"),
+    ],
+)
+def test_requests_beyond_the_deployments_limits_are_refused_at_submit(
+    api: Api, change: dict[str, Any], where: str
+) -> None:
+    response = api.generate({**BODY, **change})
+    assert response.status_code == 422, response.text
+    assert where in response.json()["error"]["message"]
+    assert api.store.queued_count() == 0 and api.sent_job_ids() == []
+
+
+def test_one_key_cannot_fill_the_queue_every_key_shares(
+    tmp_path: Path, drain_queue: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BOIG_GENERATION_MAX_QUEUED_PER_OWNER", "2")
+    for api in start(tmp_path, drain_queue):
+        assert [api.generate().status_code for _ in range(2)] == [202, 202]
+        refused = api.generate()
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["type"] == "rate_limited"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert api.generate(key=api.other_key).status_code == 202  # another key still may
+        assert api.store.queued_count() == 3
 
 
 def test_generate_needs_an_api_key(api: Api) -> None:

@@ -164,3 +164,40 @@ def test_max_attempts_must_leave_room_for_the_transient_retries() -> None:
     assert GeneratorSettings(max_retries=3, max_attempts=4).max_attempts == 4
     with pytest.raises(ValidationError, match="must exceed max_retries"):
         GeneratorSettings(max_retries=3, max_attempts=3)
+
+
+def test_a_stored_request_beyond_the_limits_fails_before_any_denoising(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.common.generation import GenerationLimits, JobState
+    from services.common.queue import QueueSettings
+    from services.generator import worker
+    from services.generator.settings import GeneratorSettings
+
+    class NoRunner:
+        def run(self, *_: object) -> None:
+            raise AssertionError("a job beyond the limits was run")
+
+    job, _ = store.submit(
+        owner="k",
+        request=GenerateRequest(context=Context(account="acme"), seed=1, steps=80),
+        body_hash="h",
+        idempotency_key=None,
+        max_queued=10,
+        retry_after_seconds=1,
+    )
+    runtime = worker.Runtime(
+        settings=GeneratorSettings(),
+        queue=QueueSettings(),
+        store=store,
+        runner=NoRunner(),  # type: ignore[arg-type]
+        limits=GenerationLimits(max_steps=50),
+    )
+    monkeypatch.setattr(worker, "_runtime", runtime)
+
+    outcome = worker.run_job(RetryingTask(retries=0), job.id)  # type: ignore[arg-type]
+
+    assert outcome["state"] == "failed"
+    failed = store.get(job.id)
+    assert failed.state is JobState.FAILED and failed.error is not None
+    assert failed.error.type == "invalid_input" and "80 steps; at most 50" in failed.error.message
