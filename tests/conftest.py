@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from services.common.db import Database
+from tests.servers import POSTGRES_URL, REDIS_URL, server_missing
 
 # Set before any test module imports transformers/ultralytics, which read them at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -92,10 +93,6 @@ def build_tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> TinyLlamaBuild
     return build
 
 
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-REDIS_URL = "redis://127.0.0.1:6379"
-
-
 def postgres_schema_or_skip() -> tuple[str, str]:
     """Create a throwaway schema; return (database URL using it, schema name)."""
     psycopg = pytest.importorskip("psycopg")
@@ -104,7 +101,7 @@ def postgres_schema_or_skip() -> tuple[str, str]:
         with psycopg.connect(POSTGRES_URL, connect_timeout=3, autocommit=True) as connection:
             connection.execute(f'CREATE SCHEMA "{schema}"')
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at {POSTGRES_URL} is unreachable: {exc}")
+        server_missing(f"PostgreSQL at {POSTGRES_URL} is unreachable: {exc}")
     return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}", schema
 
 
@@ -198,5 +195,5 @@ def redis_url() -> str:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
     except redis.RedisError as exc:
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
+        server_missing(f"Redis at {REDIS_URL} is unreachable: {exc}")
     return REDIS_URL

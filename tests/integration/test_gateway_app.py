@@ -39,9 +39,8 @@ from services.common.settings import ImageLimits
 from services.gateway.app import create_app
 from services.gateway.auth import KeyStore
 from services.gateway.settings import GatewaySettings
+from tests.servers import REDIS_URL, server_missing
 
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-REDIS_URL = "redis://127.0.0.1:6379"
 IMAGE_LIMIT = 8192
 
 
@@ -314,7 +313,7 @@ def test_rate_limit_on_redis(sqlite_db: Database) -> None:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
     except redis.RedisError as exc:
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
+        server_missing(f"Redis at {REDIS_URL} is unreachable: {exc}")
     for gateway in start_gateway(
         sqlite_db,
         rate_limit="2/minute",

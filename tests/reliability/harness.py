@@ -25,6 +25,7 @@ import pytest
 from services.common.db import Database
 from services.common.jobs import JobStore
 from services.tooling.stack import free_port
+from tests.servers import server_missing
 
 HERE = Path(__file__).resolve().parent
 REDIS_DB = 7  # our own database index on the shared server: flushed freely, nobody else's
@@ -46,7 +47,7 @@ def redis_or_skip(url: str) -> None:
     try:
         redis.Redis.from_url(url, socket_connect_timeout=2).ping()
     except redis.RedisError as exc:
-        pytest.skip(f"Redis at {url} is unreachable: {exc}")
+        server_missing(f"Redis at {url} is unreachable: {exc}")
 
 
 @dataclass

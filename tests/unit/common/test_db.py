@@ -12,8 +12,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.db import Base, Database
-
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+from tests.servers import POSTGRES_URL, server_missing
 
 
 class _Note(Base):
@@ -34,7 +33,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         with db.engine.connect() as connection:
             connection.execute(text("select 1"))
     except OperationalError as exc:
-        pytest.skip(f"{request.param} unreachable: {exc}")
+        server_missing(f"{request.param} unreachable: {exc}")
     _Note.__table__.create(db.engine, checkfirst=True)  # type: ignore[attr-defined]
     yield db
     _Note.__table__.drop(db.engine, checkfirst=True)  # type: ignore[attr-defined]
