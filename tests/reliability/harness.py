@@ -95,6 +95,9 @@ class Topology:
             "BOIG_GATEWAY_ARTIFACT_ROOT": str(self.root / "artifacts"),
             "BOIG_GATEWAY_RATE_LIMIT": "10000/minute",
             "BOIG_GATEWAY_MAX_QUEUED_JOBS": "200",
+            # Jobs long enough to kill a worker in, and fifty at once from one key.
+            "BOIG_GENERATION_MAX_STEPS": "150",
+            "BOIG_GENERATION_MAX_QUEUED_PER_OWNER": "200",
             "BOIG_GENERATOR_METRICS_PORT": "0",
             "BOIG_GENERATOR_TORCH_THREADS": "1",
             **self.settings,
