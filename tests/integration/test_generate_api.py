@@ -6,6 +6,8 @@ task was really sent. Jobs run in tests/reliability, against real workers.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,13 +15,16 @@ from typing import Any
 import pytest
 from celery import Celery
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from services.common.db import Database
 from services.common.jobs import JobStore
 from services.common.queue import GPU_QUEUE, QueueSettings, create_celery_app
+from services.common.storage import LocalArtifactStore
 from services.gateway.app import create_app
 from services.gateway.auth import KeyStore
 from services.gateway.settings import GatewaySettings
+from tests.job_records import images, outcome
 
 BODY: dict[str, Any] = {
     "context": {"account": "acme", "text": "summer sale", "keywords": ["beach"]},
@@ -186,13 +191,31 @@ def test_a_body_larger_than_a_request_needs_is_413_and_creates_nothing(api: Api)
     assert api.store.queued_count() == 0
 
 
+def finish_with_one_image(api: Api, job_id: str) -> str:
+    """Complete ``job_id`` as a worker would, with one stored PNG; returns the image's id."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 40)).save(buffer, format="PNG")
+    root = api.client.app.state.settings.artifact_root  # type: ignore[attr-defined]
+    stored = LocalArtifactStore(root).put(buffer.getvalue(), namespace="generated", suffix=".png")
+    lease = api.store.claim(job_id, worker="w", lease_seconds=60)
+    assert lease is not None
+    image = dataclasses.replace(images(1)[0], artifact_key=stored.key, sha256=stored.sha256)
+    assert api.store.complete(lease, outcome=outcome(), images=[image])
+    return f"{job_id}-1"
+
+
 def test_jobs_and_images_belong_to_the_key_that_made_them(api: Api) -> None:
     job_id = api.generate().json()["job_id"]
     other = api.headers(api.other_key)
     assert api.client.get(f"/v1/jobs/{job_id}", headers=other).status_code == 404
     assert api.client.delete(f"/v1/jobs/{job_id}", headers=other).status_code == 404
     assert api.client.get(f"/v1/jobs/{job_id}", headers=api.headers()).status_code == 200
-    assert api.client.get(f"/v1/images/{job_id}-1", headers=api.headers()).status_code == 404
+    image_id = finish_with_one_image(api, job_id)
+    # The image exists: its owner gets it, another key gets the same 404 as for no image.
+    mine = api.client.get(f"/v1/images/{image_id}", headers=api.headers())
+    assert mine.status_code == 200 and mine.content.startswith(b"\x89PNG")
+    assert api.client.get(f"/v1/images/{image_id}", headers=other).status_code == 404
+    assert api.client.get(f"/v1/images/{job_id}-2", headers=api.headers()).status_code == 404
 
 
 def test_cancel_while_queued_is_immediate(api: Api) -> None:

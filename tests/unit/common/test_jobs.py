@@ -11,49 +11,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from services.common.contracts import Context, ModelInfo
+from services.common.contracts import Context
 from services.common.db import Database
 from services.common.errors import Conflict, NotFound, Overloaded
-from services.common.generation import GenerateRequest, JobError, JobOutcome, JobState
-from services.common.jobs import JobStore, NewImage, request_hash
+from services.common.generation import GenerateRequest, JobError, JobState
+from services.common.jobs import JobStore, request_hash
+from tests.job_records import images, outcome
 
 BODY = b'{"context": {"account": "acme", "text": "summer sale"}, "count": 2}'
 
 
 def make_request(seed: int = 7) -> GenerateRequest:
     return GenerateRequest(context=Context(account="acme", text="summer sale"), count=2, seed=seed)
-
-
-def outcome() -> JobOutcome:
-    return JobOutcome(
-        strategy="prompt",
-        width=64,
-        height=64,
-        steps=4,
-        seed=7,
-        candidates=2,
-        target_description="colors: red 50%",
-        prompt="summer sale, mostly red",
-        negative_prompt=None,
-        reward="match",
-        models={"diffusion": ModelInfo(name="tiny-sd", version="abc")},
-    )
-
-
-def images(count: int = 2) -> list[NewImage]:
-    return [
-        NewImage(
-            rank=rank,
-            seed=7 + rank,
-            width=64,
-            height=64,
-            artifact_key=f"generated/{str(rank) * 64}.png",
-            sha256=str(rank) * 64,
-            reward=0.5 / rank,
-            breakdown={"colors": 0.5},
-        )
-        for rank in range(1, count + 1)
-    ]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from services.common.errors import (
     TimeLimitExceeded,
     UpstreamError,
 )
-from services.common.generation import GenerateRequest, JobProgress
+from services.common.generation import GenerateRequest, JobProgress, JobState
 from services.common.jobs import JobStore
 from services.generator.worker import JobCanceled, TaskControl, _transient
 
@@ -68,9 +68,21 @@ def test_progress_is_throttled_but_stage_changes_and_the_last_step_always_go_out
     assert {state for state, _ in task.states} == {"PROGRESS"}
 
 
-def test_a_failing_progress_update_does_not_fail_the_job(store: JobStore) -> None:
-    ctl = control(RecordingTask(fail=True), store, running_job(store))
-    ctl.report(JobProgress(stage="denoising", step=1, total=2))  # logged, not raised
+def test_a_failing_progress_update_does_not_fail_the_job(
+    store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = running_job(store)
+    task = RecordingTask(fail=True)
+    ctl = control(task, store, job_id)
+    with caplog.at_level("WARNING", logger="services.generator.worker"):
+        ctl.report(JobProgress(stage="denoising", step=1, total=2))  # logged, not raised
+    assert f"progress update for {job_id} failed" in caplog.text
+    assert "result backend down" in caplog.text
+    # The job goes on: still running under its lease, and the next report is tried again.
+    assert store.get(job_id).state is JobState.RUNNING
+    task.fail = False
+    ctl.report(JobProgress(stage="denoising", step=2, total=2))
+    assert [meta["step"] for _, meta in task.states] == [2]
 
 
 def test_check_raises_when_the_owner_cancels(store: JobStore) -> None:
