@@ -473,18 +473,30 @@ class JobStore:
 
     # --- the sweeper's side -------------------------------------------------------------
 
-    def jobs_to_publish(self, *, unpublished_for: float, all_queued: bool = False) -> list[str]:
+    def jobs_to_publish(
+        self,
+        *,
+        unpublished_for: float,
+        all_queued: bool = False,
+        stale_after: float | None = None,
+    ) -> list[str]:
         """Jobs whose task may not be on the broker.
 
         Queued jobs never published (the gateway died between commit and send) for longer
         than ``unpublished_for`` seconds, running jobs whose lease ran out (their worker
-        died and the broker may not hand the message out again), and, when the broker lost
-        its state (``all_queued``), every queued job.
+        died and the broker may not hand the message out again), queued jobs last sent more
+        than ``stale_after`` seconds ago (a worker gave the message up while the job store
+        was down, or it was lost some other way: a duplicate is harmless, a lost one
+        strands the job), and, when the broker lost its state (``all_queued``), every
+        queued job.
         """
         now = utcnow()
         cutoff = now - timedelta(seconds=unpublished_for)
         queued = JobRow.state == JobState.QUEUED.value
         never_sent = queued & JobRow.published_at.is_(None) & (JobRow.created_at < cutoff)
+        if stale_after is not None:
+            stale = JobRow.published_at < now - timedelta(seconds=stale_after)
+            never_sent = never_sent | (queued & stale)
         # Sent again at most once per ``unpublished_for``: with no worker up, a sweep must
         # not pile a new message onto the broker every time it runs.
         orphaned = (

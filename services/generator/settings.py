@@ -127,6 +127,25 @@ class GeneratorSettings(BaseSettings):
     retry_backoff_seconds: float = Field(
         default=2.0, ge=0, description="First retry delay; doubles."
     )
+    store_outage_retries: int = Field(
+        default=60,
+        ge=0,
+        le=10_000,
+        description=(
+            "Times a job's message is sent again while the job store is unreachable at claim "
+            "(backoff doubling up to a minute: 60 is about an hour); then it is given up and "
+            "the sweeper sends the still-queued job again after republish_after_seconds."
+        ),
+    )
+    republish_after_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description=(
+            "A queued job whose message was last sent this long ago is sent again by the "
+            "sweeper: a message given up during a store outage, or lost otherwise, must not "
+            "strand the job (a duplicate is harmless: the lease runs a job once)."
+        ),
+    )
     max_attempts: int = Field(
         default=DEFAULT_MAX_ATTEMPTS,
         ge=1,

@@ -57,9 +57,11 @@ class Sweeper:
         interval: float,
         unpublished_grace: float,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        stale_after: float | None = None,
     ) -> None:
         self._app = app
         self._max_attempts = max_attempts
+        self._stale_after = stale_after
         self._store = store
         self._interval = interval
         self._grace = unpublished_grace
@@ -93,7 +95,9 @@ class Sweeper:
         failed = self._store.fail_lost(max_attempts=self._max_attempts)
         if failed:
             logger.warning("%d jobs failed as worker_lost (their workers kept dying)", failed)
-        job_ids = self._store.jobs_to_publish(unpublished_for=self._grace, all_queued=lost)
+        job_ids = self._store.jobs_to_publish(
+            unpublished_for=self._grace, all_queued=lost, stale_after=self._stale_after
+        )
         for job_id in job_ids:
             send_generation_task(self._app, job_id)
             self._store.mark_published(job_id)

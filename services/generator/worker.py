@@ -171,10 +171,21 @@ def run_job(task: Task, job_id: str) -> dict[str, Any]:
             max_attempts=state.settings.max_attempts,
         )
     except SQLAlchemyError as exc:
-        # The store is down: this message is the job's only way to a worker, so it must not
-        # be acknowledged as done. Sent again, with a backoff capped at a minute, until the
-        # store answers.
-        delay = min(60.0, state.settings.retry_backoff_seconds * 2 ** (task.request.retries or 0))
+        # The store is down: the message is sent again, with a backoff capped at a minute,
+        # for store_outage_retries tries (about an hour). Then it is given up rather than
+        # circling forever; the job is still queued in the store, and the sweeper sends it
+        # again once its last send is republish_after_seconds old.
+        retries = task.request.retries or 0
+        if retries >= state.settings.store_outage_retries:
+            logger.error(
+                "job %s: the job store stayed unreachable for %d tries (%s); the sweeper will "
+                "send the job again once the store is back",
+                job_id,
+                retries,
+                exc,
+            )
+            return {"job_id": job_id, "state": "store-unreachable", "ran": False}
+        delay = min(60.0, state.settings.retry_backoff_seconds * 2**retries)
         logger.warning(
             "job %s: the job store is unreachable (%s); again in %.0f s", job_id, exc, delay
         )
@@ -270,6 +281,7 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
         interval=settings.sweep_interval_seconds,
         unpublished_grace=settings.unpublished_grace_seconds,
         max_attempts=settings.max_attempts,
+        stale_after=settings.republish_after_seconds,
     )
     _sweeper.start()
     pool = getattr(sender, "pool", None)

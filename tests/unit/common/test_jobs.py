@@ -259,6 +259,16 @@ def test_jobs_to_publish_finds_unsent_jobs_and_all_queued_after_a_broker_loss(
     assert store.jobs_to_publish(unpublished_for=3600) == []
 
 
+def test_a_queued_job_whose_message_went_stale_is_sent_again(store: JobStore) -> None:
+    job, _ = submit(store)
+    store.mark_published(job.id)
+    assert store.jobs_to_publish(unpublished_for=3600, stale_after=3600) == []
+    time.sleep(0.05)
+    assert store.jobs_to_publish(unpublished_for=3600, stale_after=0.01) == [job.id]
+    store.mark_published(job.id)  # sent again: stale only once more after stale_after
+    assert store.jobs_to_publish(unpublished_for=3600, stale_after=3600) == []
+
+
 def test_the_stored_request_round_trips(store: JobStore) -> None:
     job, _ = submit(store)
     assert store.get(job.id).request == make_request()

@@ -166,6 +166,11 @@ def test_a_job_store_outage_at_claim_sends_the_message_again(
     with pytest.raises(RetryingTask.Retry):
         worker.run_job(many, "some-job")  # type: ignore[arg-type]
     assert many.retried == [(60.0, None)]
+    # After store_outage_retries tries the message is given up, not sent around forever:
+    # the job is still queued in the store and the sweeper sends it again later.
+    spent = RetryingTask(retries=runtime.settings.store_outage_retries)
+    outcome = worker.run_job(spent, "some-job")  # type: ignore[arg-type]
+    assert spent.retried == [] and outcome["state"] == "store-unreachable"
 
 
 def test_max_attempts_must_leave_room_for_the_transient_retries() -> None:
