@@ -154,7 +154,7 @@ class _ObservabilityMiddleware:
             elif scope.get("method") in ("POST", "PUT", "PATCH"):
                 # Chunked bodies are read up to the limit here: FastAPI would turn an error
                 # raised mid-parse into a generic 400.
-                body = await _read_limited(receive, self.max_body_bytes)
+                body = await read_limited(receive, self.max_body_bytes)
                 if body is None:
                     await self._send_too_large(send)
                     status = 413
@@ -209,7 +209,8 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-async def _read_limited(receive: Receive, limit: int) -> bytes | None:
+async def read_limited(receive: Receive, limit: int) -> bytes | None:
+    """A request's body read from ``receive``, or None as soon as it passes ``limit`` bytes."""
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -501,7 +501,6 @@ class Describer:
         wait on nor release the model lock while its thread is still running.
         """
         if key is None:
-            self._admit()
             return await asyncio.shield(self._start(compute)), False
         cached = self._cache.get(key)
         if cached is not None:
@@ -512,15 +511,15 @@ class Describer:
             metrics.CACHE_LOOKUPS.labels(SERVICE, "result", "hit").inc()
             return await asyncio.shield(task), True
         metrics.CACHE_LOOKUPS.labels(SERVICE, "result", "miss").inc()
-        self._admit()
         task = self._start(compute)
         self._in_flight[key] = task
         version = self._info.version  # the model version the key was made for
         task.add_done_callback(lambda done: self._settle(key, done, version))
         return await asyncio.shield(task), False
 
-    def _admit(self) -> None:
-        """Refuse new model work beyond ``max_pending_requests`` (running or queued)."""
+    def _start(self, compute: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
+        """New model work as a task of its own; Overloaded beyond ``max_pending_requests``
+        tasks running or queued for the model."""
         pending = len(self._tasks)
         if pending >= self._settings.max_pending_requests:
             raise Overloaded(
@@ -528,7 +527,6 @@ class Describer:
                 retry_after=OVERLOAD_RETRY_AFTER_SECONDS,
             )
 
-    def _start(self, compute: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
         async def run() -> T:
             return await compute()
 

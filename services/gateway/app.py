@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.common.app import create_service_app
+from services.common.app import create_service_app, read_limited
 from services.common.clients import DescriberClient, ScorerClient, ServiceClient
 from services.common.contracts import (
     MAX_BATCH_IMAGES,
@@ -321,12 +321,10 @@ async def _read_json_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
+    body = await read_limited(request.receive, limit)
+    if body is None:
+        raise too_large
+    return body
 
 
 def _ping(db: Database) -> None:

@@ -282,6 +282,9 @@ def test_describe_bodies_beyond_what_a_request_needs_are_413(gw: Gateway) -> Non
     big = {"context": {"account": "acme", "text": "x" * (80 * 1024)}}
     assert_error(gw.post("/v1/describe", json=big), 413, "payload_too_large")
     assert_error(gw.post("/v1/describe", content=b"not json"), 422, "invalid_input")
+    # A chunked body declares no length: it is refused once the bytes read pass the limit.
+    chunked = (b"x" * 16 * 1024 for _ in range(8))
+    assert_error(gw.post("/v1/describe", content=chunked), 413, "payload_too_large")
     assert gw.upstreams.described == []
 
 

@@ -78,7 +78,8 @@ class YoloDetector:
                 "shapes detector, or set BOIG_FEATURIZER_DETECTOR_WEIGHTS to an ultralytics "
                 "weights file (e.g. yolov8n.pt)"
             )
-        digest = _verified_sha256(weights, sha256)
+        manifest = _manifest(weights)
+        digest = _verified_sha256(weights, sha256, manifest)
         YOLO = import_ultralytics().YOLO
 
         resolved_device = resolve_device(device)
@@ -92,7 +93,7 @@ class YoloDetector:
             raise ModelUnavailable(f"{weights} is a {model.task} model; a detect model is needed")
         size = image_size or int(model.overrides.get("imgsz") or DEFAULT_IMAGE_SIZE)
         # A name and a hash: a server path would tell clients about the host's file system.
-        info = ModelInfo(name=_model_name(weights), version=f"sha256:{digest[:16]}")
+        info = ModelInfo(name=_model_name(weights, manifest), version=f"sha256:{digest[:16]}")
         detector = cls(
             model,
             info=info,
@@ -196,9 +197,9 @@ def _manifest(weights: Path) -> dict[str, Any]:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def _verified_sha256(weights: Path, pinned: str | None) -> str:
+def _verified_sha256(weights: Path, pinned: str | None, manifest: dict[str, Any]) -> str:
     """The weights' sha256, once it equals the pinned one; ModelUnavailable otherwise."""
-    recorded = _manifest(weights).get("weights")
+    recorded = manifest.get("weights")
     # The manifest pins only the file it names: a renamed or added .pt beside it is not pinned.
     if isinstance(recorded, dict) and recorded.get("file") == weights.name:
         expected = pinned or recorded.get("sha256")
@@ -219,9 +220,9 @@ def _verified_sha256(weights: Path, pinned: str | None) -> str:
     return actual
 
 
-def _model_name(weights: Path) -> str:
+def _model_name(weights: Path, manifest: dict[str, Any]) -> str:
     """What responses call the detector: the prepared model's kind, else the file's name."""
-    kind = _manifest(weights).get("kind")
+    kind = manifest.get("kind")
     return kind if isinstance(kind, str) and kind else weights.name
 
 
