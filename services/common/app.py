@@ -3,6 +3,7 @@ latency metrics and one JSON error shape from here."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -37,25 +38,22 @@ def create_service_app(
     readiness: Readiness | None = None,
     lifespan: Lifespan | None = None,
     description: str = "",
+    health_cache_seconds: float = 0.0,
 ) -> FastAPI:
-    """Build a FastAPI app with the plumbing every BOIG service shares; add routes after."""
+    """Build a FastAPI app with the plumbing every BOIG service shares; add routes after.
+
+    ``readiness`` answers /health's details; its answer is reused for
+    ``health_cache_seconds`` and concurrent probes share one check.
+    """
     app = FastAPI(
         title=f"BOIG {service}", version=version, description=description, lifespan=lifespan
     )
     app.state.service = service
+    probe = _CachedReadiness(readiness, health_cache_seconds) if readiness is not None else None
 
     @app.get("/health", tags=["ops"], summary="Liveness and readiness")
     async def health() -> JSONResponse:
-        details: dict[str, Any] = {}
-        ready = True
-        if readiness is not None:
-            try:
-                details = await readiness()
-            except Exception as exc:  # a failing probe means not ready, never a crash
-                logger.warning("readiness probe failed: %s", exc)
-                ready, details = False, {"error": type(exc).__name__}
-            else:
-                ready = bool(details.pop("ready", True))
+        ready, details = (True, {}) if probe is None else await probe.check()
         body = {"status": "ok" if ready else "starting", "service": service, "version": version}
         return JSONResponse({**body, **details}, status_code=200 if ready else 503)
 
@@ -66,6 +64,38 @@ def create_service_app(
     _install_error_handlers(app, service)
     app.add_middleware(_ObservabilityMiddleware, service=service, max_body_bytes=max_body_bytes)
     return app
+
+
+class _CachedReadiness:
+    """A readiness check run at most once per ``ttl`` seconds, whoever asks.
+
+    /health is unauthenticated and probed often (orchestrators, load balancers, anyone):
+    without this, each hit would reach the database and every upstream.
+    """
+
+    def __init__(self, readiness: Readiness, ttl: float) -> None:
+        self._readiness = readiness
+        self._ttl = ttl
+        self._lock = asyncio.Lock()
+        self._answer: tuple[bool, dict[str, Any]] | None = None
+        self._expires = 0.0
+
+    async def check(self) -> tuple[bool, dict[str, Any]]:
+        # Probes that arrive while a check runs wait for its answer instead of starting their own.
+        async with self._lock:
+            if self._answer is None or time.monotonic() >= self._expires:
+                self._answer = await self._run()
+                self._expires = time.monotonic() + self._ttl
+            ready, details = self._answer
+            return ready, dict(details)
+
+    async def _run(self) -> tuple[bool, dict[str, Any]]:
+        try:
+            details = await self._readiness()
+        except Exception as exc:  # a failing probe means not ready, never a crash
+            logger.warning("readiness probe failed: %s", exc)
+            return False, {"error": type(exc).__name__}
+        return bool(details.pop("ready", True)), details
 
 
 def _error_response(error: BoigError, service: str) -> JSONResponse:

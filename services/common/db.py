@@ -16,6 +16,12 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from services.common.settings import boig_home
 
+CONNECT_TIMEOUT_SECONDS = 10
+"""PostgreSQL: a server that does not accept a connection within this is down, not slow
+(libpq waits forever by default). A ``connect_timeout`` in the URL's query wins."""
+POOL_TIMEOUT_SECONDS = 10
+"""How long a request waits for a free pooled connection before it fails."""
+
 
 class Base(DeclarativeBase):
     pass
@@ -37,7 +43,12 @@ def create_database_engine(url: str) -> Engine:
     if parsed.drivername in ("postgresql", "postgres"):
         # psycopg 3 is the driver we install; plain postgresql:// would look for psycopg2.
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(parsed, pool_pre_ping=True)
+    connect_args = (
+        {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    )
+    return create_engine(
+        parsed, pool_pre_ping=True, pool_timeout=POOL_TIMEOUT_SECONDS, connect_args=connect_args
+    )
 
 
 def _sqlite_pragmas(connection: object, _record: object) -> None:

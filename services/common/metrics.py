@@ -72,7 +72,8 @@ REWARD = Histogram(
 )
 RATE_LIMITED = Counter(
     "boig_rate_limited_total",
-    "Requests refused by the per-key rate limit.",
+    "Requests refused by a rate limit, by limit (requests, polls, auth_failures).",
+    ["limit"],
     registry=REGISTRY,
 )
 GENERATION_JOBS = Counter(

@@ -63,6 +63,14 @@ class QueueSettings(BaseSettings):
             "long. Must exceed the task time limit, or a slow task would run twice."
         ),
     )
+    socket_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Redis broker and result backend: a connect or a command that takes longer fails "
+            "instead of hanging a request or a worker (redis-py waits forever by default)."
+        ),
+    )
     polling_interval_seconds: float = Field(
         default=0.1,
         gt=0,
@@ -89,8 +97,13 @@ def create_celery_app(settings: QueueSettings, *, name: str) -> Celery:
         _make_sqlite_folder(url)
     broker_url = settings.broker_url
     transport_options: dict[str, float] = {}
+    timeout = settings.socket_timeout_seconds
     if settings.uses_redis:
-        transport_options["visibility_timeout"] = settings.visibility_timeout_seconds
+        transport_options |= {
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+        }
     app = Celery(name, broker=broker_url, backend=settings.result_backend)
     if broker_url.startswith(SQLALCHEMY_BROKER_PREFIX):
         # kombu's SQLAlchemy transport hands every transport option to create_engine, so its
@@ -116,6 +129,10 @@ def create_celery_app(settings: QueueSettings, *, name: str) -> Celery:
             "visibility_timeout": settings.visibility_timeout_seconds
         },
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=timeout,
+        # Read by the Redis result backend only; other backends ignore them.
+        redis_socket_timeout=timeout,
+        redis_socket_connect_timeout=timeout,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],

@@ -24,4 +24,5 @@ def serve(*, service: str, settings: SettingsT, create_app: Callable[[SettingsT]
         log_level=settings.log_level.lower(),
         # The app logs one line per request with its request id; uvicorn's would duplicate it.
         access_log=False,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_seconds)),
     )

@@ -58,6 +58,24 @@ class ServiceSettings(BaseSettings):
         ge=1024,
         description="Largest request body accepted, in bytes; larger bodies get 413.",
     )
+    shutdown_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "On SIGTERM, requests in flight get this long to finish before their connections "
+            "are closed (uvicorn's graceful shutdown); keep it below the orchestrator's kill "
+            "grace period."
+        ),
+    )
+    health_cache_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description=(
+            "GET /health reuses its readiness answer for this long, so that frequent or "
+            "anonymous probes do not reach the database and every upstream each time; 0 "
+            "checks on every probe."
+        ),
+    )
 
 
 class ImageLimits(BaseSettings):

@@ -79,6 +79,7 @@ def create_app(
         service=SERVICE,
         version=VERSION,
         max_body_bytes=settings.max_body_bytes,
+        health_cache_seconds=settings.health_cache_seconds,
         readiness=readiness,
         lifespan=lifespan,
         description=(

@@ -59,6 +59,7 @@ def create_app(settings: FeaturizerSettings | None = None) -> FastAPI:
         service=SERVICE,
         version=FEATURIZER_VERSION,
         max_body_bytes=settings.max_body_bytes,
+        health_cache_seconds=settings.health_cache_seconds,
         readiness=readiness,
         lifespan=lifespan,
         description="Image -> verbalization: colour palette, tone words, detected objects.",

@@ -30,9 +30,14 @@ from services.common.generation import GenerateRequest, JobAccepted, JobStatus
 from services.common.jobs import JobStore
 from services.common.queue import QueueSettings, create_celery_app
 from services.common.storage import LocalArtifactStore
-from services.gateway.auth import ApiKeyDep, KeyStore
+from services.gateway.auth import KeyStore
 from services.gateway.generation import Generation
-from services.gateway.rate_limit import KeyRateLimiter, RateLimitedKey
+from services.gateway.rate_limit import (
+    KeyRateLimiter,
+    PollLimitedKey,
+    RateLimitedKey,
+    rate_limit_storage,
+)
 from services.gateway.service import (
     Gateway,
     UploadedCreative,
@@ -144,6 +149,7 @@ def create_app(
         service="gateway",
         version=VERSION,
         max_body_bytes=settings.max_body_bytes,
+        health_cache_seconds=settings.health_cache_seconds,
         readiness=readiness,
         lifespan=lifespan,
         description=(
@@ -154,12 +160,25 @@ def create_app(
     app.state.settings = settings
     app.state.gateway = gateway
     app.state.key_store = KeyStore(db)
-    app.state.rate_limiter = KeyRateLimiter(
-        settings.rate_limit,
-        settings.rate_limit_storage_url,
-        strategy=settings.rate_limit_strategy,
-        key_prefix=settings.rate_limit_key_prefix,
-        fail_open=settings.rate_limit_fail_open,
+    counters = rate_limit_storage(settings.rate_limit_storage_url, settings.rate_limit_key_prefix)
+    limiter_options: dict[str, Any] = {
+        "strategy": settings.rate_limit_strategy,
+        "fail_open": settings.rate_limit_fail_open,
+    }
+    app.state.rate_limiter = KeyRateLimiter(settings.rate_limit, counters, **limiter_options)
+    app.state.poll_rate_limiter = KeyRateLimiter(
+        settings.poll_rate_limit,
+        counters,
+        kind="polls",
+        subject="job and image reads with this API key",
+        **limiter_options,
+    )
+    app.state.auth_failure_limiter = KeyRateLimiter(
+        settings.auth_failure_limit,
+        counters,
+        kind="auth_failures",
+        subject="failed authentications from this address",
+        **limiter_options,
     )
 
     @app.post(
@@ -241,7 +260,7 @@ def create_app(
         tags=["generation"],
         summary="A job's state, queue position, progress and, once done, its images",
     )
-    async def job_status(job_id: str, key: ApiKeyDep) -> JobStatus:
+    async def job_status(job_id: str, key: PollLimitedKey) -> JobStatus:
         return await generation.status(job_id, owner=key.prefix)
 
     @app.delete(
@@ -260,7 +279,7 @@ def create_app(
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}},
     )
-    async def image(image_id: str, key: ApiKeyDep) -> Response:
+    async def image(image_id: str, key: PollLimitedKey) -> Response:
         data = await generation.image(image_id, owner=key.prefix)
         # An image id names fixed bytes: caches may keep it, but only for this key's owner.
         return Response(

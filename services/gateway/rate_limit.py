@@ -1,4 +1,5 @@
-"""Per-API-key rate limits with the ``limits`` library (memory or Redis counters).
+"""Rate limits with the ``limits`` library (memory or Redis counters): requests per API key,
+polls per API key, and failed authentications per client address.
 
 The synchronous ``limits`` API is used from a worker thread rather than its asyncio API:
 the async Redis client binds to one event loop, while the sync one works from any thread,
@@ -10,10 +11,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
 from limits.storage import Storage, storage_from_string
@@ -21,8 +25,13 @@ from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, R
 from starlette.concurrency import run_in_threadpool
 
 from services.common import metrics
-from services.common.errors import Overloaded, RateLimited
-from services.gateway.auth import ApiKeyDep, ApiKeyInfo
+from services.common.errors import Overloaded, RateLimited, Unauthorized
+from services.gateway.auth import (
+    ApiKeyInfo,
+    api_key_header_scheme,
+    bearer_scheme,
+    require_api_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,20 +40,30 @@ _REDIS_TIMEOUT_SECONDS = 2.0
 
 
 class KeyRateLimiter:
-    """Counts requests per key identity and refuses those over any configured limit."""
+    """Counts events per identity and refuses those over any configured limit.
+
+    ``kind`` names the limit in messages and metrics and keeps its counters apart from other
+    limiters' on the same storage; ``subject`` says in messages what is counted.
+    """
 
     def __init__(
         self,
         limit: str,
-        storage_url: str,
+        storage: Storage | str,
         *,
         strategy: str = "moving-window",
         key_prefix: str = "boig_gateway",
-        fail_open: bool = True,
+        fail_open: bool = False,
+        kind: str = "requests",
+        subject: str = "requests with this API key",
     ) -> None:
         self.limit = limit
+        self.kind = kind
+        self._subject = subject
         self._items: list[RateLimitItem] = parse_many(limit)
-        self.storage: Storage = _storage(storage_url, key_prefix)
+        self.storage: Storage = (
+            storage if isinstance(storage, Storage) else rate_limit_storage(storage, key_prefix)
+        )
         self._limiter: RateLimiter = (
             MovingWindowRateLimiter(self.storage)
             if strategy == "moving-window"
@@ -53,21 +72,42 @@ class KeyRateLimiter:
         self._fail_open = fail_open
 
     def check(self, identity: str) -> None:
-        """Count one request for ``identity``; RateLimited (with retry_after) when over a limit.
+        """Count one event for ``identity``; RateLimited (with retry_after) when over a limit.
 
         Blocking (Redis round trips): call it from a worker thread.
         """
-        try:
+        with self._storage_guard():
             for item in self._items:
-                if not self._limiter.hit(item, identity):
-                    reset_at = self._limiter.get_window_stats(item, identity).reset_time
-                    # Whole seconds, rounded up: a client that waits Retry-After gets through.
-                    retry_after = max(1, math.ceil(reset_at - time.time()))
-                    metrics.RATE_LIMITED.inc()
-                    raise RateLimited(
-                        f"rate limit of {item} exceeded for this API key; retry in {retry_after} s",
-                        retry_after=retry_after,
-                    )
+                if not self._limiter.hit(item, self.kind, identity):
+                    self._refuse(item, identity)
+
+    def check_without_counting(self, identity: str) -> None:
+        """RateLimited when ``identity`` has already used up a limit; counts nothing."""
+        with self._storage_guard():
+            for item in self._items:
+                if not self._limiter.test(item, self.kind, identity):
+                    self._refuse(item, identity)
+
+    def count(self, identity: str) -> None:
+        """Count one event for ``identity`` without refusing anything (the next check will)."""
+        with self._storage_guard():
+            for item in self._items:
+                self._limiter.hit(item, self.kind, identity)
+
+    def _refuse(self, item: RateLimitItem, identity: str) -> None:
+        reset_at = self._limiter.get_window_stats(item, self.kind, identity).reset_time
+        # Whole seconds, rounded up: a client that waits Retry-After gets through.
+        retry_after = max(1, math.ceil(reset_at - time.time()))
+        metrics.RATE_LIMITED.labels(self.kind).inc()
+        raise RateLimited(
+            f"rate limit of {item} exceeded for {self._subject}; retry in {retry_after} s",
+            retry_after=retry_after,
+        )
+
+    @contextmanager
+    def _storage_guard(self) -> Iterator[None]:
+        try:
+            yield
         except StorageError as exc:
             if not self._fail_open:
                 raise Overloaded("rate limit storage is unavailable") from exc
@@ -78,7 +118,8 @@ class KeyRateLimiter:
         self.storage.reset()
 
 
-def _storage(url: str, key_prefix: str) -> Storage:
+def rate_limit_storage(url: str, key_prefix: str) -> Storage:
+    """One counter store (memory or Redis with timeouts) that several limiters can share."""
     options: dict[str, Any] = {}
     if urlsplit(url).scheme.startswith("redis"):
         options = {
@@ -92,7 +133,33 @@ def _storage(url: str, key_prefix: str) -> Storage:
     return storage
 
 
-async def enforce_rate_limit(request: Request, key: ApiKeyDep) -> ApiKeyInfo:
+def client_address(request: Request) -> str:
+    """The caller's address as uvicorn saw it (behind a proxy: X-Forwarded-For from the
+    addresses in FORWARDED_ALLOW_IPS, which is uvicorn's own rule)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+def authenticate(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    header_key: Annotated[str | None, Depends(api_key_header_scheme)],
+) -> ApiKeyInfo:
+    """Authenticate the caller, refusing an address with too many recent failed attempts
+    before its key is even looked up. Sync on purpose: FastAPI runs it in a worker thread."""
+    failures: KeyRateLimiter = request.app.state.auth_failure_limiter
+    address = client_address(request)
+    failures.check_without_counting(address)
+    try:
+        return require_api_key(request, bearer, header_key)
+    except Unauthorized:
+        failures.count(address)
+        raise
+
+
+AuthenticatedKey = Annotated[ApiKeyInfo, Depends(authenticate)]
+
+
+async def enforce_rate_limit(request: Request, key: AuthenticatedKey) -> ApiKeyInfo:
     """Authenticate, then count the request against the key's limit."""
     limiter: KeyRateLimiter = request.app.state.rate_limiter
     # The identity is the public prefix: the secret never leaves the auth module.
@@ -100,4 +167,12 @@ async def enforce_rate_limit(request: Request, key: ApiKeyDep) -> ApiKeyInfo:
     return key
 
 
+async def enforce_poll_limit(request: Request, key: AuthenticatedKey) -> ApiKeyInfo:
+    """Authenticate, then count the read against the key's polling limit (job states, images)."""
+    limiter: KeyRateLimiter = request.app.state.poll_rate_limiter
+    await run_in_threadpool(limiter.check, key.prefix)
+    return key
+
+
 RateLimitedKey = Annotated[ApiKeyInfo, Depends(enforce_rate_limit)]
+PollLimitedKey = Annotated[ApiKeyInfo, Depends(enforce_poll_limit)]

@@ -88,11 +88,28 @@ class GatewaySettings(ServiceSettings):
         pattern=r"^[A-Za-z0-9_:-]{1,64}$",
         description="Prefix of the rate-limit keys in shared storage (Redis).",
     )
-    rate_limit_fail_open: bool = Field(
-        default=True,
+    poll_rate_limit: str = Field(
+        default="300/minute",
         description=(
-            "When the rate-limit storage is unreachable: true lets requests through (logged), "
-            "false refuses them with 503. Keys are still checked either way."
+            "Per-API-key limit on reads of job states and images (GET /v1/jobs/{id}, "
+            "GET /v1/images/{id}), in the `limits` notation; counted apart from rate_limit so "
+            "that polling a job does not eat the key's budget for work."
+        ),
+    )
+    auth_failure_limit: str = Field(
+        default="20/minute",
+        description=(
+            "Failed authentications allowed per client address, in the `limits` notation; "
+            "beyond it the address gets 429 before its key is looked up. Behind a proxy the "
+            "address comes from X-Forwarded-For only for proxies listed in uvicorn's "
+            "FORWARDED_ALLOW_IPS."
+        ),
+    )
+    rate_limit_fail_open: bool = Field(
+        default=False,
+        description=(
+            "When the rate-limit storage is unreachable: false refuses requests with 503 "
+            "(limits hold), true lets them through (logged). Keys are checked either way."
         ),
     )
     max_queued_jobs: int = Field(
@@ -115,15 +132,15 @@ class GatewaySettings(ServiceSettings):
         description="Size, pixel and format limits applied to every creative before forwarding.",
     )
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "poll_rate_limit", "auth_failure_limit")
     @classmethod
     def _parseable_limit(cls, value: str) -> str:
         try:
             items = parse_many(value)
         except ValueError as exc:
-            raise ValueError(f"rate_limit {value!r} is not in the limits notation: {exc}") from exc
+            raise ValueError(f"{value!r} is not in the limits notation: {exc}") from exc
         if not items or any(item.amount < 1 for item in items):
-            raise ValueError("rate_limit must allow at least one request per window")
+            raise ValueError(f"{value!r} must allow at least one request per window")
         return value
 
     @field_validator("rate_limit_storage_url")

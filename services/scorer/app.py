@@ -68,6 +68,7 @@ def create_app(
         service="scorer",
         version=VERSION,
         max_body_bytes=settings.max_body_bytes,
+        health_cache_seconds=settings.health_cache_seconds,
         readiness=readiness,
         lifespan=lifespan,
         description="Ranks candidate creatives by a KPI reward (match, likelihood, contrastive).",

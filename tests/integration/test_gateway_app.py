@@ -291,6 +291,34 @@ def test_describe_bodies_beyond_what_a_request_needs_are_413(gw: Gateway) -> Non
 # --- rate limit --------------------------------------------------------------------------
 
 
+def test_an_address_with_too_many_failed_authentications_is_refused_before_lookup(
+    sqlite_db: Database,
+) -> None:
+    for gateway in start_gateway(sqlite_db, auth_failure_limit="3/minute"):
+        body = {"context": {"account": "a"}}
+        for _ in range(3):
+            assert_error(
+                gateway.post("/v1/describe", key="boig_00000000_guess", json=body),
+                401,
+                "unauthorized",
+            )
+        refused = gateway.post("/v1/describe", key="boig_00000000_guess", json=body)
+        assert "failed authentications" in assert_error(refused, 429, "rate_limited")
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        # While the address is locked out, not even a valid key is looked up: guessing stops.
+        assert_error(gateway.post("/v1/describe", json=body), 429, "rate_limited")
+        assert gateway.upstreams.described == []
+        assert gateway.client.get("/health").status_code == 200
+
+
+def test_successful_authentications_do_not_count_as_failures(sqlite_db: Database) -> None:
+    for gateway in start_gateway(sqlite_db, auth_failure_limit="2/minute"):
+        for _ in range(5):
+            assert (
+                gateway.post("/v1/describe", json={"context": {"account": "a"}}).status_code == 200
+            )
+
+
 def check_rate_limit(gateway: Gateway) -> None:
     body = score_json({"a": b64(GOOD)})
     assert gateway.post("/v1/score", json=body).status_code == 200

@@ -234,6 +234,19 @@ def test_health_reports_the_broker(api: Api) -> None:
     assert api.client.get("/health").json()["upstreams"]["queue"] == "ok"
 
 
+def test_polling_has_its_own_per_key_limit(tmp_path: Path, drain_queue: Any) -> None:
+    for api in start(tmp_path, drain_queue, poll_rate_limit="3/minute"):
+        job_id = api.generate().json()["job_id"]
+        for _ in range(3):
+            assert api.client.get(f"/v1/jobs/{job_id}", headers=api.headers()).status_code == 200
+        refused = api.client.get(f"/v1/jobs/{job_id}", headers=api.headers())
+        assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limited"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert api.client.get("/v1/images/nope", headers=api.headers()).status_code == 429
+        # Polling did not spend the key's budget for work.
+        assert api.generate().status_code == 202
+
+
 def test_unknown_jobs_are_404(api: Api) -> None:
     assert api.client.get("/v1/jobs/nope", headers=api.headers()).status_code == 404
     assert api.client.delete("/v1/jobs/nope", headers=api.headers()).status_code == 404

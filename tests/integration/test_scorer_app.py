@@ -151,9 +151,9 @@ def client(stand_ins: StandIns) -> Iterator[TestClient]:
     describer = DescriberClient(
         "http://describer", transport=httpx.ASGITransport(app=describer_app(stand_ins))
     )
-    app = create_app(
-        ScorerSettings(max_creatives_per_request=3), featurizer=featurizer, describer=describer
-    )
+    # No health cache: each probe here must see the stand-ins' state of the moment.
+    settings = ScorerSettings(max_creatives_per_request=3, health_cache_seconds=0)
+    app = create_app(settings, featurizer=featurizer, describer=describer)
     with TestClient(app) as test_client:
         yield test_client
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -67,6 +69,49 @@ def test_health_reports_readiness() -> None:
     }
     response = TestClient(make_app(ready=False)).get("/health")
     assert response.status_code == 503 and response.json()["status"] == "starting"
+
+
+def counting_app(ttl: float, delay: float = 0.0) -> tuple[FastAPI, list[int]]:
+    calls: list[int] = []
+
+    async def readiness() -> dict[str, Any]:
+        calls.append(1)
+        await asyncio.sleep(delay)
+        return {"ready": True, "checks": len(calls)}
+
+    app = create_service_app(
+        service="testsvc",
+        version="9.9",
+        max_body_bytes=2048,
+        readiness=readiness,
+        health_cache_seconds=ttl,
+    )
+    return app, calls
+
+
+def test_health_reuses_its_readiness_answer_within_the_cache_time() -> None:
+    app, calls = counting_app(ttl=60)
+    with TestClient(app) as client:
+        bodies = [client.get("/health").json() for _ in range(20)]
+    assert len(calls) == 1
+    assert all(body["checks"] == 1 for body in bodies)
+
+
+def test_health_checks_again_once_the_answer_expires() -> None:
+    app, calls = counting_app(ttl=0)
+    with TestClient(app) as client:
+        for _ in range(3):
+            client.get("/health")
+    assert len(calls) == 3
+
+
+async def test_concurrent_health_probes_share_one_check() -> None:
+    app, calls = counting_app(ttl=60, delay=0.2)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        responses = await asyncio.gather(*(client.get("/health") for _ in range(10)))
+    assert [r.status_code for r in responses] == [200] * 10
+    assert len(calls) == 1
 
 
 def test_request_id_is_kept_when_well_formed_and_replaced_otherwise(client: TestClient) -> None:

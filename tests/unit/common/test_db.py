@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import String, select, text
+from sqlalchemy import String, event, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -62,3 +62,32 @@ def test_sqlite_uses_wal(tmp_path: Path) -> None:
     with db.engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     db.dispose()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _connect_params(url: str) -> dict[str, object]:
+    """The keyword arguments the engine hands the PostgreSQL driver (no server needed)."""
+    db = Database(url)
+    seen: dict[str, object] = {}
+
+    def capture(*args: object) -> None:
+        seen.update(args[3])  # type: ignore[call-overload]
+        raise _Stop
+
+    event.listen(db.engine, "do_connect", capture)
+    with pytest.raises(_Stop):
+        db.engine.connect()
+    return seen
+
+
+def test_postgres_connections_time_out_instead_of_hanging() -> None:
+    assert _connect_params("postgresql://boig@192.0.2.1/db")["connect_timeout"] == 10
+
+
+def test_a_connect_timeout_in_the_url_wins() -> None:
+    assert _connect_params("postgresql://boig@192.0.2.1/db?connect_timeout=3")[
+        "connect_timeout"
+    ] == "3"

@@ -9,11 +9,11 @@ import pytest
 
 from services.common import metrics
 from services.common.errors import Overloaded, RateLimited
-from services.gateway.rate_limit import KeyRateLimiter
+from services.gateway.rate_limit import KeyRateLimiter, rate_limit_storage
 
 
-def rate_limited_total() -> float:
-    value = metrics.REGISTRY.get_sample_value("boig_rate_limited_total")
+def rate_limited_total(kind: str = "requests") -> float:
+    value = metrics.REGISTRY.get_sample_value("boig_rate_limited_total", {"limit": kind})
     return value or 0.0
 
 
@@ -58,6 +58,37 @@ def test_the_window_frees_after_retry_after() -> None:
     assert refused.value.retry_after == 1
     time.sleep(1.05)
     limiter.check("k")
+
+
+def test_limits_with_different_kinds_count_apart_on_one_storage() -> None:
+    storage = rate_limit_storage("memory://", "test")
+    requests = KeyRateLimiter("1/minute", storage)
+    polls = KeyRateLimiter("1/minute", storage, kind="polls", subject="polls")
+    requests.check("k")
+    polls.check("k")
+    before = rate_limited_total("polls")
+    with pytest.raises(RateLimited) as refused:
+        polls.check("k")
+    assert "for polls" in refused.value.message
+    assert rate_limited_total("polls") == before + 1
+
+
+def test_count_then_check_without_counting() -> None:
+    failures = KeyRateLimiter("2/minute", "memory://", kind="auth_failures")
+    failures.check_without_counting("10.0.0.1")  # checking alone never uses the budget
+    failures.check_without_counting("10.0.0.1")
+    failures.check_without_counting("10.0.0.1")
+    failures.count("10.0.0.1")
+    failures.count("10.0.0.1")
+    failures.count("10.0.0.1")  # counting never refuses; the next check does
+    with pytest.raises(RateLimited):
+        failures.check_without_counting("10.0.0.1")
+    failures.check_without_counting("10.0.0.2")
+
+
+def test_unreachable_storage_fails_closed_by_default() -> None:
+    with pytest.raises(Overloaded):
+        KeyRateLimiter("1/minute", "redis://127.0.0.1:1").check("k")
 
 
 def test_unreachable_storage_fails_open_or_closed_as_configured() -> None:

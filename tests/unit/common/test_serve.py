@@ -1,0 +1,20 @@
+"""``serve`` runs uvicorn with a bounded graceful shutdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from services.common import serve as serve_module
+from services.common.settings import ServiceSettings
+
+
+def test_uvicorn_gets_a_graceful_shutdown_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(serve_module.uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(serve_module, "configure_logging", lambda *a, **k: None)
+    settings = ServiceSettings(shutdown_timeout_seconds=12.4)
+    serve_module.serve(service="x", settings=settings, create_app=lambda _: FastAPI())
+    assert seen["timeout_graceful_shutdown"] == 12
