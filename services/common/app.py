@@ -9,7 +9,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,12 +19,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common import metrics
-from services.common.errors import BoigError, PayloadTooLarge
+from services.common.errors import BoigError, ClientClosedRequest, PayloadTooLarge
 from services.common.logging import new_request_id, request_id_var
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
+
+T = TypeVar("T")
 
 Readiness = Callable[[], Awaitable[dict[str, Any]]]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -189,7 +191,7 @@ class _ObservabilityMiddleware:
                     await self._send_too_large(send)
                     status = 413
                     return
-                receive = _replay(body)
+                receive = _replay(body, receive)
 
             async def send_with_id(message: Message) -> None:
                 nonlocal status, status_sent
@@ -257,14 +259,42 @@ async def read_limited(receive: Receive, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _replay(body: bytes) -> Receive:
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``body`` once, then the server's own receive: it answers http.disconnect only when
+    the client really goes away, which is what ``cancel_on_disconnect`` listens for."""
     sent = False
 
     async def receive_replayed() -> Message:
         nonlocal sent
         if sent:
-            return {"type": "http.disconnect"}
+            return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
     return receive_replayed
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result, or ClientClosedRequest once the client has gone away, with ``work``
+    cancelled. Call it after the body was read.
+
+    Starlette does not cancel a handler whose client disconnected: without this, a caller
+    that timed out would leave its work queued for a model that nobody waits on.
+    """
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        raise ClientClosedRequest("the client went away before the answer was ready")
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -71,6 +71,14 @@ class Overloaded(BoigError):
     type = "overloaded"
 
 
+class ClientClosedRequest(BoigError):
+    """The client went away before the answer was ready; its work was dropped. Nobody reads
+    this answer: it exists for logs and metrics (499, as nginx counts it)."""
+
+    status_code = 499
+    type = "client_closed_request"
+
+
 class UpstreamError(BoigError):
     """An internal service could not be reached or answered outside the contract."""
 
@@ -123,6 +131,7 @@ _ERROR_TYPES: dict[str, type[BoigError]] = {
         Conflict,
         RateLimited,
         Overloaded,
+        ClientClosedRequest,
         UpstreamError,
         BackendError,
         ModelOutputError,

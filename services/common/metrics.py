@@ -38,6 +38,12 @@ MODEL_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+DROPPED_WORK = Counter(
+    "boig_model_work_dropped_total",
+    "Model work cancelled because every caller waiting for it went away.",
+    ["service"],
+    registry=REGISTRY,
+)
 MODEL_QUEUE_SECONDS = Histogram(
     "boig_model_queue_wait_seconds",
     "Time a request waited for the model to be free.",

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from services.common.app import create_service_app
+from services.common.app import cancel_on_disconnect, create_service_app
 from services.common.checkpoints import (
     KIND_BOIGLLM_LORA,
     CheckpointError,
@@ -102,7 +102,11 @@ def create_app(
     )
     async def describe(body: DescribeRequest, request: Request) -> DescribeResponse:
         describer = _ready_describer(request)
-        return await describer.describe(context=body.context, target=body.target)
+        # A caller that gave up (a scorer's timeout) cancels its work, so the model does not
+        # spend minutes on answers nobody reads while the queue stays full.
+        return await cancel_on_disconnect(
+            request, describer.describe(context=body.context, target=body.target)
+        )
 
     @app.post(
         "/likelihood",
@@ -112,8 +116,11 @@ def create_app(
     )
     async def likelihood(body: LikelihoodRequest, request: Request) -> LikelihoodResponse:
         describer = _ready_describer(request)
-        return await describer.likelihood(
-            context=body.context, kpi_name=body.kpi_name, verbalizations=body.verbalizations
+        return await cancel_on_disconnect(
+            request,
+            describer.likelihood(
+                context=body.context, kpi_name=body.kpi_name, verbalizations=body.verbalizations
+            ),
         )
 
     return app

@@ -147,6 +147,7 @@ class Describer:
         self._cache: LruCache[BaseModel] = LruCache(settings.cache_size)
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._waiters: dict[asyncio.Task[Any], int] = {}
         self._history = HistoryReader(settings.history_path)
         self._describe_queue: MicroBatcher[DescribeJob, tuple[str, ModelInfo]] = MicroBatcher(
             self._describe_batch, max_batch=settings.describe_batch_size
@@ -496,12 +497,11 @@ class Describer:
     ) -> tuple[T, bool]:
         """The result for ``key`` and whether it was shared rather than computed for this call.
 
-        The computation runs in a task of its own that every caller awaits through a shield:
-        a caller that goes away (client disconnect) must neither cancel the work other callers
-        wait on nor release the model lock while its thread is still running.
+        The computation runs in a task of its own that its callers await (``_await_work``):
+        one caller going away (client disconnect) must not cancel what others wait on.
         """
         if key is None:
-            return await asyncio.shield(self._start(compute)), False
+            return await self._await_work(self._start(compute)), False
         cached = self._cache.get(key)
         if cached is not None:
             metrics.CACHE_LOOKUPS.labels(SERVICE, "result", "hit").inc()
@@ -509,13 +509,34 @@ class Describer:
         task = self._in_flight.get(key)
         if task is not None:
             metrics.CACHE_LOOKUPS.labels(SERVICE, "result", "hit").inc()
-            return await asyncio.shield(task), True
+            return await self._await_work(task), True
         metrics.CACHE_LOOKUPS.labels(SERVICE, "result", "miss").inc()
         task = self._start(compute)
         self._in_flight[key] = task
         version = self._info.version  # the model version the key was made for
         task.add_done_callback(lambda done: self._settle(key, done, version))
-        return await asyncio.shield(task), False
+        return await self._await_work(task), False
+
+    async def _await_work(self, task: asyncio.Task[T]) -> T:
+        """``task``'s result. The last caller to leave before it is done drops it: queued work
+        never reaches the model, and running work frees the model when its thread ends."""
+        self._waiters[task] = self._waiters.get(task, 0) + 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            self._waiters[task] -= 1
+            if not self._waiters[task]:
+                del self._waiters[task]
+                if not task.done():
+                    self._drop(task)
+
+    def _drop(self, task: asyncio.Task[Any]) -> None:
+        task.cancel()
+        # Later callers of the same question start afresh rather than join cancelled work.
+        for key in [key for key, running in self._in_flight.items() if running is task]:
+            del self._in_flight[key]
+        metrics.DROPPED_WORK.labels(SERVICE).inc()
+        logger.info("dropped model work that no caller waits for any more")
 
     def _start(self, compute: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
         """New model work as a task of its own; Overloaded beyond ``max_pending_requests``
@@ -537,7 +558,8 @@ class Describer:
         return task
 
     def _settle(self, key: str, task: asyncio.Task[Any], version: str) -> None:
-        self._in_flight.pop(key, None)
+        if self._in_flight.get(key) is task:
+            del self._in_flight[key]
         # Retrieving the exception also keeps asyncio from logging it as never retrieved when
         # every caller has gone; failures are not cached, the next request tries again.
         if not task.cancelled() and task.exception() is None:
@@ -559,7 +581,7 @@ class Describer:
             metrics.MODEL_QUEUE_SECONDS.labels(SERVICE, operation).observe(started - queued)
             info = self._info
             try:
-                return await asyncio.to_thread(call, *args), info
+                return await _to_thread_to_the_end(call, *args), info
             except BoigError:
                 raise
             except Exception as exc:
@@ -576,3 +598,21 @@ class Describer:
                     (started - queued) * 1000,
                     elapsed * 1000,
                 )
+
+
+async def _to_thread_to_the_end(call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)`` in a worker thread. If the caller is cancelled meanwhile, this still
+    waits for the thread to end before passing the cancellation on: a thread cannot be
+    stopped, and whoever holds the model lock must not release it while the model runs."""
+    work = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    cancelled = False
+    while not work.done():
+        try:
+            await asyncio.wait({work})
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not work.cancelled():
+            work.exception()  # retrieved: nobody wants this answer or its failure
+        raise asyncio.CancelledError
+    return work.result()

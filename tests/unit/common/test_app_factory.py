@@ -7,11 +7,11 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from services.common.app import create_service_app
+from services.common.app import cancel_on_disconnect, create_service_app
 from services.common.errors import NotFound, RateLimited
 
 
@@ -166,3 +166,76 @@ def test_metrics_count_requests_by_route_template(client: TestClient) -> None:
         in text
     )
     assert "boig_http_request_duration_seconds_bucket" in text
+
+
+async def test_work_is_cancelled_when_the_client_goes_away() -> None:
+    app = create_service_app(service="testsvc", version="9.9", max_body_bytes=2048)
+    cancelled = asyncio.Event()
+
+    async def forever() -> int:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return 1
+
+    @app.post("/slow")
+    async def slow(body: Echo, request: Request) -> Echo:
+        await cancel_on_disconnect(request, forever())
+        return body
+
+    messages = [
+        {"type": "http.request", "body": b'{"value": 1}', "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, Any]:
+        message = messages.pop(0)
+        if message["type"] == "http.disconnect":
+            await asyncio.sleep(0.1)  # the client leaves while the work is under way
+        return message
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    for chunked in (False, True):  # with a Content-Length, and chunked (the body replayed)
+        messages[:] = [
+            {"type": "http.request", "body": b'{"value": 1}', "more_body": False},
+            {"type": "http.disconnect"},
+        ]
+        cancelled.clear()
+        headers = [(b"content-type", b"application/json")]
+        if not chunked:
+            headers.append((b"content-length", b"12"))
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/slow",
+            "raw_path": b"/slow",
+            "query_string": b"",
+            "headers": headers,
+            "http_version": "1.1",
+            "scheme": "http",
+            "server": ("test", 80),
+            "client": ("127.0.0.1", 1),
+            "root_path": "",
+        }
+        await asyncio.wait_for(app(scope, receive, send), timeout=5)
+        assert cancelled.is_set()
+        assert sent[-2]["status"] == 499
+
+
+async def test_work_that_ends_first_answers_normally() -> None:
+    app = create_service_app(service="testsvc", version="9.9", max_body_bytes=2048)
+
+    async def quick() -> int:
+        return 7
+
+    @app.post("/quick")
+    async def route(body: Echo, request: Request) -> Echo:
+        return Echo(value=await cancel_on_disconnect(request, quick()) + body.value)
+
+    assert TestClient(app).post("/quick", json={"value": 1}).json() == {"value": 8}

@@ -88,6 +88,7 @@ def test_postgres_connections_time_out_instead_of_hanging() -> None:
 
 
 def test_a_connect_timeout_in_the_url_wins() -> None:
-    assert _connect_params("postgresql://boig@192.0.2.1/db?connect_timeout=3")[
-        "connect_timeout"
-    ] == "3"
+    assert (
+        _connect_params("postgresql://boig@192.0.2.1/db?connect_timeout=3")["connect_timeout"]
+        == "3"
+    )

@@ -334,6 +334,78 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_shared_work(
     assert len(backend.generate_calls) == len(prompts.DESCRIBE_FIELDS)
 
 
+class Overlap:
+    """How many model calls ran at once, at most."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+
+def track_overlap(backend: Any, *, seconds: float) -> Overlap:
+    """Make each of ``backend``'s model calls take ``seconds`` and count how many overlap."""
+    overlap = Overlap()
+
+    def track() -> None:
+        with overlap.lock:
+            overlap.running += 1
+            overlap.most = max(overlap.most, overlap.running)
+        threading.Event().wait(seconds)
+        with overlap.lock:
+            overlap.running -= 1
+
+    backend.on_call = track
+    return overlap
+
+
+async def test_queued_work_whose_callers_all_left_is_dropped_before_the_model(
+    fake_backend: Any, context: Context
+) -> None:
+    backend, release = held_backend(fake_backend)
+    describer = Describer(backend, make_settings(palette_samples=1, max_pending_requests=2))
+
+    def ask(kpi: str) -> asyncio.Task[Any]:
+        return asyncio.create_task(describer.describe(context=context, target=KpiTarget(name=kpi)))
+
+    dropped = counter("boig_model_work_dropped_total", service="describer")
+    running = ask("running")
+    await asyncio.sleep(0.05)
+    left = [ask("abandoned"), ask("abandoned")]  # two callers of one question
+    await asyncio.sleep(0.05)
+    left[0].cancel()
+    await asyncio.sleep(0.01)
+    assert counter("boig_model_work_dropped_total", service="describer") == dropped
+    left[1].cancel()
+    await asyncio.sleep(0.01)
+    assert counter("boig_model_work_dropped_total", service="describer") == dropped + 1
+    # Its place under the cap is free at once: this would be refused if it still counted.
+    admitted = ask("next")
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.gather(running, admitted)
+    prompts_seen = " ".join(p for call in backend.generate_calls for p in call)
+    assert "next" in prompts_seen and "abandoned" not in prompts_seen
+    # A later caller of the dropped question gets a fresh answer, not a cancellation.
+    assert (await ask("abandoned")).verbalization
+
+
+async def test_dropping_running_work_keeps_the_model_until_its_thread_ends(
+    fake_backend: Any, context: Context, verbalizations: list[Verbalization]
+) -> None:
+    backend = fake_backend()
+    overlap = track_overlap(backend, seconds=0.1)
+    describer = Describer(backend, make_settings(palette_samples=1))
+    first = asyncio.create_task(
+        describer.likelihood(context=context, kpi_name="a", verbalizations=verbalizations)
+    )
+    await asyncio.sleep(0.03)  # its thread is in the model now
+    first.cancel()
+    second = describer.likelihood(context=context, kpi_name="b", verbalizations=verbalizations)
+    await second
+    assert overlap.most == 1  # the second call waited for the abandoned thread to finish
+
+
 async def test_work_beyond_the_pending_cap_is_refused_with_retry_after(
     fake_backend: Any, context: Context
 ) -> None:
@@ -377,24 +449,11 @@ async def test_failures_are_typed_and_not_cached(fake_backend: Any, context: Con
 
 async def test_model_calls_never_overlap(fake_backend: Any, context: Context) -> None:
     backend = fake_backend()
-    running = 0
-    most = 0
-    lock = threading.Lock()
-
-    def track() -> None:
-        nonlocal running, most
-        with lock:
-            running += 1
-            most = max(most, running)
-        threading.Event().wait(0.01)
-        with lock:
-            running -= 1
-
-    backend.on_call = track
+    overlap = track_overlap(backend, seconds=0.01)
     describer = Describer(backend, make_settings())
     targets = [KpiTarget(name=f"kpi{i}") for i in range(4)]
     await asyncio.gather(*(describer.describe(context=context, target=t) for t in targets))
-    assert most == 1
+    assert overlap.most == 1
 
 
 def test_lru_cache_forgets_the_least_recently_used_entry() -> None:
