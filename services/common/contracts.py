@@ -174,7 +174,7 @@ ImageId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0
 class ImageInput(Contract):
     id: ImageId | None = None
     data_base64: str = Field(
-        min_length=1, description="The encoded image (PNG, JPEG, WebP), base64."
+        min_length=1, description="The encoded image (PNG, JPEG, WebP, GIF), base64."
     )
 
 
@@ -187,6 +187,9 @@ class FeaturizeResult(Contract):
     id: str | None
     width: int
     height: int
+    animated: bool = Field(
+        default=False, description="The file has several frames; the first was analysed."
+    )
     verbalization: Verbalization
 
 
@@ -263,6 +266,11 @@ class CreativeScore(Contract):
     total: float
     breakdown: dict[str, float] = Field(description="Each reward component, before weighting.")
     verbalization: Verbalization
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What the score rests on beyond the image as sent, e.g. that only the "
+        "first frame of an animated image was scored.",
+    )
 
 
 class TargetDescription(Contract):

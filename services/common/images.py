@@ -7,6 +7,8 @@ import binascii
 import io
 import struct
 import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
@@ -27,16 +29,59 @@ def decode_base64(data: str, *, limits: ImageLimits, what: str = "image") -> byt
         raise InvalidImage(f"{what} is not valid base64") from exc
 
 
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image
+    """RGB pixels of the first frame, at most the ``max_side`` asked for."""
+    width: int
+    """The file's own width, before any reduction."""
+    height: int
+    animated: bool
+    """More than one frame: ``image`` is the first."""
+
+
 def decode_image(data: bytes, *, limits: ImageLimits, what: str = "image") -> Image.Image:
     """Decode to an RGB image, or raise InvalidImage/PayloadTooLarge naming ``what``."""
+    return decode_for_analysis(data, limits=limits, what=what).image
+
+
+def decode_for_analysis(
+    data: bytes, *, limits: ImageLimits, what: str = "image", max_side: int | None = None
+) -> DecodedImage:
+    """Decode the first frame to RGB, no larger than ``max_side`` a side when one is given.
+
+    A JPEG is decoded at a reduced scale straight away (DCT scaling: 1/2 to 1/8, still at
+    least ``max_side``), so a 24-megapixel photo never exists in memory at full size.
+    """
     image = _open_checked(data, limits=limits, what=what)
+    width, height = image.size
+    # is_animated looks for a second frame only; n_frames would walk every frame of the file.
+    animated = bool(getattr(image, "is_animated", False))
+    if max_side is not None:
+        image.draft("RGB", (max_side, max_side))
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidImage(f"{what} is truncated or corrupt") from exc
-    if getattr(image, "n_frames", 1) > 1:
-        image.seek(0)
-    return image.convert("RGB")
+    rgb = image.convert("RGB")
+    if max_side is not None and max(rgb.size) > max_side:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.BOX)
+    return DecodedImage(image=rgb, width=width, height=height, animated=animated)
+
+
+def check_pixel_budget(sizes: Iterable[tuple[int, int]], *, limits: ImageLimits) -> None:
+    """PayloadTooLarge when the images of one request hold more pixels together than allowed."""
+    total = sum(width * height for width, height in sizes)
+    if total > limits.max_request_pixels:
+        raise PayloadTooLarge(
+            f"the images of this request hold {total} pixels together; the limit is "
+            f"{limits.max_request_pixels} per request"
+        )
+
+
+def image_size(data: bytes, *, limits: ImageLimits, what: str = "image") -> tuple[int, int]:
+    """Width and height from the header alone, after the format, size and bomb checks."""
+    return _open_checked(data, limits=limits, what=what).size
 
 
 def check_image(data: bytes, *, limits: ImageLimits, what: str = "image") -> tuple[int, int]:

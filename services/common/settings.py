@@ -92,7 +92,18 @@ class ImageLimits(BaseSettings):
         description="Largest width x height; bigger images (and decompression bombs) are refused.",
     )
     max_side: int = Field(default=8192, ge=1, description="Largest width or height, in pixels.")
+    max_request_pixels: int = Field(
+        default=64_000_000,
+        ge=1,
+        description=(
+            "Largest sum of width x height over the images of one request, checked from their "
+            "headers before any is decoded: a few KB of flat PNGs can claim gigabytes of pixels."
+        ),
+    )
     formats: frozenset[str] = Field(
-        default=frozenset({"PNG", "JPEG", "WEBP"}),
-        description="Pillow format names accepted.",
+        default=frozenset({"PNG", "JPEG", "WEBP", "GIF"}),
+        description=(
+            "Pillow format names accepted. An animated image (GIF, APNG, animated WebP) is "
+            "analysed from its first frame, and the answer says so."
+        ),
     )

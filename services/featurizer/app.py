@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
-from PIL import Image
 
 from services.common.app import create_service_app
 from services.common.contracts import (
@@ -20,7 +19,13 @@ from services.common.contracts import (
     ImageInput,
 )
 from services.common.errors import InvalidInput, Overloaded
-from services.common.images import decode_base64, decode_image
+from services.common.images import (
+    DecodedImage,
+    check_pixel_budget,
+    decode_base64,
+    decode_for_analysis,
+    image_size,
+)
 from services.common.settings import ImageLimits
 from services.featurizer.backends import load_detector
 from services.featurizer.service import FEATURIZER_VERSION, SERVICE, Featurizer
@@ -86,14 +91,18 @@ def create_app(settings: FeaturizerSettings | None = None) -> FastAPI:
         in_flight += 1
         try:
             started = time.perf_counter()
-            images = await asyncio.to_thread(decode_images, body.images, settings.image_limits)
+            decoded_images = await asyncio.to_thread(
+                decode_images, body.images, settings.image_limits, settings.decode_max_side
+            )
             decoded = time.perf_counter()
             verbalizations = await asyncio.to_thread(
-                featurizer.featurize, images, detect_objects=body.detect_objects
+                featurizer.featurize,
+                [item.image for item in decoded_images],
+                detect_objects=body.detect_objects,
             )
             logger.debug(
                 "featurized %d images: decode %.1f ms, analysis %.1f ms",
-                len(images),
+                len(decoded_images),
                 (decoded - started) * 1000,
                 (time.perf_counter() - decoded) * 1000,
             )
@@ -102,10 +111,14 @@ def create_app(settings: FeaturizerSettings | None = None) -> FastAPI:
         return FeaturizeResponse(
             results=[
                 FeaturizeResult(
-                    id=item.id, width=image.width, height=image.height, verbalization=verbalization
+                    id=item.id,
+                    width=image.width,
+                    height=image.height,
+                    animated=image.animated,
+                    verbalization=verbalization,
                 )
                 for item, image, verbalization in zip(
-                    body.images, images, verbalizations, strict=True
+                    body.images, decoded_images, verbalizations, strict=True
                 )
             ],
             featurizer_version=featurizer.version,
@@ -115,18 +128,26 @@ def create_app(settings: FeaturizerSettings | None = None) -> FastAPI:
     return app
 
 
-def decode_images(inputs: list[ImageInput], limits: ImageLimits) -> list[Image.Image]:
+def decode_images(
+    inputs: list[ImageInput], limits: ImageLimits, max_side: int | None = None
+) -> list[DecodedImage]:
     """Decode every image or raise the first failure, naming it by its id, else ``images[i]``.
 
+    Every header is read and the request's pixel budget checked before any pixel is decoded.
     The id matters: callers such as the scorer pass the user's creative ids, and only a
     full decode here finds some damage (a truncated JPEG) that their cheaper checks pass.
     """
-    images = []
+    named = []
     for index, item in enumerate(inputs):
         what = f"images[{index}] ({item.id!r})" if item.id else f"images[{index}]"
-        data = decode_base64(item.data_base64, limits=limits, what=what)
-        images.append(decode_image(data, limits=limits, what=what))
-    return images
+        named.append((what, decode_base64(item.data_base64, limits=limits, what=what)))
+    check_pixel_budget(
+        (image_size(data, limits=limits, what=what) for what, data in named), limits=limits
+    )
+    return [
+        decode_for_analysis(data, limits=limits, what=what, max_side=max_side)
+        for what, data in named
+    ]
 
 
 def _featurizer(request: Request) -> Featurizer:

@@ -101,6 +101,16 @@ class FeaturizerSettings(ServiceSettings):
         description="Palette colours closer than this CIE76 distance (Lab units; ~2.3 is just "
         "noticeable) are merged into one.",
     )
+    decode_max_side: int = Field(
+        default=1024,
+        ge=64,
+        description=(
+            "Images are decoded to at most this many pixels a side (JPEG at a reduced DCT "
+            "scale, others reduced after decoding): the colour analysis samples 96 px a side "
+            "and the detector reads its own input size, so more only costs memory. Width and "
+            "height in answers stay the file's own."
+        ),
+    )
     image_limits: ImageLimits = Field(
         default_factory=ImageLimits,
         description="Decoding limits (size, pixels, formats); read from BOIG_IMAGE_* variables.",

@@ -71,7 +71,8 @@ _SCORE_BODY: dict[str, Any] = {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
                             "description": (
-                                "Image files (PNG, JPEG, WebP); each id is the file name's stem, "
+                                "Image files (PNG, JPEG, WebP, GIF: an animated one is scored "
+                                "by its first frame); each id is the file name's stem, "
                                 "sanitized and made unique."
                             ),
                         },

@@ -28,7 +28,7 @@ from services.common.contracts import (
     ScoreResponse,
 )
 from services.common.errors import InvalidInput, PayloadTooLarge
-from services.common.images import check_image, decode_base64
+from services.common.images import check_image, check_pixel_budget, decode_base64
 from services.common.settings import ImageLimits
 
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]+")
@@ -133,12 +133,14 @@ class Gateway:
         return await self._describer.describe(request.context, request.target)
 
     def _check_creatives(self, creatives: Sequence[Creative]) -> None:
+        sizes = []
         for creative in creatives:
             what = f"creative {creative.id!r}"
             data = decode_base64(creative.image_base64, limits=self.image_limits, what=what)
             # Header, size, bomb and container checks only: the featurizer decodes every
             # pixel anyway, under the same limits, and names this creative if that fails.
-            check_image(data, limits=self.image_limits, what=what)
+            sizes.append(check_image(data, limits=self.image_limits, what=what))
+        check_pixel_budget(sizes, limits=self.image_limits)
 
 
 def validation_message(exc: ValidationError, *, most: int = 5) -> str:

@@ -109,7 +109,7 @@ class Scorer:
             reward=request.reward,
             weights=rewards[0].weights,
             targets=targets,
-            results=_ranked(request, verbalizations, rewards),
+            results=_ranked(request, verbalizations, rewards, _notes(featurized)),
             models=_models(featurized, describer_model),
         )
 
@@ -163,8 +163,18 @@ def _target(level: KpiLevel, described: DescribeResponse) -> TargetDescription:
     )
 
 
+def _notes(featurized: FeaturizeResponse) -> dict[str | None, list[str]]:
+    return {
+        result.id: ["animated image: only its first frame was scored"] if result.animated else []
+        for result in featurized.results
+    }
+
+
 def _ranked(
-    request: ScoreRequest, verbalizations: list[Verbalization], rewards: list[Reward]
+    request: ScoreRequest,
+    verbalizations: list[Verbalization],
+    rewards: list[Reward],
+    notes: dict[str | None, list[str]],
 ) -> list[CreativeScore]:
     rows = zip(request.creatives, verbalizations, rewards, strict=True)
     # Best first; ties broken by id so that equal scores rank the same way on every call.
@@ -176,6 +186,7 @@ def _ranked(
             total=reward.total,
             breakdown=reward.breakdown,
             verbalization=verbalization,
+            notes=notes.get(creative.id, []),
         )
         for rank, (creative, verbalization, reward) in enumerate(ordered, start=1)
     ]

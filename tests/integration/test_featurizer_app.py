@@ -24,7 +24,9 @@ from services.featurizer.service import FEATURIZER_VERSION
 from services.featurizer.settings import FeaturizerSettings
 from services.featurizer.shapes import default_detector_dir, prepare_detector
 
-LIMITS = ImageLimits(max_bytes=300_000, max_pixels=4_000_000, max_side=2048)
+LIMITS = ImageLimits(
+    max_bytes=300_000, max_pixels=4_000_000, max_side=2048, max_request_pixels=2_500_000
+)
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -175,6 +177,32 @@ def test_too_many_images_is_invalid_input(client: TestClient) -> None:
     # Past the contract's own ceiling, request validation refuses it before the route runs.
     response = client.post("/featurize", json=request_body(*[good] * 65))
     assert_error(response, 422, "invalid_input", "images")
+
+
+def test_an_animated_gif_is_featurized_from_its_first_frame_and_says_so(
+    client: TestClient,
+) -> None:
+    frames = [Image.new("RGB", (40, 20), color) for color in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    still = io.BytesIO()
+    frames[1].save(still, format="GIF")
+    response = client.post(
+        "/featurize", json=request_body(b64(buffer.getvalue()), b64(still.getvalue()))
+    )
+    assert response.status_code == 200, response.text
+    animated, single = response.json()["results"]
+    assert animated["animated"] is True and single["animated"] is False
+    assert [c["name"] for c in animated["verbalization"]["colors"]] == ["red"]
+    assert [c["name"] for c in single["verbalization"]["colors"]] == ["blue"]
+
+
+def test_a_request_past_its_pixel_budget_is_refused_before_decoding(client: TestClient) -> None:
+    # Each bomb header passes the per-image limits; together they pass the request's budget.
+    each = b64(bomb_png(1000, 1000))
+    response = client.post("/featurize", json=request_body(each, each, each))
+    assert_error(response, 413, "payload_too_large", "pixels together")
+    assert client.get("/health").status_code == 200
 
 
 def test_malformed_requests_use_the_error_shape(client: TestClient) -> None:

@@ -360,6 +360,20 @@ def test_rate_limit_on_redis(sqlite_db: Database) -> None:
 # --- validation at the edge --------------------------------------------------------------
 
 
+def test_creatives_past_the_requests_pixel_budget_are_413_before_the_scorer(
+    sqlite_db: Database,
+) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 200), (1, 2, 3)).save(buffer, format="PNG")
+    big = b64(buffer.getvalue())
+    limits = ImageLimits(max_bytes=IMAGE_LIMIT, max_request_pixels=100_000)
+    for gateway in start_gateway(sqlite_db, image_limits=limits):
+        assert gateway.post("/v1/score", json=score_json({"a": big})).status_code == 200
+        refused = gateway.post("/v1/score", json=score_json({"a": big, "b": big}))
+        assert "120000 pixels together" in assert_error(refused, 413, "payload_too_large")
+        assert len(gateway.upstreams.scored) == 1
+
+
 def test_too_many_creatives_is_422(gw: Gateway) -> None:
     creatives = {f"c{i}": b64(GOOD) for i in range(4)}
     message = assert_error(gw.post("/v1/score", json=score_json(creatives)), 422, "invalid_input")

@@ -34,7 +34,7 @@ from services.common.contracts import (
     Verbalization,
 )
 from services.common.errors import InvalidImage, ModelUnavailable
-from services.common.images import decode_base64, decode_image
+from services.common.images import decode_base64, decode_for_analysis
 from services.common.settings import ImageLimits
 from services.scorer.app import create_app
 from services.scorer.settings import ScorerSettings
@@ -74,11 +74,12 @@ def featurizer_app(state: StandIns) -> FastAPI:
         results = []
         for image in request.images:
             what = f"image {image.id!r}"
-            pixels = decode_image(
+            decoded = decode_for_analysis(
                 decode_base64(image.data_base64, limits=ImageLimits(), what=what),
                 limits=ImageLimits(),
                 what=what,
             )
+            pixels = decoded.image
             rgb = pixels.resize((1, 1)).getpixel((0, 0))
             assert isinstance(rgb, tuple)
             results.append(
@@ -86,6 +87,7 @@ def featurizer_app(state: StandIns) -> FastAPI:
                     id=image.id,
                     width=pixels.width,
                     height=pixels.height,
+                    animated=decoded.animated,
                     verbalization=palette((rgb[0], rgb[1], rgb[2])),
                 )
             )
@@ -280,6 +282,20 @@ def test_health_reports_each_upstream(client: TestClient, stand_ins: StandIns) -
     assert health.status_code == 503
     # A starting upstream answers 503 with its own /health body, which says so.
     assert health.json()["upstreams"] == {"featurizer": "starting", "describer": "ok"}
+
+
+@pytest.mark.parametrize("reward", ["match", "likelihood", "contrastive"])
+def test_an_animated_creative_is_scored_from_its_first_frame_and_says_so(
+    client: TestClient, reward: str
+) -> None:
+    frames = [Image.new("RGB", (8, 8), rgb) for rgb in (RED, BLUE)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    creatives = {"animated": base64.b64encode(buffer.getvalue()).decode(), "still": png_base64(RED)}
+    response = client.post("/score", json=score_body(reward, creatives))
+    assert response.status_code == 200, response.text
+    notes = {result["id"]: result["notes"] for result in response.json()["results"]}
+    assert notes == {"animated": ["animated image: only its first frame was scored"], "still": []}
 
 
 def test_openapi_documents_the_score_route(client: TestClient) -> None:
