@@ -1,17 +1,14 @@
-"""Fictional brands of the synthetic world: audience, posting habits, voice and hidden taste.
+"""Fictional brands of the synthetic world: the public facts (audience, posting habits, voice).
 
-A brand's :class:`Taste` is the hidden part: only :mod:`.ground_truth` reads it to score a
-creative, and :mod:`.generate` reads it to bias what the brand's designers draw (real brands
-also lean towards what works for them, which is what gives a KPI model something to learn).
-Nothing of the taste is written next to the generated data.
+What each brand's audience likes is hidden and lives in :mod:`.tastes`, beside the KPI
+function; training code may import this module without getting it (a unit test checks).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 RGB = tuple[int, int, int]
 
@@ -22,61 +19,6 @@ the world draws only these, so the detector can see every object the ground trut
 REFERENCE_YEAR = 2020.0
 """Year (fractional, UTC) at which growth and tone drift are zero; effects scale linearly
 with the distance from it."""
-
-
-@dataclass(frozen=True)
-class TonePreference:
-    """Log-KPI effect of an image at the positive end of each tone axis.
-
-    Each axis of a creative is measured in [-1, 1] (see ``ground_truth.tone_axes``) and
-    multiplied by the preference: ``lightness`` 0.4 means a fully bright image gains 0.4 in
-    log-KPI and a fully dark one loses 0.4.
-    """
-
-    lightness: float = 0.0
-    """Bright (+) versus dark (-)."""
-    saturation: float = 0.0
-    """Saturated (+) versus muted (-)."""
-    warmth: float = 0.0
-    """Warm hues (+) versus cool hues (-)."""
-    contrast: float = 0.0
-    """High (+) versus low (-) lightness contrast."""
-
-
-@dataclass(frozen=True)
-class Taste:
-    """What the brand's audience likes. Hidden: read by ``ground_truth`` and the sampler only."""
-
-    palette: tuple[RGB, ...]
-    """Preferred colours (sRGB). A creative gains up to ``palette_weight`` in log-KPI by
-    covering its area with colours close (CIE76) to one of them."""
-    late_palette: tuple[RGB, ...]
-    """Preferred colours after the taste has drifted (see ``palette_shift_years``)."""
-    palette_shift_years: tuple[float, float]
-    """Fractional years between which the preference moves linearly from ``palette`` to
-    ``late_palette``; before the first it is all ``palette``, after the second all
-    ``late_palette``."""
-    palette_weight: float
-    """Log-KPI gain of a creative covered entirely by a preferred colour."""
-    tones: TonePreference
-    """Tone preference at :data:`REFERENCE_YEAR`."""
-    tone_drift_per_year: TonePreference
-    """Added to ``tones`` per year after :data:`REFERENCE_YEAR` (each axis clipped to ±1)."""
-    object_effects: Mapping[str, float]
-    """Log-KPI effect of each object class present in the creative (counted once per
-    class); classes not listed have no effect. Positive: liked; negative: disliked."""
-    text_effect: float
-    """Log-KPI effect of overlay text on the creative."""
-    peak_hour: float
-    """Hour of day (UTC) at which the audience is most responsive."""
-    hour_effect: float
-    """Amplitude of the daily cycle in log-KPI: +this at ``peak_hour``, -this 12 hours off."""
-    weekday_effects: tuple[float, float, float, float, float, float, float]
-    """Log-KPI effect of each weekday, Monday first."""
-    audience_growth_per_year: float
-    """The brand's own log-KPI growth per year, on top of the platform's."""
-    noise_sigma: float
-    """Standard deviation of the log-normal noise on each post's KPI."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +44,7 @@ class PostingHabits:
     """Object classes of the house style (any of :data:`SHAPE_CLASSES`)."""
 
     def __post_init__(self) -> None:
-        _check_classes(self.house_shapes)
+        check_shape_classes(self.house_shapes)
 
 
 @dataclass(frozen=True)
@@ -128,7 +70,6 @@ class Brand:
     """Followers at :data:`REFERENCE_YEAR`: multiplies every KPI of the brand."""
     base_rate: float
     """Likes per follower of a post with no taste or time effect."""
-    taste: Taste = field(repr=False)
     habits: PostingHabits
     voice: Voice
 
@@ -138,16 +79,11 @@ class Brand:
         return self.audience * self.base_rate
 
 
-def _check_classes(labels: Iterable[str]) -> None:
+def check_shape_classes(labels: Iterable[str]) -> None:
+    """Refuse object classes the world does not draw (and the detector could not see)."""
     unknown = set(labels) - set(SHAPE_CLASSES)
     if unknown:
         raise ValueError(f"unknown object classes {sorted(unknown)}; known: {SHAPE_CLASSES}")
-
-
-def _effects(**effects: float) -> Mapping[str, float]:
-    _check_classes(effects)
-    # Read-only, so a frozen Brand stays immutable all the way down.
-    return MappingProxyType(dict(effects))
 
 
 COFFEE = Brand(
@@ -155,21 +91,6 @@ COFFEE = Brand(
     account="emberbean",
     audience=40_000,
     base_rate=0.025,
-    taste=Taste(
-        palette=((111, 78, 55), (236, 222, 200), (222, 120, 40)),
-        late_palette=((236, 222, 200), (150, 190, 150), (111, 78, 55)),
-        palette_shift_years=(2019.0, 2023.0),
-        palette_weight=1.0,
-        tones=TonePreference(lightness=0.1, saturation=-0.2, warmth=0.5),
-        tone_drift_per_year=TonePreference(lightness=0.05),
-        object_effects=_effects(circle=0.45, star=-0.35),
-        text_effect=-0.1,
-        peak_hour=8.0,
-        hour_effect=0.25,
-        weekday_effects=(-0.05, -0.05, 0.0, 0.0, 0.05, 0.15, 0.2),
-        audience_growth_per_year=0.05,
-        noise_sigma=0.3,
-    ),
     habits=PostingHabits(
         hours=(6, 7, 8, 9, 15),
         weekday_weights=(1.0, 1.0, 1.0, 1.0, 1.2, 1.5, 1.3),
@@ -192,21 +113,6 @@ SPORTSWEAR = Brand(
     account="stride",
     audience=250_000,
     base_rate=0.01,
-    taste=Taste(
-        palette=((20, 20, 25), (190, 240, 30), (245, 245, 245)),
-        late_palette=((20, 20, 25), (30, 90, 240), (245, 245, 245)),
-        palette_shift_years=(2020.0, 2022.0),
-        palette_weight=0.9,
-        tones=TonePreference(lightness=-0.2, saturation=0.3, contrast=0.5),
-        tone_drift_per_year=TonePreference(warmth=-0.05),
-        object_effects=_effects(triangle=0.5, star=0.2, circle=-0.3),
-        text_effect=0.2,
-        peak_hour=18.0,
-        hour_effect=0.3,
-        weekday_effects=(0.1, 0.0, 0.0, 0.0, -0.05, 0.1, 0.15),
-        audience_growth_per_year=0.12,
-        noise_sigma=0.35,
-    ),
     habits=PostingHabits(
         hours=(11, 12, 17, 18, 19),
         weekday_weights=(1.4, 1.0, 1.0, 1.0, 1.0, 1.2, 1.2),
@@ -229,21 +135,6 @@ BANK = Brand(
     account="northgatebank",
     audience=80_000,
     base_rate=0.004,
-    taste=Taste(
-        palette=((20, 40, 90), (245, 245, 245), (0, 128, 128)),
-        late_palette=((20, 40, 90), (245, 245, 245), (0, 170, 150)),
-        palette_shift_years=(2018.0, 2024.0),
-        palette_weight=0.8,
-        tones=TonePreference(saturation=-0.3, warmth=-0.4, contrast=-0.1),
-        tone_drift_per_year=TonePreference(),
-        object_effects=_effects(square=0.4, triangle=-0.2, star=-0.5),
-        text_effect=0.3,
-        peak_hour=12.0,
-        hour_effect=0.2,
-        weekday_effects=(0.1, 0.1, 0.1, 0.1, 0.0, -0.3, -0.3),
-        audience_growth_per_year=0.02,
-        noise_sigma=0.25,
-    ),
     habits=PostingHabits(
         hours=(9, 10, 12, 14),
         weekday_weights=(1.2, 1.2, 1.2, 1.2, 1.0, 0.3, 0.2),
@@ -266,21 +157,6 @@ TOY_SHOP = Brand(
     account="pippoptoys",
     audience=15_000,
     base_rate=0.03,
-    taste=Taste(
-        palette=((230, 40, 40), (250, 210, 30), (60, 160, 240)),
-        late_palette=((240, 110, 180), (250, 210, 30), (150, 90, 220)),
-        palette_shift_years=(2019.0, 2022.0),
-        palette_weight=1.0,
-        tones=TonePreference(lightness=0.4, saturation=0.5),
-        tone_drift_per_year=TonePreference(saturation=0.03),
-        object_effects=_effects(star=0.6, circle=0.3, square=-0.3),
-        text_effect=-0.2,
-        peak_hour=16.0,
-        hour_effect=0.2,
-        weekday_effects=(-0.1, -0.1, 0.0, 0.0, 0.05, 0.2, 0.2),
-        audience_growth_per_year=0.08,
-        noise_sigma=0.3,
-    ),
     habits=PostingHabits(
         hours=(10, 15, 16, 17, 20),
         weekday_weights=(0.8, 0.8, 1.0, 1.0, 1.2, 1.6, 1.4),
@@ -305,13 +181,6 @@ SUNBREW = Brand(
     account="sunbrew",
     audience=15_000,
     base_rate=0.03,
-    taste=dataclasses.replace(
-        COFFEE.taste,
-        palette=((20, 150, 150), (250, 120, 90), (250, 240, 220)),
-        late_palette=((20, 150, 150), (250, 120, 90), (240, 200, 60)),
-        tones=TonePreference(lightness=0.3, saturation=0.3, warmth=0.2),
-        object_effects=_effects(star=0.4, square=-0.3),
-    ),
     habits=dataclasses.replace(
         COFFEE.habits,
         house_palette=((80, 60, 110), (200, 200, 205), (40, 90, 60)),

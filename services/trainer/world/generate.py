@@ -35,6 +35,7 @@ from services.trainer.world.render import (
     render_creative,
     srgb_to_lab,
 )
+from services.trainer.world.tastes import taste_of
 
 GENERATOR = "boig-synthetic-world"
 GENERATOR_VERSION = 3
@@ -216,7 +217,7 @@ def sample_creative_spec(
     (v2's coin flip per colour made every creative a mix, so knowing the level told little
     about the look). A few colours stray from the scheme (``STRAY_COLOR_SHARE``).
     """
-    taste, habits = brand.taste, brand.habits
+    taste, habits = taste_of(brand), brand.habits
     follows_taste = rng.random() < habits.taste_share
     if follows_taste:
         in_fashion = rng.random() < palette_shift(brand, year)

@@ -1,8 +1,9 @@
 """The hidden KPI function of the synthetic world. Evaluation code only (design §6).
 
-Training code must never import this module (a unit test parses every module under
-``services/`` outside ``trainer/world`` and ``trainer/evaluation`` to check): a model that saw
-it could score perfectly without learning anything from the data.
+Training code must never import this module, directly or through another module (a unit test
+follows every import under ``services/`` outside ``trainer/world`` and ``trainer/evaluate`` to
+check): a model that saw it could score perfectly without learning anything from the data.
+The brands' tastes it reads are hidden too, in :mod:`.tastes`.
 
 For a post of ``brand`` at time ``t`` (UTC) whose creative has attributes ``a``::
 
@@ -32,8 +33,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from services.trainer.world.brands import REFERENCE_YEAR, RGB, Brand, TonePreference
+from services.trainer.world.brands import REFERENCE_YEAR, RGB, Brand
 from services.trainer.world.render import CreativeAttributes, srgb_to_lab
+from services.trainer.world.tastes import TonePreference, taste_of
 
 PALETTE_SIGMA = 25.0
 """ΔE76 (Lab units) at which a colour's match to a preferred colour falls to 1/e: colours
@@ -85,7 +87,7 @@ def fractional_year(posted_at: datetime) -> float:
 
 def palette_shift(brand: Brand, year: float) -> float:
     """How far the brand's colour preference has moved to its late palette at ``year``: 0–1."""
-    first, last = brand.taste.palette_shift_years
+    first, last = taste_of(brand).palette_shift_years
     if last <= first:
         return 1.0 if year >= last else 0.0
     return min(1.0, max(0.0, (year - first) / (last - first)))
@@ -93,7 +95,8 @@ def palette_shift(brand: Brand, year: float) -> float:
 
 def tone_preference(brand: Brand, year: float) -> TonePreference:
     """The brand's tone preference at ``year``, after drift (each axis clipped to ±1)."""
-    base, drift = brand.taste.tones, brand.taste.tone_drift_per_year
+    taste = taste_of(brand)
+    base, drift = taste.tones, taste.tone_drift_per_year
     years = year - REFERENCE_YEAR
 
     def drifted(start: float, per_year: float) -> float:
@@ -133,7 +136,7 @@ def log_kpi_breakdown(
     attributes: CreativeAttributes, brand: Brand, posted_at: datetime
 ) -> LogKpiBreakdown:
     """Every term of the mean log-KPI (relative to ``brand.kpi_scale``) of a post."""
-    taste = brand.taste
+    taste = taste_of(brand)
     year = fractional_year(posted_at)
     shift = palette_shift(brand, year)
     palette = taste.palette_weight * (
@@ -174,7 +177,7 @@ def expected_log_kpi(attributes: CreativeAttributes, brand: Brand, posted_at: da
 
 def expected_kpi(attributes: CreativeAttributes, brand: Brand, posted_at: datetime) -> float:
     """Expected KPI of a post: ``exp(expected_log_kpi + σ²/2)`` (log-normal mean)."""
-    sigma = brand.taste.noise_sigma
+    sigma = taste_of(brand).noise_sigma
     return math.exp(expected_log_kpi(attributes, brand, posted_at) + sigma**2 / 2)
 
 
@@ -183,7 +186,7 @@ def draw_kpi(
 ) -> int:
     """One observed KPI: Poisson counts around a log-normally noisy rate."""
     log_rate = expected_log_kpi(attributes, brand, posted_at)
-    noise = float(rng.normal(0.0, brand.taste.noise_sigma))
+    noise = float(rng.normal(0.0, taste_of(brand).noise_sigma))
     return int(rng.poisson(math.exp(log_rate + noise)))
 
 

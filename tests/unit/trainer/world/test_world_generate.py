@@ -22,6 +22,7 @@ from services.trainer.world.generate import (
     generate_world,
     sample_creative_spec,
 )
+from services.trainer.world.tastes import taste_of
 
 ROW_KEYS = ["id", "account", "posted_at", "text", "keywords", "media", "kpi_name", "kpi_value"]
 
@@ -181,8 +182,8 @@ def test_a_creative_follows_one_scheme_the_taste_or_the_house_style() -> None:
     """Designers work in schemes: a creative's colours and shapes come from the taste or from
     the house style as a whole, so what a post should look like to reach a level differs in
     place, not only in spread. A few colours stray from the scheme."""
-    brand = COFFEE
-    liked = {label for label, effect in brand.taste.object_effects.items() if effect > 0}
+    brand, taste = COFFEE, taste_of(COFFEE)
+    liked = {label for label, effect in taste.object_effects.items() if effect > 0}
     rng = np.random.default_rng(5)
     schemes = {"taste": 0, "house": 0, "unclear": 0}
     colours, strays = 0, 0
@@ -192,7 +193,7 @@ def test_a_creative_follows_one_scheme_the_taste_or_the_house_style() -> None:
         near = {
             name: [min(np.linalg.norm(np.subtract(rgb, c)) for c in palette) < 40 for rgb in drawn]
             for name, palette in (
-                ("taste", brand.taste.palette),
+                ("taste", taste.palette),
                 ("house", brand.habits.house_palette),
             )
         }

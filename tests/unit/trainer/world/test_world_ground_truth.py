@@ -25,6 +25,7 @@ from services.trainer.world.render import (
     ShapeSpec,
     render_creative,
 )
+from services.trainer.world.tastes import taste_of
 
 NOON = datetime(2020, 6, 3, 12, 0, tzinfo=UTC)  # a Wednesday
 
@@ -64,11 +65,11 @@ def test_drawn_kpis_are_positive_and_centre_on_the_expected_value() -> None:
 
 @pytest.mark.parametrize("brand", DEFAULT_BRANDS, ids=lambda brand: brand.account)
 def test_liked_objects_earn_more_than_disliked_ones(brand: Brand) -> None:
-    liked = max(brand.taste.object_effects, key=lambda label: brand.taste.object_effects[label])
-    disliked = min(brand.taste.object_effects, key=lambda label: brand.taste.object_effects[label])
+    effects = taste_of(brand).object_effects
+    liked = max(effects, key=lambda label: effects[label])
+    disliked = min(effects, key=lambda label: effects[label])
     with_liked = log_kpi_breakdown(_attributes(_spec((90, 90, 90), liked)), brand, NOON)
     with_disliked = log_kpi_breakdown(_attributes(_spec((90, 90, 90), disliked)), brand, NOON)
-    effects = brand.taste.object_effects
     assert with_liked.objects - with_disliked.objects == pytest.approx(
         effects[liked] - effects[disliked]
     )
@@ -81,9 +82,9 @@ def test_sampled_creatives_carry_a_learnable_taste_signal(brand: Brand) -> None:
     """Across many creatives the brand's designers draw, observed log-KPIs separate
     on-taste from off-taste creatives: the signal a KPI model is supposed to find."""
     rng = np.random.default_rng(7)
-    year = fractional_year(NOON)
-    liked = {label for label, effect in brand.taste.object_effects.items() if effect > 0}
-    disliked = {label for label, effect in brand.taste.object_effects.items() if effect < 0}
+    year, taste = fractional_year(NOON), taste_of(brand)
+    liked = {label for label, effect in taste.object_effects.items() if effect > 0}
+    disliked = {label for label, effect in taste.object_effects.items() if effect < 0}
     with_liked, with_disliked, matches, log_kpis = [], [], [], []
     for _ in range(300):
         attributes = _attributes(sample_creative_spec(rng, brand, year))
@@ -93,7 +94,7 @@ def test_sampled_creatives_carry_a_learnable_taste_signal(brand: Brand) -> None:
             with_liked.append(log_kpi)
         if labels & disliked and not labels & liked:
             with_disliked.append(log_kpi)
-        matches.append(palette_match(attributes, brand.taste.palette))
+        matches.append(palette_match(attributes, taste.palette))
         log_kpis.append(log_kpi)
     assert len(with_liked) > 30 and len(with_disliked) > 10
     assert np.mean(with_liked) - np.mean(with_disliked) > 0.3
@@ -110,7 +111,7 @@ def test_audience_peak_hour_and_weekday_matter() -> None:
     sunday = datetime(2020, 6, 7, 12, tzinfo=UTC)
     assert expected_log_kpi(attributes, BANK, peak) - expected_log_kpi(
         attributes, BANK, night
-    ) == pytest.approx(2 * BANK.taste.hour_effect, abs=0.01)  # plus 12 hours of growth
+    ) == pytest.approx(2 * taste_of(BANK).hour_effect, abs=0.01)  # plus 12 hours of growth
     assert expected_log_kpi(attributes, BANK, sunday) < expected_log_kpi(attributes, BANK, peak)
 
 
@@ -119,19 +120,19 @@ def test_kpis_grow_over_the_years() -> None:
     early = log_kpi_breakdown(attributes, BANK, datetime(2018, 3, 1, tzinfo=UTC))
     late = log_kpi_breakdown(attributes, BANK, datetime(2023, 3, 1, tzinfo=UTC))
     assert late.growth - early.growth == pytest.approx(
-        5 * (0.1 + BANK.taste.audience_growth_per_year), rel=0.01
+        5 * (0.1 + taste_of(BANK).audience_growth_per_year), rel=0.01
     )
 
 
 def test_palette_preference_drifts_to_the_late_palette() -> None:
-    brand = TOY_SHOP
-    early_colour = _attributes(_spec(brand.taste.palette[0]))
-    late_colour = _attributes(_spec(brand.taste.late_palette[0]))
-    before = datetime(int(brand.taste.palette_shift_years[0]) - 1, 6, 1, tzinfo=UTC)
-    after = datetime(int(brand.taste.palette_shift_years[1]) + 1, 6, 1, tzinfo=UTC)
-    assert log_kpi_breakdown(early_colour, brand, before).palette > 0.9 * brand.taste.palette_weight
+    brand, taste = TOY_SHOP, taste_of(TOY_SHOP)
+    early_colour = _attributes(_spec(taste.palette[0]))
+    late_colour = _attributes(_spec(taste.late_palette[0]))
+    before = datetime(int(taste.palette_shift_years[0]) - 1, 6, 1, tzinfo=UTC)
+    after = datetime(int(taste.palette_shift_years[1]) + 1, 6, 1, tzinfo=UTC)
+    assert log_kpi_breakdown(early_colour, brand, before).palette > 0.9 * taste.palette_weight
     assert log_kpi_breakdown(early_colour, brand, after).palette < 0.1
-    assert log_kpi_breakdown(late_colour, brand, after).palette > 0.9 * brand.taste.palette_weight
+    assert log_kpi_breakdown(late_colour, brand, after).palette > 0.9 * taste.palette_weight
     assert log_kpi_breakdown(late_colour, brand, before).palette < 0.1
 
 
