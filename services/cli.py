@@ -243,6 +243,31 @@ def evaluate_world_sd(
     )
 
 
+@app.command("prune")
+def prune(
+    checkpoints_keep: Annotated[
+        int, typer.Option(min=1, help="Versions kept per checkpoint (besides the current one).")
+    ] = 5,
+    datasets_keep: Annotated[
+        int, typer.Option(min=1, help="Versions kept per dataset (besides `latest`).")
+    ] = 3,
+) -> None:
+    """Delete old checkpoint and dataset versions under BOIG_HOME, never those in use.
+
+    Generation jobs and their images are deleted by the generator worker after
+    BOIG_GENERATOR_JOB_RETENTION_DAYS.
+    """
+    from services.common.settings import boig_home
+    from services.tooling.retention import prune_home
+
+    report = prune_home(boig_home(), checkpoints_keep=checkpoints_keep, datasets_keep=datasets_keep)
+    for kind, deleted in (("checkpoint", report.checkpoints), ("dataset", report.datasets)):
+        for name, versions in deleted.items():
+            typer.echo(f"{kind} {name}: deleted {len(versions)} versions ({', '.join(versions)})")
+    if not report.checkpoints and not report.datasets:
+        typer.echo("nothing to delete")
+
+
 def main() -> None:
     app()
 

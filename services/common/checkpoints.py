@@ -469,6 +469,30 @@ def rollback(registry_dir: Path, name: str, version: str) -> CheckpointRef:
     return ref
 
 
+def prune_versions(registry_dir: Path, name: str, *, keep: int) -> list[str]:
+    """Delete all but the ``keep`` newest versions of ``name``, never the one the pointer
+    names (a rollback may have moved it back); returns the versions deleted, oldest first.
+
+    A service that loaded a deleted version keeps serving it from memory; on its next reload
+    it follows the pointer, which always names a kept version.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    current = _read_pointer(_entry_dir(registry_dir, name))
+    # Newest by the manifest's time: version names sort by the second they were made in only.
+    versions = sorted(
+        list_versions(registry_dir, name),
+        key=lambda ref: (load_manifest(ref, verify=False).created_at, ref.version),
+    )
+    doomed = [ref for ref in versions[:-keep] if ref.version != current]
+    for ref in doomed:
+        # Renamed out of the versions folder first, so a half-deleted version is never listed.
+        trash = ref.path.parent / f".trash-{ref.version}"
+        os.rename(ref.path, trash)
+        shutil.rmtree(trash)
+    return [ref.version for ref in doomed]
+
+
 class CheckpointWatcher:
     """Notices pointer moves so a server can hot-reload without a restart.
 

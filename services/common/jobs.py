@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    delete,
     func,
     select,
     update,
@@ -137,6 +138,13 @@ class StoredImage(NewImage):
     id: str
     job_id: str
     owner: str
+
+
+@dataclass(frozen=True)
+class PurgedJobs:
+    job_ids: list[str]
+    artifact_keys: list[str]
+    """Files no remaining image refers to, to delete once the rows are gone."""
 
 
 @dataclass(frozen=True)
@@ -564,3 +572,37 @@ class JobStore:
                 ).rowcount  # type: ignore[attr-defined]
                 or 0
             )
+
+    # --- retention ----------------------------------------------------------------------
+
+    def purge_finished(self, *, finished_before: datetime, limit: int = 500) -> PurgedJobs:
+        """Delete up to ``limit`` finished jobs (succeeded, failed, canceled) that ended
+        before ``finished_before``, with their image rows and idempotency keys.
+
+        Returns the artifact keys that no remaining image refers to: the caller deletes the
+        files after this commit, so a row never points at a deleted file.
+        """
+        finals = [state.value for state in FINAL_STATES]
+        with self._db.session() as session:
+            job_ids = list(
+                session.scalars(
+                    select(JobRow.id)
+                    .where(JobRow.state.in_(finals), JobRow.finished_at < finished_before)
+                    .order_by(JobRow.finished_at)
+                    .limit(limit)
+                )
+            )
+            if not job_ids:
+                return PurgedJobs(job_ids=[], artifact_keys=[])
+            keys = set(
+                session.scalars(select(ImageRow.artifact_key).where(ImageRow.job_id.in_(job_ids)))
+            )
+            session.execute(delete(ImageRow).where(ImageRow.job_id.in_(job_ids)))
+            session.execute(delete(JobRow).where(JobRow.id.in_(job_ids)))
+            # Images are content-addressed: a kept job may hold the same bytes.
+            shared = set(
+                session.scalars(
+                    select(ImageRow.artifact_key).where(ImageRow.artifact_key.in_(keys))
+                )
+            )
+        return PurgedJobs(job_ids=job_ids, artifact_keys=sorted(keys - shared))

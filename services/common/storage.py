@@ -7,6 +7,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -29,6 +30,8 @@ class ArtifactStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def delete(self, key: str, *, unless_written_since: datetime | None = None) -> bool: ...
+
 
 class LocalArtifactStore:
     """Blobs under ``root/<namespace>/<sha256><suffix>``; writes are atomic and idempotent."""
@@ -41,7 +44,10 @@ class LocalArtifactStore:
         digest = hashlib.sha256(data).hexdigest()
         key = f"{namespace}/{digest}{suffix}"
         path = self._path(key)
-        if not path.exists():
+        if path.exists():
+            # Same bytes stored again: a fresh mtime tells retention that it is in use again.
+            os.utime(path)
+        else:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Write beside the target and rename, so a reader never sees half a file.
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -63,6 +69,23 @@ class LocalArtifactStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def delete(self, key: str, *, unless_written_since: datetime | None = None) -> bool:
+        """Remove a blob; False when it was absent or (re)written at or after the given time.
+
+        Blobs are content-addressed, so another job may store the same bytes while retention
+        removes an old job's copy: ``unless_written_since`` keeps a blob stored again since.
+        """
+        path = self._path(key)
+        try:
+            if unless_written_since is not None:
+                written = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+                if written >= unless_written_since:
+                    return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def _path(self, key: str) -> Path:
         # Keys are validated, never joined raw: no '..', no absolute paths, no odd names.

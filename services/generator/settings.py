@@ -156,6 +156,20 @@ class GeneratorSettings(BaseSettings):
             "often. Transient-error retries are starts too, so this must exceed max_retries."
         ),
     )
+    job_retention_days: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "Finished jobs (their rows, images, idempotency keys and image files) are deleted "
+            "this many days after they ended; 0 keeps them forever. Clients must fetch their "
+            "images within this time."
+        ),
+    )
+    retention_interval_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How often the sweeper deletes jobs past job_retention_days.",
+    )
     sweep_interval_seconds: float = Field(
         default=5.0,
         gt=0,

@@ -21,6 +21,7 @@ from celery import Celery
 
 from services.common.jobs import DEFAULT_MAX_ATTEMPTS, JobStore
 from services.common.queue import QueueSettings, send_generation_task
+from services.generator.retention import JobRetention
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,10 @@ class Sweeper:
         unpublished_grace: float,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         stale_after: float | None = None,
+        retention: JobRetention | None = None,
     ) -> None:
         self._app = app
+        self._retention = retention
         self._max_attempts = max_attempts
         self._stale_after = stale_after
         self._store = store
@@ -81,6 +84,11 @@ class Sweeper:
                 self.sweep()
             except Exception as exc:  # the broker or the database is down: try next time
                 logger.warning("sweep failed: %s: %s", type(exc).__name__, exc)
+            if self._retention is not None:
+                try:
+                    self._retention.run_if_due()
+                except Exception as exc:  # the database or the disk: try next time
+                    logger.warning("retention failed: %s: %s", type(exc).__name__, exc)
             self._stop.wait(self._interval)
 
     def sweep(self) -> list[str]:

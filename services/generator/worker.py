@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery, Task
@@ -33,6 +34,7 @@ from services.common.generation import GenerationLimits, JobError, JobProgress
 from services.common.jobs import JobStore, Lease
 from services.common.queue import GENERATE_TASK, PROGRESS_STATE, QueueSettings, create_celery_app
 from services.common.storage import LocalArtifactStore
+from services.generator.retention import JobRetention
 from services.generator.runner import JobRunner
 from services.generator.settings import GeneratorSettings
 from services.generator.sweeper import Sweeper
@@ -282,6 +284,16 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
         unpublished_grace=settings.unpublished_grace_seconds,
         max_attempts=settings.max_attempts,
         stale_after=settings.republish_after_seconds,
+        retention=(
+            JobRetention(
+                job_store(settings),
+                LocalArtifactStore(settings.artifact_root),
+                keep_for=timedelta(days=settings.job_retention_days),
+                every=settings.retention_interval_seconds,
+            )
+            if settings.job_retention_days > 0
+            else None
+        ),
     )
     _sweeper.start()
     pool = getattr(sender, "pool", None)

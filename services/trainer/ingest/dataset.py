@@ -238,6 +238,26 @@ def _publish(staging: Path, out: Path) -> Path:
     raise RuntimeError(f"could not find a free version folder in {out}")
 
 
+def prune_dataset_versions(out: Path, *, keep: int) -> list[str]:
+    """Delete all but the ``keep`` newest ``v<N>`` folders of ``out``, never the one ``latest``
+    names; returns the names deleted, oldest first. Checkpoints record a dataset's hash, not
+    its folder, so nothing served needs an old version."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    pointer = out / LATEST
+    latest = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+    numbered = sorted(
+        (int(m.group(1)), p) for p in out.iterdir() if (m := _VERSION_DIR.match(p.name))
+    )
+    doomed = [path for _, path in numbered[:-keep] if path.name != latest]
+    for path in doomed:
+        # Renamed first: a reader never lists a half-deleted version.
+        trash = out / f".trash-{path.name}-{secrets.token_hex(4)}"
+        path.rename(trash)
+        shutil.rmtree(trash)
+    return [path.name for path in doomed]
+
+
 def _point_latest(out: Path, name: str) -> None:
     pointer = out / f".{LATEST}-{secrets.token_hex(4)}"
     pointer.write_text(name + "\n", encoding="utf-8")

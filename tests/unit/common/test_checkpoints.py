@@ -25,6 +25,7 @@ from services.common.checkpoints import (
     current_checkpoint,
     list_versions,
     load_manifest,
+    prune_versions,
     publish_checkpoint,
     rollback,
 )
@@ -256,6 +257,23 @@ def test_rollback_moves_the_pointer_to_a_verified_version(tmp_path: Path) -> Non
         rollback(registry, NAME, second.version)
     assert isinstance(caught.value, BackendError)
     assert current_checkpoint(registry, NAME) == first
+
+
+def test_prune_keeps_the_newest_versions_and_the_current_one(tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    refs = [_publish(registry, _training_output(tmp_path / str(i), seed=i)) for i in range(5)]
+    rollback(registry, NAME, refs[0].version)  # the oldest is the one being served
+
+    deleted = prune_versions(registry, NAME, keep=2)
+
+    assert deleted == [refs[1].version, refs[2].version]
+    kept = {ref.version for ref in list_versions(registry, NAME)}
+    assert kept == {refs[0].version, refs[3].version, refs[4].version}
+    assert current_checkpoint(registry, NAME) == refs[0]
+    assert not any(p.name.startswith(".trash") for p in refs[0].path.parent.iterdir())
+    assert prune_versions(registry, NAME, keep=2) == []
+    with pytest.raises(ValueError, match="at least 1"):
+        prune_versions(registry, NAME, keep=0)
 
 
 def test_pointer_at_a_missing_version_is_an_error(tmp_path: Path) -> None:

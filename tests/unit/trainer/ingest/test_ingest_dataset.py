@@ -14,7 +14,7 @@ from services.common.kpi import KpiBuckets
 from services.common.verbalization import parse
 from services.trainer.ingest import __main__ as cli
 from services.trainer.ingest import dataset as dataset_module
-from services.trainer.ingest.dataset import read_manifest
+from services.trainer.ingest.dataset import prune_dataset_versions, read_manifest
 from services.trainer.ingest.pipeline import NoRowsKept, ingest
 from services.trainer.ingest.split import SplitMode
 
@@ -125,6 +125,24 @@ async def test_each_run_is_a_new_version_and_reuses_the_cache(
     assert (out / "latest").read_text().strip() == "v2"
     assert featurizer.featurized == 14  # the second run featurized nothing
     assert read_manifest(second.version_dir)["split"]["mode"] == "random"
+
+
+def test_prune_keeps_the_newest_versions_and_the_latest_one(tmp_path: Path) -> None:
+    for number in range(1, 6):
+        (tmp_path / f"v{number}").mkdir()
+        (tmp_path / f"v{number}" / "manifest.json").write_text("{}")
+    (tmp_path / "featurizer-cache.jsonl").write_text("")
+    (tmp_path / "latest").write_text("v1\n")  # pointed back at the oldest
+
+    assert prune_dataset_versions(tmp_path, keep=2) == ["v2", "v3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "featurizer-cache.jsonl",
+        "latest",
+        "v1",
+        "v4",
+        "v5",
+    ]
+    assert prune_dataset_versions(tmp_path, keep=2) == []
 
 
 async def test_a_failed_write_leaves_no_version_behind(
