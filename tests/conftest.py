@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from services.common.db import Database
+from services.generator.tiny_pipeline import prepare_tiny_pipeline
 from tests.servers import POSTGRES_URL, REDIS_URL, server_missing
 
 # Set before any test module imports transformers/ultralytics, which read them at import.
@@ -197,3 +198,25 @@ def redis_url() -> str:
     except redis.RedisError as exc:
         server_missing(f"Redis at {REDIS_URL} is unreachable: {exc}")
     return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Stable Diffusion pipeline folder (model_index.json, safetensors)."""
+    return prepare_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """The tiny models' ops take microseconds: a second OpenMP thread only adds sync cost, and
+    when another process holds the other core, two spinning threads made a step ~50x slower.
+
+    Module-scoped, so that it also covers the module-scoped pipelines (set up before any
+    function-scoped fixture); torch's setting is restored after each module.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

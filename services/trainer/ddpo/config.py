@@ -1,0 +1,118 @@
+"""DDPO hyper-parameters, each documented, with presets sized to a hardware budget.
+
+Defaults follow public DDPO practice (Black et al. 2023, and the ddpo-pytorch and trl
+recipes): eta 1.0, guidance 5, learning rate 3e-4 on a rank-4 LoRA, PPO clip 1e-4, advantage
+clip 5, one inner epoch, half the steps trained per sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from services.common.checkpoints import JsonScalar
+
+
+@dataclass(frozen=True)
+class DdpoConfig:
+    # --- sampling: the trajectories the policy is judged on ---
+    resolution: int = 64
+    """Image side in pixels (a multiple of 8); the world SD and the tiny pipeline draw 64."""
+    sample_steps: int = 20
+    """Denoising steps T per trajectory: each is one action of the MDP."""
+    eta: float = 1.0
+    """DDIM stochasticity (0 is deterministic and has no density; 1 is DDPM's variance)."""
+    guidance_scale: float = 5.0
+    """Classifier-free guidance, the same in sampling and training (1 disables it)."""
+    sample_batch_size: int = 8
+    """Images drawn per sampling pass."""
+    sample_batches: int = 2
+    """Sampling passes per epoch: an epoch judges sample_batch_size x sample_batches images."""
+    # --- the update ---
+    train_batch_size: int = 4
+    """Trajectories per gradient computation (one UNet forward per trained step)."""
+    gradient_accumulation_steps: int = 2
+    """Minibatches whose gradients add up before each optimizer step."""
+    inner_epochs: int = 1
+    """Passes over an epoch's samples (more reuses samples; the PPO clip keeps it safe)."""
+    timestep_fraction: float = 0.5
+    """Share of the T steps of each minibatch that are trained (the rest are skipped)."""
+    learning_rate: float = 3e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-4
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    clip_range: float = 1e-4
+    """PPO: how far each step's probability ratio may move from 1 before its gradient stops."""
+    adv_clip_max: float = 5.0
+    """Advantages are clipped to +/- this many standard deviations."""
+    # --- advantages ---
+    per_prompt_buffer: int = 32
+    """Recent rewards kept per prompt to standardise its new ones."""
+    per_prompt_min_count: int = 8
+    """Below this many, a prompt's rewards are standardised against the batch."""
+    # --- the LoRA ---
+    lora_rank: int = 4
+    lora_alpha: int = 4
+    # --- the run ---
+    epochs: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.resolution % 8:
+            raise ValueError(f"resolution must be a multiple of 8, got {self.resolution}")
+        if self.eta <= 0:
+            raise ValueError("eta must be > 0: DDPO needs each step's density")
+        if not 0 < self.timestep_fraction <= 1:
+            raise ValueError("timestep_fraction must be in (0, 1]")
+        if self.sample_batch_size * self.sample_batches % self.train_batch_size:
+            raise ValueError(
+                "train_batch_size must divide the samples of an epoch "
+                f"({self.sample_batch_size} x {self.sample_batches})"
+            )
+
+    @property
+    def trained_steps(self) -> int:
+        return max(1, round(self.sample_steps * self.timestep_fraction))
+
+    def hyperparameters(self) -> dict[str, JsonScalar]:
+        return dict(asdict(self))
+
+
+def tiny_preset() -> DdpoConfig:
+    """The tiny random pipeline in tests: seconds per epoch."""
+    return DdpoConfig(
+        sample_steps=6,
+        sample_batch_size=4,
+        sample_batches=1,
+        train_batch_size=2,
+        gradient_accumulation_steps=1,
+        epochs=2,
+    )
+
+
+def cpu_preset() -> DdpoConfig:
+    """The world SD on 2 CPU cores (sized to stay under 30 minutes)."""
+    return DdpoConfig(sample_steps=20, sample_batch_size=8, sample_batches=2, epochs=12)
+
+
+def gpu_preset() -> DdpoConfig:
+    """SD 1.5 at 512 px on a GPU, close to the paper's and ddpo-pytorch's settings."""
+    return DdpoConfig(
+        resolution=512,
+        sample_steps=50,
+        sample_batch_size=16,
+        sample_batches=4,
+        train_batch_size=4,
+        gradient_accumulation_steps=4,
+        epochs=100,
+    )
+
+
+PRESETS = {"tiny": tiny_preset, "cpu": cpu_preset, "gpu": gpu_preset}
+
+
+def preset(name: str, **overrides: object) -> DdpoConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown DDPO preset {name!r}; known: {sorted(PRESETS)}")
+    return replace(PRESETS[name](), **overrides)  # type: ignore[arg-type]

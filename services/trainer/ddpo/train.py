@@ -1,0 +1,205 @@
+"""The DDPO loop: sample trajectories with the current LoRA, reward them, and take clipped
+policy-gradient steps on the LoRA, epoch after epoch.
+
+One epoch: ``sample_batches`` passes of ``sample_batch_size`` images (prompts drawn from the
+training contexts), rewards standardised per prompt, then ``inner_epochs`` passes over those
+trajectories in minibatches, each training a random ``timestep_fraction`` of the T steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from services.generator.lora import add_boigsd_lora
+from services.trainer.ddpo.config import DdpoConfig
+from services.trainer.ddpo.logprob import ddim_step_with_logprob
+from services.trainer.ddpo.ppo import PerPromptAdvantages, PpoStats, ppo_loss
+from services.trainer.ddpo.sampling import (
+    Trajectories,
+    ddim_scheduler,
+    guided_noise,
+    sample_trajectories,
+)
+
+logger = logging.getLogger(__name__)
+
+RewardFn = Callable[[torch.Tensor, list[str]], np.ndarray]
+"""Images (B, 3, H, W) in [0, 1] and their prompts -> one reward per image."""
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    reward_mean: float
+    reward_std: float
+    loss: float
+    approx_kl: float
+    clip_fraction: float
+    optimizer_steps: int
+    seconds: float
+
+
+class DdpoTrainer:
+    """Holds the pipeline with its trainable LoRA, the optimizer and the advantage buffers."""
+
+    def __init__(self, pipe: Any, config: DdpoConfig, reward: RewardFn) -> None:
+        self.pipe = pipe
+        self.config = config
+        self._reward = reward
+        pipe.vae.requires_grad_(False)
+        pipe.text_encoder.requires_grad_(False)
+        self.parameters = add_boigsd_lora(pipe.unet, rank=config.lora_rank, alpha=config.lora_alpha)
+        self.optimizer = torch.optim.AdamW(
+            self.parameters,
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            weight_decay=config.adam_weight_decay,
+            eps=config.adam_epsilon,
+        )
+        self.advantages = PerPromptAdvantages(
+            buffer_size=config.per_prompt_buffer, min_count=config.per_prompt_min_count
+        )
+        self.epoch = 0
+        self._rng = np.random.default_rng(config.seed)
+
+    def run_epoch(self, prompts: Sequence[str]) -> EpochStats:
+        started = time.perf_counter()
+        drawn, rewards = self.sample(prompts)
+        advantages = torch.as_tensor(
+            self.advantages(drawn.prompts, rewards), dtype=torch.float32, device=self.pipe.device
+        )
+        stats = self.train(drawn.trajectories, advantages)
+        self.epoch += 1
+        result = EpochStats(
+            epoch=self.epoch,
+            reward_mean=float(rewards.mean()),
+            reward_std=float(rewards.std()),
+            loss=float(np.mean([s.loss for s in stats])),
+            approx_kl=float(np.mean([s.approx_kl for s in stats])),
+            clip_fraction=float(np.mean([s.clip_fraction for s in stats])),
+            optimizer_steps=self._optimizer_steps(len(drawn.trajectories)),
+            seconds=time.perf_counter() - started,
+        )
+        logger.info(
+            "epoch %d: reward %.4f ± %.4f, kl %.2e, clipped %.0f%%, %.1f s",
+            result.epoch,
+            result.reward_mean,
+            result.reward_std,
+            result.approx_kl,
+            100 * result.clip_fraction,
+            result.seconds,
+        )
+        return result
+
+    def sample(self, prompts: Sequence[str]) -> tuple[DrawnBatch, np.ndarray]:
+        """This epoch's trajectories under the current weights, and their rewards."""
+        config = self.config
+        self.pipe.unet.eval()
+        batches, chosen, rewards = [], [], []
+        for _ in range(config.sample_batches):
+            picked = [str(p) for p in self._rng.choice(list(prompts), config.sample_batch_size)]
+            seeds = [int(s) for s in self._rng.integers(0, 2**31 - 1, config.sample_batch_size)]
+            batch = sample_trajectories(
+                self.pipe,
+                picked,
+                steps=config.sample_steps,
+                eta=config.eta,
+                guidance_scale=config.guidance_scale,
+                width=config.resolution,
+                height=config.resolution,
+                seeds=seeds,
+            )
+            rewards.append(np.asarray(self._reward(batch.images, picked), dtype=np.float64))
+            batches.append(batch)
+            chosen.extend(picked)
+        return DrawnBatch(_concatenate(batches), chosen), np.concatenate(rewards)
+
+    def train(self, trajectories: Trajectories, advantages: torch.Tensor) -> list[PpoStats]:
+        """The clipped policy-gradient passes over one epoch's trajectories."""
+        config = self.config
+        self.pipe.unet.train()
+        scheduler = ddim_scheduler(self.pipe, config.sample_steps)
+        steps = len(trajectories.timesteps)
+        stats: list[PpoStats] = []
+        accumulated = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for _ in range(config.inner_epochs):
+            order = self._rng.permutation(len(trajectories))
+            for start in range(0, len(order), config.train_batch_size):
+                rows = torch.as_tensor(order[start : start + config.train_batch_size])
+                trained = self._rng.permutation(steps)[: config.trained_steps]
+                for j in trained:
+                    t = trajectories.timesteps[j]
+                    latents = trajectories.latents[rows, j]
+                    noise = guided_noise(
+                        self.pipe.unet,
+                        scheduler.scale_model_input(latents, t),
+                        t,
+                        trajectories.prompt_embeds[rows],
+                        None
+                        if trajectories.negative_embeds is None
+                        else trajectories.negative_embeds[rows],
+                        config.guidance_scale,
+                    )
+                    step = ddim_step_with_logprob(
+                        scheduler,
+                        noise,
+                        t,
+                        latents,
+                        eta=config.eta,
+                        prev_sample=trajectories.latents[rows, j + 1],
+                    )
+                    loss, step_stats = ppo_loss(
+                        step.log_prob,
+                        trajectories.log_probs[rows, j],
+                        advantages[rows],
+                        clip_range=config.clip_range,
+                        adv_clip_max=config.adv_clip_max,
+                    )
+                    # One optimizer step averages its minibatches and their trained steps.
+                    (loss / (len(trained) * config.gradient_accumulation_steps)).backward()  # type: ignore[no-untyped-call]
+                    stats.append(step_stats)
+                accumulated += 1
+                if accumulated % config.gradient_accumulation_steps == 0:
+                    self._step()
+        if accumulated % config.gradient_accumulation_steps:
+            self._step()
+        return stats
+
+    def _step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _optimizer_steps(self, samples: int) -> int:
+        config = self.config
+        minibatches = -(-samples // config.train_batch_size) * config.inner_epochs
+        return -(-minibatches // config.gradient_accumulation_steps)
+
+
+@dataclass(frozen=True)
+class DrawnBatch:
+    trajectories: Trajectories
+    prompts: list[str]
+
+
+def _concatenate(batches: list[Trajectories]) -> Trajectories:
+    first = batches[0]
+    negatives = [b.negative_embeds for b in batches]
+    return Trajectories(
+        latents=torch.cat([b.latents for b in batches]),
+        log_probs=torch.cat([b.log_probs for b in batches]),
+        timesteps=first.timesteps,
+        prompt_embeds=torch.cat([b.prompt_embeds for b in batches]),
+        negative_embeds=None
+        if first.negative_embeds is None
+        else torch.cat([n for n in negatives if n is not None]),
+        images=torch.cat([b.images for b in batches]),
+    )

@@ -1,0 +1,92 @@
+"""One DDPO epoch on the tiny random pipeline: trajectories, re-scoring, updates of the LoRA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from services.trainer.ddpo.config import DdpoConfig, preset
+from services.trainer.ddpo.logprob import ddim_step_with_logprob
+from services.trainer.ddpo.sampling import ddim_scheduler, guided_noise, sample_trajectories
+from services.trainer.ddpo.train import DdpoTrainer
+
+PROMPTS = ["a red poster", "a blue poster", "summer sale"]
+
+
+def load(path: Path) -> Any:
+    pipe = StableDiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
+        path,
+        local_files_only=True,
+        use_safetensors=True,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def brightness(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
+    assert images.shape[0] == len(prompts)
+    return images.mean(dim=(1, 2, 3)).numpy()
+
+
+def test_trajectories_hold_every_latent_and_the_steps_re_score_identically(
+    tiny_sd_dir: Path,
+) -> None:
+    pipe = load(tiny_sd_dir)
+    drawn = sample_trajectories(
+        pipe, PROMPTS[:2], steps=4, eta=1.0, guidance_scale=5.0, width=64, height=64, seeds=[1, 2]
+    )
+    assert drawn.latents.shape == (2, 5, 4, 8, 8)
+    assert drawn.log_probs.shape == (2, 4) and drawn.images.shape == (2, 3, 64, 64)
+    assert bool(torch.isfinite(drawn.log_probs).all())
+    again = sample_trajectories(
+        pipe, PROMPTS[:2], steps=4, eta=1.0, guidance_scale=5.0, width=64, height=64, seeds=[1, 2]
+    )
+    torch.testing.assert_close(again.latents, drawn.latents)  # reproducible from the seeds
+    scheduler = ddim_scheduler(pipe, 4)
+    for j, t in enumerate(drawn.timesteps):
+        noise = guided_noise(
+            pipe.unet, drawn.latents[:, j], t, drawn.prompt_embeds, drawn.negative_embeds, 5.0
+        )
+        step = ddim_step_with_logprob(
+            scheduler, noise, t, drawn.latents[:, j], eta=1.0, prev_sample=drawn.latents[:, j + 1]
+        )
+        # Before any update the policy is the one that sampled: every ratio is exactly 1.
+        torch.testing.assert_close(step.log_prob, drawn.log_probs[:, j])
+
+
+def test_an_epoch_updates_only_the_lora_and_reports_its_statistics(tiny_sd_dir: Path) -> None:
+    pipe = load(tiny_sd_dir)
+    base = {name: p.detach().clone() for name, p in pipe.unet.named_parameters()}
+    trainer = DdpoTrainer(pipe, preset("tiny", learning_rate=1e-2, clip_range=1e-2), brightness)
+    lora_before = [p.detach().clone() for p in trainer.parameters]
+
+    stats = trainer.run_epoch(PROMPTS)
+
+    assert stats.epoch == 1 and trainer.epoch == 1
+    assert stats.optimizer_steps == 2  # 4 samples, minibatches of 2, no accumulation
+    assert np.isfinite([stats.loss, stats.approx_kl, stats.reward_mean]).all()
+    assert stats.reward_std > 0
+    assert any(not torch.equal(a, b) for a, b in zip(lora_before, trainer.parameters, strict=True))
+    for name, parameter in pipe.unet.named_parameters():
+        if "lora_" not in name:
+            # peft wraps each adapted layer: its weight moves under ``base_layer``.
+            original = name.replace(".base_layer.", ".")
+            assert torch.equal(parameter, base[original]), name  # the base UNet stays frozen
+
+
+def test_configurations_that_cannot_work_are_refused() -> None:
+    with pytest.raises(ValueError, match="eta"):
+        DdpoConfig(eta=0.0)
+    with pytest.raises(ValueError, match="train_batch_size"):
+        DdpoConfig(sample_batch_size=3, sample_batches=1, train_batch_size=2)
+    with pytest.raises(ValueError, match="unknown DDPO preset"):
+        preset("huge")
+    assert preset("cpu").trained_steps == 10
