@@ -153,7 +153,7 @@ def make_boigsd_lora() -> Callable[[Path, Path, int], Path]:
     def make(model: Path, folder: Path, seed: int) -> Path:
         import torch
 
-        from services.generator.lora import add_boigsd_lora, save_boigsd_lora
+        from services.common.boigsd_lora import add_boigsd_lora, save_boigsd_lora
         from services.generator.pipeline import ImagePipeline
 
         trainer = ImagePipeline(model)

@@ -18,13 +18,13 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from services.common.boigsd_lora import ADAPTER_NAME, load_boigsd_lora
 from services.common.model_folders import (
     SamplingDefaults,
     folder_version,
     read_sampling_defaults,
 )
 from services.common.torch_device import resolve_device
-from services.generator.lora import ADAPTER_NAME, load_boigsd_lora
 
 logger = logging.getLogger(__name__)
 

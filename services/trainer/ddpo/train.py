@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from services.generator.lora import add_boigsd_lora
+from services.common.boigsd_lora import add_boigsd_lora
 from services.trainer.ddpo.config import DdpoConfig
 from services.trainer.ddpo.logprob import ddim_step_with_logprob
 from services.trainer.ddpo.ppo import PerPromptAdvantages, PpoStats, ppo_loss

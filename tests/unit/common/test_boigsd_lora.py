@@ -11,6 +11,13 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from services.common.boigsd_lora import (
+    LORA_CONFIG_FILE,
+    LORA_WEIGHTS_FILE,
+    add_boigsd_lora,
+    read_boigsd_lora_config,
+    save_boigsd_lora,
+)
 from services.common.checkpoints import (
     KIND_BOIGSD_LORA,
     BaseModelRef,
@@ -19,13 +26,6 @@ from services.common.checkpoints import (
     current_checkpoint,
     load_manifest,
     publish_checkpoint,
-)
-from services.generator.lora import (
-    LORA_CONFIG_FILE,
-    LORA_WEIGHTS_FILE,
-    add_boigsd_lora,
-    read_boigsd_lora_config,
-    save_boigsd_lora,
 )
 from services.generator.pipeline import ImagePipeline, ImageRequest
 
@@ -40,6 +40,9 @@ REQUEST = ImageRequest(
     count=2,
 )
 NAME = "boigsd"
+
+# The tiny models' ops take microseconds: one torch thread (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass(frozen=True)
