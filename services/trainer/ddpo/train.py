@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,17 +21,16 @@ from services.common.boigsd_lora import add_boigsd_lora
 from services.trainer.ddpo.config import DdpoConfig
 from services.trainer.ddpo.logprob import ddim_step_with_logprob
 from services.trainer.ddpo.ppo import PerPromptAdvantages, PpoStats, ppo_loss
+from services.trainer.ddpo.rewards import Reward
 from services.trainer.ddpo.sampling import (
     Trajectories,
     ddim_scheduler,
     guided_noise,
     sample_trajectories,
 )
+from services.trainer.ddpo.tasks import Task
 
 logger = logging.getLogger(__name__)
-
-RewardFn = Callable[[torch.Tensor, list[str]], np.ndarray]
-"""Images (B, 3, H, W) in [0, 1] and their prompts -> one reward per image."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class EpochStats:
 class DdpoTrainer:
     """Holds the pipeline with its trainable LoRA, the optimizer and the advantage buffers."""
 
-    def __init__(self, pipe: Any, config: DdpoConfig, reward: RewardFn) -> None:
+    def __init__(self, pipe: Any, config: DdpoConfig, reward: Reward) -> None:
         self.pipe = pipe
         self.config = config
         self._reward = reward
@@ -69,11 +68,12 @@ class DdpoTrainer:
         self.epoch = 0
         self._rng = np.random.default_rng(config.seed)
 
-    def run_epoch(self, prompts: Sequence[str]) -> EpochStats:
+    def run_epoch(self, tasks: Sequence[Task]) -> EpochStats:
         started = time.perf_counter()
-        drawn, rewards = self.sample(prompts)
+        drawn, rewards = self.sample(tasks)
+        keys = [task.key for task in drawn.tasks]
         advantages = torch.as_tensor(
-            self.advantages(drawn.prompts, rewards), dtype=torch.float32, device=self.pipe.device
+            self.advantages(keys, rewards), dtype=torch.float32, device=self.pipe.device
         )
         stats = self.train(drawn.trajectories, advantages)
         self.epoch += 1
@@ -98,17 +98,19 @@ class DdpoTrainer:
         )
         return result
 
-    def sample(self, prompts: Sequence[str]) -> tuple[DrawnBatch, np.ndarray]:
-        """This epoch's trajectories under the current weights, and their rewards."""
+    def sample(self, tasks: Sequence[Task]) -> tuple[DrawnBatch, np.ndarray]:
+        """This epoch's trajectories under the current weights, and their rewards (each batch
+        is scored while the next is sampled)."""
         config = self.config
         self.pipe.unet.eval()
-        batches, chosen, rewards = [], [], []
+        batches, chosen, pending = [], [], []
         for _ in range(config.sample_batches):
-            picked = [str(p) for p in self._rng.choice(list(prompts), config.sample_batch_size)]
+            indices = self._rng.integers(0, len(tasks), config.sample_batch_size)
+            picked = [tasks[int(i)] for i in indices]
             seeds = [int(s) for s in self._rng.integers(0, 2**31 - 1, config.sample_batch_size)]
             batch = sample_trajectories(
                 self.pipe,
-                picked,
+                [task.prompt for task in picked],
                 steps=config.sample_steps,
                 eta=config.eta,
                 guidance_scale=config.guidance_scale,
@@ -116,10 +118,11 @@ class DdpoTrainer:
                 height=config.resolution,
                 seeds=seeds,
             )
-            rewards.append(np.asarray(self._reward(batch.images, picked), dtype=np.float64))
+            pending.append(self._reward.submit(batch.images, picked))
             batches.append(batch)
             chosen.extend(picked)
-        return DrawnBatch(_concatenate(batches), chosen), np.concatenate(rewards)
+        rewards = np.concatenate([future.result() for future in pending])
+        return DrawnBatch(_concatenate(batches), chosen), rewards
 
     def train(self, trajectories: Trajectories, advantages: torch.Tensor) -> list[PpoStats]:
         """The clipped policy-gradient passes over one epoch's trajectories."""
@@ -187,7 +190,7 @@ class DdpoTrainer:
 @dataclass(frozen=True)
 class DrawnBatch:
     trajectories: Trajectories
-    prompts: list[str]
+    tasks: list[Task]
 
 
 def _concatenate(batches: list[Trajectories]) -> Trajectories:

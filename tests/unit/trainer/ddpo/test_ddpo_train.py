@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,18 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from services.common.contracts import Context
 from services.trainer.ddpo.config import DdpoConfig, preset
 from services.trainer.ddpo.logprob import ddim_step_with_logprob
+from services.trainer.ddpo.rewards import InProcessReward
 from services.trainer.ddpo.sampling import ddim_scheduler, guided_noise, sample_trajectories
+from services.trainer.ddpo.tasks import Task
 from services.trainer.ddpo.train import DdpoTrainer
 
 PROMPTS = ["a red poster", "a blue poster", "summer sale"]
+TASKS = [
+    Task(key=f"t{i}", prompt=p, context=Context(account="acme")) for i, p in enumerate(PROMPTS)
+]
 
 
 def load(path: Path) -> Any:
@@ -31,8 +38,8 @@ def load(path: Path) -> Any:
     return pipe
 
 
-def brightness(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
-    assert images.shape[0] == len(prompts)
+def brightness(images: torch.Tensor, tasks: Sequence[Task]) -> np.ndarray:
+    assert images.shape[0] == len(tasks)
     return images.mean(dim=(1, 2, 3)).numpy()
 
 
@@ -65,10 +72,11 @@ def test_trajectories_hold_every_latent_and_the_steps_re_score_identically(
 def test_an_epoch_updates_only_the_lora_and_reports_its_statistics(tiny_sd_dir: Path) -> None:
     pipe = load(tiny_sd_dir)
     base = {name: p.detach().clone() for name, p in pipe.unet.named_parameters()}
-    trainer = DdpoTrainer(pipe, preset("tiny", learning_rate=1e-2, clip_range=1e-2), brightness)
+    config = preset("tiny", learning_rate=1e-2, clip_range=1e-2)
+    trainer = DdpoTrainer(pipe, config, InProcessReward(brightness))
     lora_before = [p.detach().clone() for p in trainer.parameters]
 
-    stats = trainer.run_epoch(PROMPTS)
+    stats = trainer.run_epoch(TASKS)
 
     assert stats.epoch == 1 and trainer.epoch == 1
     assert stats.optimizer_steps == 2  # 4 samples, minibatches of 2, no accumulation

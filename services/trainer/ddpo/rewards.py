@@ -1,0 +1,140 @@
+"""Rewards for DDPO: the scorer's (through its HTTP API) or any function in-process.
+
+A reward is *submitted* per sampled batch and collected at the end of the epoch, so the
+scorer works on one batch while the trainer samples the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future
+from typing import Any, Protocol, TypeVar
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from services.common.clients import ScorerClient
+from services.common.contracts import Creative, KpiLevel, KpiTarget, RewardName, ScoreRequest
+from services.common.errors import Overloaded, UpstreamError
+from services.trainer.ddpo.tasks import Task
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Reward(Protocol):
+    def submit(self, images: torch.Tensor, tasks: Sequence[Task]) -> Future[np.ndarray]:
+        """Start scoring ``images`` (B, 3, H, W) in [0, 1], drawn for ``tasks``."""
+        ...
+
+
+class InProcessReward:
+    """A plain function as a reward (tests, probes, local rewards)."""
+
+    def __init__(self, score: Callable[[torch.Tensor, Sequence[Task]], np.ndarray]) -> None:
+        self._score = score
+
+    def submit(self, images: torch.Tensor, tasks: Sequence[Task]) -> Future[np.ndarray]:
+        future: Future[np.ndarray] = Future()
+        try:
+            future.set_result(np.asarray(self._score(images, tasks), dtype=np.float64))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+
+class ScorerReward:
+    """The scorer's reward (match, likelihood, contrastive) at a KPI level, one /score call
+    per context in the batch, on an event loop of its own so that it overlaps with sampling.
+
+    An overloaded or unreachable scorer is retried ``retries`` times with backoff, then the
+    epoch fails: a missing reward must not be read as zero.
+    """
+
+    def __init__(
+        self,
+        scorer_url: str,
+        *,
+        reward: RewardName = "match",
+        level: KpiLevel = KpiLevel.HIGH,
+        kpi_name: str = "likes",
+        timeout: float = 300.0,
+        retries: int = 5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._reward: RewardName = reward
+        self._target = KpiTarget(name=kpi_name, level=level)
+        self._retries = retries
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._client = self._run(_make_client(scorer_url, timeout, transport)).result()
+
+    def submit(self, images: torch.Tensor, tasks: Sequence[Task]) -> Future[np.ndarray]:
+        pngs = [_png_base64(image) for image in images]
+        return self._run(self._score(pngs, list(tasks)))
+
+    def close(self) -> None:
+        self._run(self._client.aclose()).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    async def _score(self, pngs: list[str], tasks: list[Task]) -> np.ndarray:
+        groups: dict[str, list[int]] = {}
+        for index, task in enumerate(tasks):
+            groups.setdefault(task.context.model_dump_json(), []).append(index)
+        rewards = np.empty(len(tasks), dtype=np.float64)
+        answers = await asyncio.gather(
+            *(self._score_group(pngs, tasks, indices) for indices in groups.values())
+        )
+        for indices, totals in zip(groups.values(), answers, strict=True):
+            rewards[indices] = totals
+        return rewards
+
+    async def _score_group(
+        self, pngs: list[str], tasks: list[Task], indices: list[int]
+    ) -> list[float]:
+        request = ScoreRequest(
+            context=tasks[indices[0]].context,
+            target=self._target,
+            reward=self._reward,
+            creatives=[Creative(id=f"i{i}", image_base64=pngs[i]) for i in indices],
+        )
+        for attempt in range(self._retries + 1):
+            try:
+                response = await self._client.score(request)
+                break
+            except (Overloaded, UpstreamError) as exc:
+                if attempt == self._retries:
+                    raise
+                wait = exc.retry_after or min(30.0, 2.0**attempt)
+                logger.warning("scorer: %s; retrying in %.0f s", exc.message, wait)
+                await asyncio.sleep(wait)
+        totals = {result.id: result.total for result in response.results}
+        return [totals[f"i{i}"] for i in indices]
+
+
+async def _make_client(
+    url: str, seconds: float, transport: httpx.AsyncBaseTransport | None
+) -> ScorerClient:
+    # Made on the reward's own loop: an httpx client belongs to the loop it first runs on.
+    return ScorerClient(url, timeout=seconds, transport=transport)
+
+
+def _png_base64(image: torch.Tensor) -> str:
+    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
