@@ -54,7 +54,13 @@ class DdpoTrainer:
         self._reward = reward
         pipe.vae.requires_grad_(False)
         pipe.text_encoder.requires_grad_(False)
-        self.parameters = add_boigsd_lora(pipe.unet, rank=config.lora_rank, alpha=config.lora_alpha)
+        # The LoRA's initial A is drawn from the run's seed: a run is reproducible from its
+        # config alone (and a resumed run equals one that never stopped).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.parameters = add_boigsd_lora(
+                pipe.unet, rank=config.lora_rank, alpha=config.lora_alpha
+            )
         self.optimizer = torch.optim.AdamW(
             self.parameters,
             lr=config.learning_rate,
@@ -67,6 +73,13 @@ class DdpoTrainer:
         )
         self.epoch = 0
         self._rng = np.random.default_rng(config.seed)
+
+    def rng_state(self) -> dict[str, Any]:
+        """The sampling RNG's state (prompts, seeds, trained steps), JSON-able."""
+        return dict(self._rng.bit_generator.state)
+
+    def restore_rng(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state
 
     def run_epoch(self, tasks: Sequence[Task]) -> EpochStats:
         started = time.perf_counter()

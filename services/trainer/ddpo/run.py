@@ -1,0 +1,124 @@
+"""A whole DDPO run in a run folder: resumable, logged per epoch, ending in a BoigSD LoRA
+that ``publish_boigsd`` puts in the checkpoint registry for the generator."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from services.common.boigsd_lora import save_boigsd_lora
+from services.common.checkpoints import (
+    KIND_BOIGSD_LORA,
+    BaseModelRef,
+    CheckpointRef,
+    DatasetRef,
+    publish_checkpoint,
+)
+from services.common.contracts import Context
+from services.trainer.ddpo.config import DdpoConfig
+from services.trainer.ddpo.rewards import Reward
+from services.trainer.ddpo.state import (
+    append_metrics,
+    checkpoints,
+    load_checkpoint,
+    read_metrics,
+    save_checkpoint,
+    truncate_metrics,
+)
+from services.trainer.ddpo.tasks import Task
+from services.trainer.ddpo.train import DdpoTrainer, EpochStats
+
+logger = logging.getLogger(__name__)
+
+TASKS_FILE = "tasks.json"
+LORA_DIR = "lora"
+
+
+@dataclass(frozen=True)
+class DdpoRun:
+    run_dir: Path
+    lora_dir: Path
+    history: list[dict[str, Any]]
+    """One row per epoch (``EpochStats`` fields)."""
+
+
+def train_boigsd(
+    pipe: Any,
+    config: DdpoConfig,
+    tasks: Sequence[Task],
+    reward: Reward,
+    run_dir: Path,
+    *,
+    base_model: str,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> DdpoRun:
+    """Train, or resume the run in ``run_dir``, until ``config.epochs``; save the LoRA.
+
+    The first start writes ``tasks.json``: a resumed run trains on the same prompts even if
+    the describer that wrote them has moved on.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tasks = _pinned_tasks(run_dir, tasks)
+    trainer = DdpoTrainer(pipe, config, reward)
+    found = checkpoints(run_dir)
+    if found:
+        load_checkpoint(trainer, found[-1])
+        logger.info("resuming %s from epoch %d", run_dir, trainer.epoch)
+    truncate_metrics(run_dir, trainer.epoch)
+    while trainer.epoch < config.epochs:
+        stats = trainer.run_epoch(tasks)
+        append_metrics(run_dir, stats)
+        save_checkpoint(trainer, run_dir)
+        if on_epoch is not None:
+            on_epoch(stats)
+    lora_dir = run_dir / LORA_DIR
+    if not lora_dir.exists():
+        save_boigsd_lora(pipe.unet, lora_dir, base_model=base_model)
+    return DdpoRun(run_dir=run_dir, lora_dir=lora_dir, history=read_metrics(run_dir))
+
+
+def publish_boigsd(
+    run: DdpoRun,
+    registry: Path,
+    name: str,
+    *,
+    config: DdpoConfig,
+    base_model: BaseModelRef,
+    data: DatasetRef,
+) -> CheckpointRef:
+    """The run's LoRA as a new registry version, the pointer moved once it is complete."""
+    last = run.history[-1] if run.history else {}
+    metrics: dict[str, float] = {
+        key: float(last[key]) for key in ("reward_mean", "reward_std", "approx_kl") if key in last
+    }
+    if run.history:
+        metrics["reward_mean_first_epoch"] = float(run.history[0]["reward_mean"])
+    return publish_checkpoint(
+        registry,
+        name,
+        run.lora_dir,
+        kind=KIND_BOIGSD_LORA,
+        base_model=base_model,
+        data=data,
+        hyperparameters=config.hyperparameters(),
+        metrics=metrics,
+    )
+
+
+def _pinned_tasks(run_dir: Path, tasks: Sequence[Task]) -> list[Task]:
+    path = run_dir / TASKS_FILE
+    if path.is_file():
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        return [
+            Task(
+                key=row["key"], prompt=row["prompt"], context=Context.model_validate(row["context"])
+            )
+            for row in rows
+        ]
+    rows = [{**asdict(task), "context": task.context.model_dump(mode="json")} for task in tasks]
+    path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    return list(tasks)

@@ -1,0 +1,119 @@
+"""A DDPO run resumes where it was killed and ends with the same weights; it publishes a
+LoRA the generator's format reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from services.common.boigsd_lora import LORA_WEIGHTS_FILE, read_boigsd_lora_config
+from services.common.checkpoints import (
+    KIND_BOIGSD_LORA,
+    BaseModelRef,
+    DatasetRef,
+    current_checkpoint,
+    load_manifest,
+)
+from services.trainer.ddpo.config import preset
+from services.trainer.ddpo.rewards import InProcessReward
+from services.trainer.ddpo.run import publish_boigsd, train_boigsd
+from services.trainer.ddpo.state import checkpoints, read_metrics
+from tests.unit.trainer.ddpo.test_ddpo_train import TASKS, brightness, load
+
+CONFIG = preset("tiny", epochs=3, learning_rate=1e-2, clip_range=1e-2)
+
+
+class Killed(Exception):
+    pass
+
+
+def lora_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "lora" / LORA_WEIGHTS_FILE))
+
+
+def test_a_killed_run_resumes_and_ends_with_the_same_weights(
+    tiny_sd_dir: Path, tmp_path: Path
+) -> None:
+    reward = InProcessReward(brightness)
+    straight = train_boigsd(
+        load(tiny_sd_dir), CONFIG, TASKS, reward, tmp_path / "straight", base_model="tiny"
+    )
+
+    def kill_after_first(stats: object) -> None:
+        raise Killed
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(Killed):
+        train_boigsd(
+            load(tiny_sd_dir),
+            CONFIG,
+            TASKS,
+            reward,
+            interrupted,
+            base_model="tiny",
+            on_epoch=kill_after_first,
+        )
+    assert [p.name for p in checkpoints(interrupted)] == ["epoch-1"]
+    # Started again with other tasks: the run keeps the ones it began with.
+    resumed = train_boigsd(
+        load(tiny_sd_dir), CONFIG, TASKS[:1], reward, interrupted, base_model="tiny"
+    )
+
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+    assert [row["reward_mean"] for row in resumed.history] == [
+        row["reward_mean"] for row in straight.history
+    ]
+    ours, theirs = lora_weights(interrupted), lora_weights(tmp_path / "straight")
+    assert ours.keys() == theirs.keys() and len(ours) > 0
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+    assert [p.name for p in checkpoints(interrupted)] == ["epoch-2", "epoch-3"]
+    assert read_metrics(interrupted) == resumed.history
+
+
+def test_a_checkpoint_of_other_hyper_parameters_is_refused(
+    tiny_sd_dir: Path, tmp_path: Path
+) -> None:
+    reward = InProcessReward(brightness)
+    one = preset("tiny", epochs=1)
+    train_boigsd(load(tiny_sd_dir), one, TASKS, reward, tmp_path, base_model="tiny")
+    with pytest.raises(ValueError, match="other hyper-parameters"):
+        train_boigsd(
+            load(tiny_sd_dir),
+            preset("tiny", epochs=2, learning_rate=1.0),
+            TASKS,
+            reward,
+            tmp_path,
+            base_model="tiny",
+        )
+
+
+def test_the_published_lora_carries_its_run(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    one = preset("tiny", epochs=1)
+    run = train_boigsd(
+        load(tiny_sd_dir),
+        one,
+        TASKS,
+        InProcessReward(brightness),
+        tmp_path / "run",
+        base_model="tiny",
+    )
+    registry = tmp_path / "registry"
+    ref = publish_boigsd(
+        run,
+        registry,
+        "boigsd",
+        config=one,
+        base_model=BaseModelRef(name="tiny-sd", version="a" * 40),
+        data=DatasetRef(manifest_sha256="b" * 64, version="v1"),
+    )
+    assert current_checkpoint(registry, "boigsd") == ref
+    manifest = load_manifest(ref)
+    assert manifest.kind == KIND_BOIGSD_LORA
+    assert manifest.hyperparameters["learning_rate"] == one.learning_rate
+    assert "reward_mean" in manifest.metrics
+    config = read_boigsd_lora_config(ref.path)
+    assert config is not None and config.rank == one.lora_rank
