@@ -20,6 +20,8 @@ llm_app = typer.Typer(help="BoigLLM on the synthetic world.", no_args_is_help=Tr
 app.add_typer(llm_app, name="llm")
 world_sd_app = typer.Typer(help="The world SD: Stable Diffusion trained on the synthetic world.")
 app.add_typer(world_sd_app, name="world-sd")
+sd_app = typer.Typer(help="BoigSD: the world SD aligned to BoigLLM's reward by DDPO.")
+app.add_typer(sd_app, name="sd")
 
 Seed = Annotated[int, typer.Option(help="World seed.")]
 PostsPerBrand = Annotated[int, typer.Option(min=20, help="World size: posts per brand.")]
@@ -241,6 +243,40 @@ def evaluate_world_sd(
     world_sd_recipe.run_evaluation(
         default_paths(), model=model, captions=captions, samples_per_caption=samples
     )
+
+
+@sd_app.command("train")
+def train_sd(
+    preset: Annotated[str, typer.Option(help="DDPO preset: tiny, cpu or gpu.")] = "cpu",
+    contexts: Annotated[
+        int, typer.Option(min=1, help="Training contexts (prompts), evenly across brands.")
+    ] = 32,
+    reward: Annotated[
+        str, typer.Option(help="The scorer's reward: match, likelihood or contrastive.")
+    ] = "match",
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the preset's.")] = None,
+    publish: Annotated[bool, typer.Option(help="Publish the LoRA to the registry.")] = True,
+    seed: Seed = 0,
+) -> None:
+    """Train BoigSD in the foreground (resumes an interrupted run) and publish it."""
+    from pydantic import ValidationError
+
+    from services.tooling import boigsd_recipe
+    from services.trainer.ddpo.job import BoigsdJob
+
+    try:
+        job = BoigsdJob(
+            preset=preset,
+            contexts=contexts,
+            reward=reward,  # type: ignore[arg-type]
+            epochs=epochs,
+            seed=seed,
+            publish=publish,
+        )
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    boigsd_recipe.train(job)
 
 
 @app.command("prune")

@@ -98,3 +98,19 @@ def test_configurations_that_cannot_work_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown DDPO preset"):
         preset("huge")
     assert preset("cpu").trained_steps == 10
+
+
+def test_a_job_samples_with_the_guidance_its_model_folder_recommends(tiny_sd_dir: Path) -> None:
+    from pydantic import ValidationError
+
+    from services.trainer.ddpo.job import BoigsdJob, config_for
+
+    config = config_for(BoigsdJob(preset="tiny", epochs=5, seed=3), tiny_sd_dir)
+    assert (config.epochs, config.seed) == (5, 3)
+    (tiny_sd_dir / "boig_sampling.json").write_text('{"guidance_scale": 2.0, "steps": 25}')
+    try:
+        assert config_for(BoigsdJob(preset="tiny"), tiny_sd_dir).guidance_scale == 2.0
+    finally:
+        (tiny_sd_dir / "boig_sampling.json").unlink()
+    with pytest.raises(ValidationError):
+        BoigsdJob(preset="huge")
