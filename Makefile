@@ -12,7 +12,7 @@ export YOLO_AUTOINSTALL := 0
 export VLLM_NO_USAGE_STATS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup models models-base demo train-llm eval-llm train-world-sd eval-world-sd test test-slow test-e2e test-all lint format contracts contracts-check bench clean
+.PHONY: help setup models models-base demo train-llm eval-llm train-world-sd train-sd eval-world-sd test test-slow test-e2e test-all lint format contracts contracts-check bench soak clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ eval-llm: models-base  ## BoigLLM vs baselines on the held-out split: table + HT
 
 train-world-sd: models-base  ## train the world SD (PRESET=cpu-long|cpu|gpu; resumes; installs it as the generator's model)
 	$(PY) -m services.cli world-sd train --preset $(or $(PRESET),cpu-long)
+
+train-sd: models  ## BoigSD: DDPO of the world SD on the scorer's reward (PRESET=cpu|gpu; resumes; publishes the LoRA)
+	$(PY) -m services.cli sd train --preset $(or $(PRESET),cpu)
 
 eval-world-sd: models  ## the world SD vs random floor, real creatives and chance on held-out captions: table + HTML
 	$(PY) -m services.cli world-sd evaluate
@@ -84,6 +87,9 @@ bench: models  ## benchmarks: print figures and ratios against in-run baselines
 	$(PY) tests/bench/bench_describe_batch.py
 	$(PY) tests/bench/bench_generate.py
 	$(PY) tests/bench/bench_world_sd.py
+
+soak: models-base  ## load (200 clients x 60 s on /v1/score) and schemathesis fuzz of the gateway, on loopback (~5 min)
+	$(PY) tests/soak/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

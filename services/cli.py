@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from services.gateway.cli import app as gateway_app
+
+if TYPE_CHECKING:
+    from services.trainer.runs import TrainingRun, TrainingStore
 
 app = typer.Typer(help="BOIG operator commands.", no_args_is_help=True)
 models_app = typer.Typer(help="Local default models.", no_args_is_help=True)
@@ -22,6 +25,8 @@ world_sd_app = typer.Typer(help="The world SD: Stable Diffusion trained on the s
 app.add_typer(world_sd_app, name="world-sd")
 sd_app = typer.Typer(help="BoigSD: the world SD aligned to BoigLLM's reward by DDPO.")
 app.add_typer(sd_app, name="sd")
+runs_app = typer.Typer(help="Training runs on the training worker's queue.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 
 Seed = Annotated[int, typer.Option(help="World seed.")]
 PostsPerBrand = Annotated[int, typer.Option(min=20, help="World size: posts per brand.")]
@@ -257,8 +262,13 @@ def train_sd(
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the preset's.")] = None,
     publish: Annotated[bool, typer.Option(help="Publish the LoRA to the registry.")] = True,
     seed: Seed = 0,
+    enqueue: Annotated[
+        bool,
+        typer.Option(help="Queue the run for the training worker instead of running it here."),
+    ] = False,
 ) -> None:
-    """Train BoigSD in the foreground (resumes an interrupted run) and publish it."""
+    """Train BoigSD in the foreground (resumes an interrupted run) and publish it, or queue it
+    for the training worker (`python -m services.trainer`) with --enqueue."""
     from pydantic import ValidationError
 
     from services.tooling import boigsd_recipe
@@ -275,8 +285,71 @@ def train_sd(
         )
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if enqueue:
+        run_id = _enqueue("boigsd", job.model_dump(mode="json"))
+        typer.echo(f"queued training run {run_id}; follow it with `boig runs show {run_id}`")
+        return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     boigsd_recipe.train(job)
+
+
+def _training_store() -> TrainingStore:
+    from services.common.db import Database
+    from services.trainer.runs import TrainingStore
+    from services.trainer.settings import TrainerSettings
+
+    database = Database(TrainerSettings().database_url)
+    database.create_schema()
+    return TrainingStore(database)
+
+
+def _enqueue(kind: str, params: dict[str, object]) -> str:
+    """A run saved first, then its task sent (a lost send is re-sent by the worker's sweeper)."""
+    from services.common.queue import send_training_task
+    from services.trainer.settings import TrainerSettings
+    from services.trainer.worker import create_trainer_celery
+
+    store = _training_store()
+    run = store.submit(kind, params)
+    send_training_task(create_trainer_celery(TrainerSettings()), run.id)
+    store.mark_published(run.id)
+    return run.id
+
+
+@runs_app.command("list")
+def list_runs(limit: Annotated[int, typer.Option(min=1, max=1000)] = 20) -> None:
+    """The newest training runs: state, progress, result."""
+    store = _training_store()
+    for run in store.recent(limit):
+        typer.echo(_run_line(run))
+
+
+@runs_app.command("show")
+def show_run(run_id: str) -> None:
+    """One run in full (JSON)."""
+    import dataclasses
+    import json
+
+    store = _training_store()
+    typer.echo(json.dumps(dataclasses.asdict(store.get(run_id)), indent=2, default=str))
+
+
+@runs_app.command("cancel")
+def cancel_run(run_id: str) -> None:
+    """Cancel a run: a queued one at once, a running one after its current epoch."""
+    store = _training_store()
+    typer.echo(_run_line(store.cancel(run_id)))
+
+
+def _run_line(run: TrainingRun) -> str:
+    progress = run.progress or {}
+    done = f"epoch {progress.get('epoch', 0)}/{progress.get('epochs', '?')}"
+    reward = progress.get("reward_mean")
+    extra = f", reward {reward:.4f}" if isinstance(reward, float) else ""
+    eta = progress.get("eta_seconds")
+    extra += f", ~{eta / 60:.0f} min left" if isinstance(eta, float) else ""
+    error = f" ({run.error_type}: {run.error_message})" if run.error_type else ""
+    return f"{run.id}  {run.kind}  {run.state.value}  {done}{extra}{error}"
 
 
 @app.command("prune")

@@ -23,6 +23,9 @@ from services.common.settings import boig_home
 
 GENERATE_TASK = "boig.generate"
 GPU_QUEUE = "gpu"
+TRAIN_TASK = "boig.train"
+TRAIN_QUEUE = "train"
+"""Training runs travel on their own queue: never behind (or ahead of) generation jobs."""
 SQLALCHEMY_BROKER_PREFIX = "sqla+"
 PROGRESS_STATE = "PROGRESS"
 """Celery task state of a running job; its meta is a ``JobProgress``."""
@@ -115,7 +118,10 @@ def create_celery_app(settings: QueueSettings, *, name: str) -> Celery:
             {"polling_interval": settings.polling_interval_seconds},
         )
     app.conf.update(
-        task_routes={GENERATE_TASK: {"queue": GPU_QUEUE}},
+        task_routes={
+            GENERATE_TASK: {"queue": GPU_QUEUE},
+            TRAIN_TASK: {"queue": TRAIN_QUEUE},
+        },
         task_default_queue=GPU_QUEUE,
         # A task is acknowledged when it ends, not when it starts: a worker killed mid-job
         # leaves the message to be delivered again, and the task is idempotent per job.
@@ -149,6 +155,11 @@ def send_generation_task(app: Celery, job_id: str, **options: Any) -> None:
     """Put a job's task on the GPU queue. The message is the job id alone (also the task id,
     so the task's state is the job's); everything else is in the job store."""
     app.send_task(GENERATE_TASK, args=[job_id], task_id=job_id, queue=GPU_QUEUE, **options)
+
+
+def send_training_task(app: Celery, run_id: str) -> None:
+    """Put a training run's task on the train queue (the run id is the message and task id)."""
+    app.send_task(TRAIN_TASK, args=[run_id], task_id=run_id, queue=TRAIN_QUEUE)
 
 
 def _make_sqlite_folder(url: str) -> None:

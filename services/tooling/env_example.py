@@ -18,7 +18,8 @@ SETTINGS_CLASSES = (
     ("services.describer.settings", "DescriberSettings", "describer"),
     ("services.featurizer.settings", "FeaturizerSettings", "featurizer"),
     ("services.generator.settings", "GeneratorSettings", "generator"),
-    ("services.common.queue", "QueueSettings", "queue (gateway and generator)"),
+    ("services.trainer.settings", "TrainerSettings", "trainer (training worker)"),
+    ("services.common.queue", "QueueSettings", "queue (gateway, generator and trainer)"),
     ("services.common.generation", "GenerationLimits", "generation limits (gateway and generator)"),
 )
 HEADER = """\

@@ -8,6 +8,7 @@ run folder holds the checkpoints a killed run resumes from; the LoRA is publishe
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from services.common.checkpoints import BOIGSD_CHECKPOINT, BaseModelRef, CheckpointRef
+from services.common.checkpoints import (
+    BOIGSD_CHECKPOINT,
+    VERSIONS_DIR,
+    BaseModelRef,
+    CheckpointRef,
+)
 from services.common.clients import DescriberClient
 from services.common.contracts import Context, RewardName
 from services.common.model_folders import folder_version, read_sampling_defaults
@@ -29,6 +35,8 @@ from services.trainer.ddpo.train import EpochStats
 from services.trainer.finetune.publish import dataset_ref
 
 logger = logging.getLogger(__name__)
+
+PUBLISHED_FILE = "published.json"
 
 
 class BoigsdJob(BaseModel):
@@ -111,16 +119,36 @@ def run_boigsd_job(
         reward.close()
     checkpoint = None
     if job.publish:
-        checkpoint = publish_boigsd(
-            run,
-            registry,
-            BOIGSD_CHECKPOINT,
-            config=config,
-            base_model=BaseModelRef(name=model.name, version=folder_version(model)),
-            data=dataset_ref(dataset),
-        )
-        logger.info("boigsd: published %s to %s", checkpoint.version, registry)
+        checkpoint = _publish_once(run, registry, config, model, dataset)
     return BoigsdOutcome(run=run, checkpoint=checkpoint)
+
+
+def _publish_once(
+    run: DdpoRun, registry: Path, config: DdpoConfig, model: Path, dataset: Path
+) -> CheckpointRef:
+    """Publish the run's LoRA, or name the version an earlier attempt of this run published
+    (a worker killed between publishing and recording it must not publish twice)."""
+    record = run.run_dir / PUBLISHED_FILE
+    if record.is_file():
+        version = json.loads(record.read_text(encoding="utf-8"))["version"]
+        ref = CheckpointRef(BOIGSD_CHECKPOINT, version, _version_dir(registry, version))
+        if ref.path.is_dir():
+            return ref
+    ref = publish_boigsd(
+        run,
+        registry,
+        BOIGSD_CHECKPOINT,
+        config=config,
+        base_model=BaseModelRef(name=model.name, version=folder_version(model)),
+        data=dataset_ref(dataset),
+    )
+    record.write_text(json.dumps({"version": ref.version}) + "\n", encoding="utf-8")
+    logger.info("boigsd: published %s to %s", ref.version, registry)
+    return ref
+
+
+def _version_dir(registry: Path, version: str) -> Path:
+    return registry / BOIGSD_CHECKPOINT / VERSIONS_DIR / version
 
 
 async def _tasks(describer_url: str, contexts: list[Context]) -> list[Task]:

@@ -14,6 +14,7 @@ import numpy as np
 from services.common.clients import DescriberClient
 from services.common.contracts import Context, KpiLevel, KpiTarget
 from services.common.image_prompts import TokenCounter, estimate_clip_tokens, render_prompt
+from services.trainer.finetune.data import resolve_dataset_dir
 
 CONTENT_TRAIN = Path("content") / "train.jsonl"
 
@@ -29,11 +30,13 @@ class Task:
 
 
 def training_contexts(version_dir: Path, *, limit: int, seed: int = 0) -> list[Context]:
-    """Up to ``limit`` contexts of a dataset version's training split (never its test split:
+    """Up to ``limit`` contexts of a dataset's (a version folder, or a folder with ``latest``)
+    training split (never its test split:
     held-out contexts are for evaluation), drawn evenly across accounts."""
+    folder = resolve_dataset_dir(version_dir)
     rows = [
         json.loads(line)
-        for line in (version_dir / CONTENT_TRAIN).read_text(encoding="utf-8").splitlines()
+        for line in (folder / CONTENT_TRAIN).read_text(encoding="utf-8").splitlines()
         if line.strip()
     ]
     by_account: dict[str, list[Context]] = {}

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
-SERVICES = ("featurizer", "describer", "scorer", "generator", "gateway")
+SERVICES = ("featurizer", "describer", "scorer", "generator", "gateway", "trainer")
 HTTP_SERVICES = ("featurizer", "describer", "scorer", "gateway")
 
 
@@ -37,10 +37,12 @@ def test_every_service_has_a_healthcheck_on_its_own_port(compose: dict[str, Any]
         service = compose["services"][name]
         port = service["environment"][f"BOIG_{name.upper()}_PORT"]
         assert f":{port}/health" in " ".join(service["healthcheck"]["test"])
-    # The Celery worker serves no API: its /metrics answers once it consumes the queue.
-    worker = compose["services"]["generator"]
-    port = worker["environment"]["BOIG_GENERATOR_METRICS_PORT"]
-    assert f":{port}/metrics" in " ".join(worker["healthcheck"]["test"])
+    # The Celery workers serve no API: their /metrics answers once they consume their queue.
+    for name in ("generator", "trainer"):
+        worker = compose["services"][name]
+        port = worker["environment"][f"BOIG_{name.upper()}_METRICS_PORT"]
+        assert f":{port}/metrics" in " ".join(worker["healthcheck"]["test"])
+    assert compose["services"]["trainer"]["profiles"] == ["train"]
 
 
 def test_producer_and_consumer_share_the_queue_the_records_and_the_images(
@@ -99,6 +101,8 @@ def test_models_are_read_only_to_the_services_and_absent_from_the_gateway(
         mounts = [m for m in service.get("volumes", []) if m.startswith("models:")]
         if name == "models":  # `docker compose run --rm models` prepares them
             assert mounts == ["models:/var/lib/boig"] and service["profiles"] == ["prepare"]
+        elif name == "trainer":  # it publishes checkpoints to the registry in that volume
+            assert mounts == ["models:/var/lib/boig"] and service["profiles"] == ["train"]
         elif name == "gateway":
             assert mounts == []
         else:

@@ -1,0 +1,316 @@
+"""Training runs as durable rows: a run is saved before its task is sent, started under a
+lease that its worker keeps renewing, and resumed (from the run folder's checkpoints) by
+another worker once a dead worker's lease runs out, until ``max_attempts`` starts.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Boolean, DateTime, Integer, String, Text, select, update
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.common.db import Base, Database
+from services.common.errors import Conflict, NotFound
+
+DEFAULT_MAX_ATTEMPTS = 5
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+FINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELED})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class TrainingRunRow(Base):
+    __tablename__ = "training_runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    params_json: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True, default=RunState.QUEUED.value)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_token: Mapped[str | None] = mapped_column(String(32), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    worker: Mapped[str | None] = mapped_column(String(255), default=None)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    progress_json: Mapped[str | None] = mapped_column(Text, default=None)
+    result_json: Mapped[str | None] = mapped_column(Text, default=None)
+    error_type: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    id: str
+    kind: str
+    params: dict[str, Any]
+    state: RunState
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    worker: str | None
+    cancel_requested: bool
+    progress: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error_type: str | None
+    error_message: str | None
+
+
+@dataclass(frozen=True)
+class RunLease:
+    run: TrainingRun
+    token: str
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _run(row: TrainingRunRow) -> TrainingRun:
+    return TrainingRun(
+        id=row.id,
+        kind=row.kind,
+        params=json.loads(row.params_json),
+        state=RunState(row.state),
+        created_at=_aware(row.created_at) or utcnow(),
+        started_at=_aware(row.started_at),
+        finished_at=_aware(row.finished_at),
+        attempts=row.attempts,
+        worker=row.worker,
+        cancel_requested=row.cancel_requested,
+        progress=json.loads(row.progress_json) if row.progress_json else None,
+        result=json.loads(row.result_json) if row.result_json else None,
+        error_type=row.error_type,
+        error_message=row.error_message,
+    )
+
+
+class TrainingStore:
+    """Every read and state change of training runs."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def submit(self, kind: str, params: dict[str, Any]) -> TrainingRun:
+        row = TrainingRunRow(
+            id=secrets.token_hex(16),
+            kind=kind,
+            params_json=json.dumps(params, sort_keys=True),
+            state=RunState.QUEUED.value,
+            created_at=utcnow(),
+        )
+        with self._db.session() as session:
+            session.add(row)
+        return _run(row)
+
+    def mark_published(self, run_id: str) -> None:
+        with self._db.session() as session:
+            session.execute(
+                update(TrainingRunRow)
+                .where(TrainingRunRow.id == run_id)
+                .values(published_at=utcnow())
+            )
+
+    def get(self, run_id: str) -> TrainingRun:
+        with self._db.session() as session:
+            row = session.get(TrainingRunRow, run_id)
+            if row is None:
+                raise NotFound(f"no training run {run_id!r}")
+            return _run(row)
+
+    def recent(self, limit: int = 20) -> list[TrainingRun]:
+        with self._db.session() as session:
+            rows = session.scalars(
+                select(TrainingRunRow).order_by(TrainingRunRow.created_at.desc()).limit(limit)
+            ).all()
+            return [_run(row) for row in rows]
+
+    def cancel(self, run_id: str) -> TrainingRun:
+        """A queued run is canceled at once; a running one stops after its current epoch."""
+        run = self.get(run_id)
+        if run.state in FINAL_STATES:
+            raise Conflict(f"training run {run_id} already {run.state.value}")
+        with self._db.session() as session:
+            session.execute(
+                update(TrainingRunRow)
+                .where(TrainingRunRow.id == run_id, TrainingRunRow.state == RunState.QUEUED.value)
+                .values(state=RunState.CANCELED.value, finished_at=utcnow())
+            )
+            session.execute(
+                update(TrainingRunRow)
+                .where(TrainingRunRow.id == run_id)
+                .values(cancel_requested=True)
+            )
+        return self.get(run_id)
+
+    # --- the worker's side --------------------------------------------------------------
+
+    def claim(
+        self,
+        run_id: str,
+        *,
+        worker: str,
+        lease_seconds: float,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> RunLease | None:
+        """Start a queued run, or take over one whose worker's lease ran out; None when it is
+        not ours (finished, canceled, live elsewhere, or out of attempts: then failed)."""
+        now = utcnow()
+        token = secrets.token_hex(16)
+        with self._db.session() as session:
+            claimed = session.execute(
+                update(TrainingRunRow)
+                .where(
+                    TrainingRunRow.id == run_id,
+                    TrainingRunRow.cancel_requested.is_(False),
+                    TrainingRunRow.attempts < max_attempts,
+                    (TrainingRunRow.state == RunState.QUEUED.value)
+                    | (
+                        (TrainingRunRow.state == RunState.RUNNING.value)
+                        & (TrainingRunRow.lease_until < now)
+                    ),
+                )
+                .values(
+                    state=RunState.RUNNING.value,
+                    attempts=TrainingRunRow.attempts + 1,
+                    lease_token=token,
+                    lease_until=now + timedelta(seconds=lease_seconds),
+                    worker=worker[:255],
+                    started_at=now,
+                )
+            ).rowcount  # type: ignore[attr-defined]
+        if claimed != 1:
+            self.fail_lost(max_attempts=max_attempts)
+            return None
+        return RunLease(run=self.get(run_id), token=token)
+
+    def renew(self, lease: RunLease, *, lease_seconds: float) -> bool:
+        """Keep the lease alive; False when it was lost (taken over, canceled, finished)."""
+        with self._db.session() as session:
+            renewed = session.execute(
+                update(TrainingRunRow)
+                .where(
+                    TrainingRunRow.id == lease.run.id,
+                    TrainingRunRow.lease_token == lease.token,
+                    TrainingRunRow.state == RunState.RUNNING.value,
+                )
+                .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+            ).rowcount  # type: ignore[attr-defined]
+        return bool(renewed == 1)
+
+    def report(self, lease: RunLease, progress: dict[str, Any]) -> None:
+        with self._db.session() as session:
+            session.execute(
+                update(TrainingRunRow)
+                .where(TrainingRunRow.id == lease.run.id, TrainingRunRow.lease_token == lease.token)
+                .values(progress_json=json.dumps(progress))
+            )
+
+    def cancel_requested(self, run_id: str) -> bool:
+        with self._db.session() as session:
+            return bool(
+                session.scalar(
+                    select(TrainingRunRow.cancel_requested).where(TrainingRunRow.id == run_id)
+                )
+            )
+
+    def complete(self, lease: RunLease, result: dict[str, Any]) -> bool:
+        return self._finish(lease, RunState.SUCCEEDED, result_json=json.dumps(result))
+
+    def fail(self, lease: RunLease, error_type: str, message: str) -> bool:
+        return self._finish(lease, RunState.FAILED, error_type=error_type, error_message=message)
+
+    def finish_canceled(self, lease: RunLease) -> bool:
+        return self._finish(lease, RunState.CANCELED)
+
+    def _finish(self, lease: RunLease, state: RunState, **values: object) -> bool:
+        with self._db.session() as session:
+            finished = session.execute(
+                update(TrainingRunRow)
+                .where(
+                    TrainingRunRow.id == lease.run.id,
+                    TrainingRunRow.lease_token == lease.token,
+                    TrainingRunRow.state == RunState.RUNNING.value,
+                )
+                .values(state=state.value, finished_at=utcnow(), lease_until=None, **values)
+            ).rowcount  # type: ignore[attr-defined]
+        return bool(finished == 1)
+
+    def runs_to_send(self, *, unpublished_for: float) -> list[str]:
+        """Runs whose task may be missing: queued and not sent for a while, or running under
+        a lease that ran out (their worker died; the next one resumes them)."""
+        now = utcnow()
+        with self._db.session() as session:
+            return list(
+                session.scalars(
+                    select(TrainingRunRow.id).where(
+                        TrainingRunRow.cancel_requested.is_(False),
+                        (
+                            (TrainingRunRow.state == RunState.QUEUED.value)
+                            & (
+                                TrainingRunRow.published_at.is_(None)
+                                | (
+                                    TrainingRunRow.published_at
+                                    < now - timedelta(seconds=unpublished_for)
+                                )
+                            )
+                        )
+                        | (
+                            (TrainingRunRow.state == RunState.RUNNING.value)
+                            & (TrainingRunRow.lease_until < now)
+                            # Once per expired lease: not again until someone claims it.
+                            & (
+                                TrainingRunRow.published_at.is_(None)
+                                | (TrainingRunRow.published_at < TrainingRunRow.lease_until)
+                            )
+                        ),
+                    )
+                )
+            )
+
+    def fail_lost(self, *, max_attempts: int) -> int:
+        """Fail the runs whose workers died ``max_attempts`` times (or orphaned cancels)."""
+        now = utcnow()
+        expired = (TrainingRunRow.state == RunState.RUNNING.value) & (
+            TrainingRunRow.lease_until < now
+        )
+        with self._db.session() as session:
+            failed = session.execute(
+                update(TrainingRunRow)
+                .where(expired, TrainingRunRow.attempts >= max_attempts)
+                .values(
+                    state=RunState.FAILED.value,
+                    finished_at=now,
+                    lease_until=None,
+                    error_type="worker_lost",
+                    error_message=f"the worker stopped {max_attempts} times before the run ended",
+                )
+            ).rowcount  # type: ignore[attr-defined]
+            session.execute(
+                update(TrainingRunRow)
+                .where(expired, TrainingRunRow.cancel_requested.is_(True))
+                .values(state=RunState.CANCELED.value, finished_at=now, lease_until=None)
+            )
+        return int(failed or 0)
