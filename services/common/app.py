@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common import metrics
-from services.common.errors import BoigError, ClientClosedRequest, PayloadTooLarge
+from services.common.errors import BoigError, ClientClosedRequest, Overloaded, PayloadTooLarge
 from services.common.logging import new_request_id, request_id_var
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,11 @@ def _error_response(error: BoigError, service: str) -> JSONResponse:
 def _install_error_handlers(app: FastAPI, service: str) -> None:
     async def on_boig_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, BoigError)
-        if exc.status_code >= 500:
+        if isinstance(exc, Overloaded):
+            # Designed backpressure, counted in boig_errors_total: under load an ERROR line
+            # per refusal at every hop would bury the real errors.
+            logger.info("%s: %s", exc.type, exc.message)
+        elif exc.status_code >= 500:
             logger.error("%s: %s", exc.type, exc.message)
         return _error_response(exc, service)
 

@@ -31,6 +31,9 @@ from services.common.logging import request_id_var
 ResponseT = TypeVar("ResponseT", bound=BaseModel)
 
 
+KEEPALIVE_EXPIRY_SECONDS = 4.0
+
+
 class ServiceClient:
     """A JSON-over-HTTP client for one internal service."""
 
@@ -43,7 +46,15 @@ class ServiceClient:
         timeout: float = 120.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=timeout,
+            transport=transport,
+            # An idle connection is dropped here before the server closes its end
+            # (BOIG_*_KEEP_ALIVE_SECONDS, 10 s): reusing one the server has just closed
+            # fails the request with a ReadError.
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS),
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -92,7 +103,11 @@ class ServiceClient:
                 payload = response.json()
             except ValueError:
                 payload = None
-            raise error_from_payload(payload, status_code=response.status_code)
+            raise error_from_payload(
+                payload,
+                status_code=response.status_code,
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+            )
         return response
 
 
@@ -127,3 +142,12 @@ class ScorerClient(ServiceClient):
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         return await self._post("/score", request, ScoreResponse)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is not used between our services)."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and seconds >= 0 else None

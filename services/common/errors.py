@@ -142,8 +142,12 @@ _ERROR_TYPES: dict[str, type[BoigError]] = {
 }
 
 
-def error_from_payload(payload: Any, *, status_code: int) -> BoigError:
-    """Rebuild the typed error an upstream service sent; unknown shapes become UpstreamError."""
+def error_from_payload(
+    payload: Any, *, status_code: int, retry_after: float | None = None
+) -> BoigError:
+    """Rebuild the typed error an upstream service sent (with its ``Retry-After``, so a
+    refusal keeps telling the client when to come back, hop after hop); unknown shapes
+    become UpstreamError."""
     try:
         body = payload["error"]
         error_type = str(body["type"])
@@ -153,4 +157,4 @@ def error_from_payload(payload: Any, *, status_code: int) -> BoigError:
     cls = _ERROR_TYPES.get(error_type)
     if cls is None:
         return UpstreamError(f"upstream error {error_type}: {message}")
-    return cls(message)
+    return cls(message, retry_after=retry_after)

@@ -6,7 +6,7 @@ Names carry the ``boig_`` prefix and base units; labels come from small fixed se
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -36,6 +36,12 @@ MODEL_SECONDS = Histogram(
     "Compute time of one model call (a whole batch), excluding queueing.",
     ["service", "operation"],
     buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+PENDING_REQUESTS = Gauge(
+    "boig_model_pending_requests",
+    "Model computations admitted and not yet done (running or queued for the model).",
+    ["service"],
     registry=REGISTRY,
 )
 DROPPED_WORK = Counter(

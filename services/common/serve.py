@@ -25,4 +25,5 @@ def serve(*, service: str, settings: SettingsT, create_app: Callable[[SettingsT]
         # The app logs one line per request with its request id; uvicorn's would duplicate it.
         access_log=False,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_seconds)),
+        timeout_keep_alive=max(5, round(settings.keep_alive_seconds)),
     )

@@ -67,6 +67,14 @@ class ServiceSettings(BaseSettings):
             "grace period."
         ),
     )
+    keep_alive_seconds: float = Field(
+        default=10.0,
+        ge=5,
+        description=(
+            "An idle client connection is closed after this long. Longer than our clients "
+            "keep idle connections (4 s), so that a client never reuses one being closed."
+        ),
+    )
     health_cache_seconds: float = Field(
         default=2.0,
         ge=0,

@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE = "describer"
 OVERLOAD_RETRY_AFTER_SECONDS = 2.0
+REQUEST_SECONDS_SMOOTHING = 0.3
+"""Weight of the newest model call in the moving average of seconds per request."""
 """Retry-After of an overloaded answer: about one describe on a CPU."""
 
 T = TypeVar("T")
@@ -148,6 +150,7 @@ class Describer:
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waiters: dict[asyncio.Task[Any], int] = {}
+        self._seconds_per_request: float | None = None
         self._history = HistoryReader(settings.history_path)
         self._describe_queue: MicroBatcher[DescribeJob, tuple[str, ModelInfo]] = MicroBatcher(
             self._describe_batch, max_batch=settings.describe_batch_size
@@ -208,7 +211,11 @@ class Describer:
 
     async def _describe_batch(self, jobs: list[DescribeJob]) -> list[tuple[str, ModelInfo]]:
         raws, info = await self._run_model(
-            "describe", self._generate_descriptions, jobs, self._settings.temperature
+            "describe",
+            self._generate_descriptions,
+            jobs,
+            self._settings.temperature,
+            requests=len(jobs),
         )
         return [(raw, info) for raw in raws]
 
@@ -539,14 +546,25 @@ class Describer:
         logger.info("dropped model work that no caller waits for any more")
 
     def _start(self, compute: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
-        """New model work as a task of its own; Overloaded beyond ``max_pending_requests``
-        tasks running or queued for the model."""
+        """New model work as a task of its own. Overloaded beyond ``max_pending_requests``
+        tasks running or queued for the model, or when the work already admitted would keep
+        this one waiting longer than ``max_queue_wait_seconds``: a quick 503 with a
+        Retry-After beats an answer that arrives after the caller has timed out."""
         pending = len(self._tasks)
         if pending >= self._settings.max_pending_requests:
             raise Overloaded(
                 f"the describer has {pending} requests waiting for the model; retry shortly",
                 retry_after=OVERLOAD_RETRY_AFTER_SECONDS,
             )
+        limit = self._settings.max_queue_wait_seconds
+        if self._seconds_per_request is not None:
+            expected = (pending + 1) * self._seconds_per_request
+            if expected > limit:
+                raise Overloaded(
+                    f"the describer's queue would keep this request about {expected:.0f} s "
+                    f"(the limit is {limit:.0f} s); retry later",
+                    retry_after=max(OVERLOAD_RETRY_AFTER_SECONDS, expected - limit),
+                )
 
         async def run() -> T:
             return await compute()
@@ -554,8 +572,22 @@ class Describer:
         task = asyncio.create_task(run())
         # The event loop holds tasks weakly; keep each one alive until it is done.
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._forget)
+        metrics.PENDING_REQUESTS.labels(SERVICE).set(len(self._tasks))
         return task
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        metrics.PENDING_REQUESTS.labels(SERVICE).set(len(self._tasks))
+
+    def _observe_request_seconds(self, seconds: float) -> None:
+        """A moving average of the model time one request costs (a batch's time shared)."""
+        previous = self._seconds_per_request
+        self._seconds_per_request = (
+            seconds
+            if previous is None
+            else previous + REQUEST_SECONDS_SMOOTHING * (seconds - previous)
+        )
 
     def _settle(self, key: str, task: asyncio.Task[Any], version: str) -> None:
         if self._in_flight.get(key) is task:
@@ -571,10 +603,11 @@ class Describer:
                 self._cache.put(key, result)
 
     async def _run_model(
-        self, operation: str, call: Callable[..., T], *args: Any
+        self, operation: str, call: Callable[..., T], *args: Any, requests: int = 1
     ) -> tuple[T, ModelInfo]:
         """``call``'s result and the model that produced it (read under the lock: a hot reload
-        may swap the backend as soon as the lock is free)."""
+        may swap the backend as soon as the lock is free). ``requests``: how many requests
+        the call answers, for the estimate of each one's share of the model's time."""
         queued = time.perf_counter()
         async with self._model_lock:
             started = time.perf_counter()
@@ -591,6 +624,7 @@ class Describer:
                 ) from exc
             finally:
                 elapsed = time.perf_counter() - started
+                self._observe_request_seconds(elapsed / max(1, requests))
                 metrics.MODEL_SECONDS.labels(SERVICE, operation).observe(elapsed)
                 logger.info(
                     "%s model call: %.0f ms queued, %.0f ms compute",

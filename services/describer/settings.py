@@ -236,6 +236,17 @@ class DescriberSettings(ServiceSettings):
             "503 overloaded with Retry-After instead of an unbounded queue."
         ),
     )
+    max_queue_wait_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "New model work is refused (503 overloaded, Retry-After) when the work already "
+            "admitted would keep it waiting longer than this, estimated from recent model "
+            "calls. Keep it below the callers' timeouts (the scorer waits "
+            "BOIG_SCORER_UPSTREAM_TIMEOUT_SECONDS, 120 s), so a request is refused at once "
+            "rather than answered after its caller gave up."
+        ),
+    )
     cache_size: int = Field(
         default=1024,
         ge=0,

@@ -18,3 +18,7 @@ def test_uvicorn_gets_a_graceful_shutdown_limit(monkeypatch: pytest.MonkeyPatch)
     settings = ServiceSettings(shutdown_timeout_seconds=12.4)
     serve_module.serve(service="x", settings=settings, create_app=lambda _: FastAPI())
     assert seen["timeout_graceful_shutdown"] == 12
+    # Servers keep idle connections longer than our clients do (no reuse of a closing one).
+    from services.common.clients import KEEPALIVE_EXPIRY_SECONDS
+
+    assert seen["timeout_keep_alive"] > KEEPALIVE_EXPIRY_SECONDS

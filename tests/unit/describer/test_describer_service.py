@@ -427,6 +427,32 @@ async def test_work_beyond_the_pending_cap_is_refused_with_retry_after(
     assert (await describer.describe(context=context, target=KpiTarget(name="c"))).verbalization
 
 
+async def test_work_that_would_wait_past_the_limit_is_refused_at_once(
+    fake_backend: Any, context: Context
+) -> None:
+    backend = fake_backend()
+    settings = make_settings(palette_samples=1, max_queue_wait_seconds=0.5)
+    describer = Describer(backend, settings)
+    backend.on_call = lambda: threading.Event().wait(0.2 / len(prompts.DESCRIBE_FIELDS))
+    await describer.describe(context=context, target=KpiTarget(name="warm"))  # ~0.2 s a request
+    release = threading.Event()
+    backend.on_call = lambda: release.wait(5)
+
+    def ask(kpi: str) -> asyncio.Task[Any]:
+        return asyncio.create_task(describer.describe(context=context, target=KpiTarget(name=kpi)))
+
+    admitted = [ask("a"), ask("b")]  # 0.2 s and 0.4 s of expected waiting: under 0.5 s
+    await asyncio.sleep(0.05)
+    with pytest.raises(Overloaded) as refused:
+        await describer.describe(context=context, target=KpiTarget(name="c"))
+    assert "about 1 s" in refused.value.message or "about 0 s" in refused.value.message
+    assert refused.value.retry_after is not None and refused.value.retry_after >= 0.1
+    assert counter("boig_model_pending_requests", service="describer") == 2
+    release.set()
+    await asyncio.gather(*admitted)
+    assert counter("boig_model_pending_requests", service="describer") == 0
+
+
 async def test_sampled_descriptions_are_not_cached(fake_backend: Any, context: Context) -> None:
     backend = fake_backend()
     describer = Describer(backend, make_settings(temperature=0.8))
