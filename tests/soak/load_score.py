@@ -88,15 +88,8 @@ class Outcome:
 
 @dataclass
 class PendingSamples:
-    """The describer's pending model work, sampled from its /metrics while the load runs.
-
-    The describer exports no gauge of it (``len(Describer._tasks)``), so it is estimated from
-    counters: computations admitted (result-cache misses less overloaded refusals) less
-    computations answered (/describe and /likelihood answers other than 503, less cache hits).
-    A caller that went away (499) counts as still pending, for its computation runs on to
-    fill the cache; no counter says when it ends, so after such callers it is an upper bound.
-    Callers sharing one in-flight computation make it read low until that one finishes.
-    """
+    """The describer's pending model work (``boig_model_pending_requests``), sampled from its
+    /metrics while the load runs."""
 
     estimates: list[int] = field(default_factory=list)
     errors: int = 0
@@ -179,35 +172,14 @@ async def _client(
             await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
 
 
-def _counter_total(families: dict[str, Any], name: str, **labels: str) -> float:
-    family = families.get(name)
-    if family is None:
-        return 0.0
-    return sum(
-        float(sample.value)
-        for sample in family.samples
-        if sample.name.endswith("_total")
-        and all(sample.labels.get(key) == value for key, value in labels.items())
-    )
-
-
 def describer_pending_estimate(metrics_text: str) -> int:
-    """See PendingSamples: admitted less answered describer computations."""
-    families = {family.name: family for family in text_string_to_metric_families(metrics_text)}
-    misses = _counter_total(families, "boig_cache_lookups", outcome="miss")
-    hits = _counter_total(families, "boig_cache_lookups", outcome="hit")
-    refused = _counter_total(families, "boig_errors", service="describer", type="overloaded")
-    answered = 0.0
-    requests = families.get("boig_http_requests")
-    if requests is not None:
-        answered = sum(
-            sample.value
-            for sample in requests.samples
-            if sample.name.endswith("_total")
-            and sample.labels.get("route") in ("/describe", "/likelihood")
-            and sample.labels.get("status") not in ("503", "499")
-        )
-    return round((misses - refused) - (answered - hits))
+    """The describer's gauge of computations admitted and not yet done."""
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == "boig_model_pending_requests":
+            return round(
+                sum(s.value for s in family.samples if s.labels.get("service") == "describer")
+            )
+    return 0
 
 
 async def _sample_pending(
@@ -330,9 +302,9 @@ def summarize(result: LoadResult, *, max_pending: int) -> list[str]:
     at_refusal = result.pending_at_refusal()
     estimates = result.pending.estimates
     lines.append(
-        f"  describer pending (cap {max_pending}): no metric exports it; its overloaded 503s "
+        f"  describer pending (cap {max_pending}): its overloaded 503s "
         f"said {max(at_refusal) if at_refusal else '-'} at most "
-        f"(n={len(at_refusal)}); counter estimate every 0.5 s (see PendingSamples): "
+        f"(n={len(at_refusal)}); boig_model_pending_requests every 0.5 s: "
         + (
             f"max {max(estimates)}, median {statistics.median(estimates):.0f} "
             f"(n={len(estimates)}, {result.pending.errors} failed scrapes)"

@@ -193,7 +193,7 @@ def main() -> int:
         # Work whose callers are gone still runs (it fills the cache), so the fuzz below
         # meets a describer that may be busy for minutes: its /v1/describe cases see that.
         left = load_score.describer_pending_estimate(httpx.get(f"{describer}/metrics").text)
-        print(f"describer computations pending after the load (estimate, upper bound): {left}")
+        print(f"describer computations pending after the load: {left}")
 
         print(f"\n== rate limit: a gateway at {LOW_RATE_LIMIT}, 8 cached POST /v1/describe ==")
         statuses, good = rate_limit_phase(stack, headers)

@@ -441,16 +441,19 @@ async def test_work_that_would_wait_past_the_limit_is_refused_at_once(
     def ask(kpi: str) -> asyncio.Task[Any]:
         return asyncio.create_task(describer.describe(context=context, target=KpiTarget(name=kpi)))
 
-    admitted = [ask("a"), ask("b")]  # 0.2 s and 0.4 s of expected waiting: under 0.5 s
+    admitted = [ask("a"), ask("b")]  # answered after about 0.2 and 0.4 s: under 0.5 s
     await asyncio.sleep(0.05)
-    with pytest.raises(Overloaded) as refused:
+    with pytest.raises(Overloaded) as refused:  # about 0.6 s
         await describer.describe(context=context, target=KpiTarget(name="c"))
-    assert "about 1 s" in refused.value.message or "about 0 s" in refused.value.message
+    assert "about 1 s" in refused.value.message
     assert refused.value.retry_after is not None and refused.value.retry_after >= 0.1
     assert counter("boig_model_pending_requests", service="describer") == 2
     release.set()
     await asyncio.gather(*admitted)
     assert counter("boig_model_pending_requests", service="describer") == 0
+    # However slow the model has been, work that finds the queue empty runs.
+    describer._observe_request_seconds(1000.0)
+    assert (await describer.describe(context=context, target=KpiTarget(name="e"))).verbalization
 
 
 async def test_sampled_descriptions_are_not_cached(fake_backend: Any, context: Context) -> None:
