@@ -29,6 +29,7 @@ EVALUATION = "services.trainer.evaluate"
 GENERATION_DRIVERS = {
     "services.tooling.llm_recipe": "generates the training world and the held-out account's",
     "services.tooling.world_sd_recipe": "generates its world through llm_recipe.ensure_world",
+    "services.tooling.boigsd_recipe": "generates its world through llm_recipe.ensure_world",
     "services.tooling.models": "`make models` runs both recipes",
     "services.cli": "the operator CLI: `boig llm train` and `boig world-sd` run the recipes",
     "services.__main__": "runs services.cli",
