@@ -260,6 +260,12 @@ def train_sd(
         str, typer.Option(help="The scorer's reward: match, likelihood or contrastive.")
     ] = "match",
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the preset's.")] = None,
+    guidance: Annotated[
+        float | None, typer.Option(help="Guidance scale; else what the model recommends.")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Diffusers folder to align; default: the world SD.")
+    ] = None,
     publish: Annotated[bool, typer.Option(help="Publish the LoRA to the registry.")] = True,
     seed: Seed = 0,
     enqueue: Annotated[
@@ -280,17 +286,22 @@ def train_sd(
             contexts=contexts,
             reward=reward,  # type: ignore[arg-type]
             epochs=epochs,
+            guidance_scale=guidance,
             seed=seed,
             publish=publish,
         )
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from exc
     if enqueue:
+        if model is not None:
+            raise typer.BadParameter(
+                "the training worker aligns its own BOIG_TRAINER_MODEL_PATH", param_hint="--model"
+            )
         run_id = _enqueue("boigsd", job.model_dump(mode="json"))
         typer.echo(f"queued training run {run_id}; follow it with `boig runs show {run_id}`")
         return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    boigsd_recipe.train(job)
+    boigsd_recipe.train(job, model=model)
 
 
 def _training_store() -> TrainingStore:

@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from tqdm import tqdm
 
+from services.common.model_folders import folder_version
 from services.common.settings import default_world_sd_dir
 from services.tooling import llm_recipe
 from services.tooling.stack import local_stack
@@ -22,8 +23,10 @@ from services.trainer.ddpo.train import EpochStats
 console = Console(stderr=True)
 
 
-def run_dir(paths: llm_recipe.LlmPaths, job: BoigsdJob) -> Path:
-    return paths.home / "runs" / f"boigsd-{paths.world.name}-{job.preset}-{job.reward}"
+def run_dir(paths: llm_recipe.LlmPaths, job: BoigsdJob, model: Path) -> Path:
+    """One folder per world, model weights, preset and reward: an interrupted run resumes."""
+    name = f"boigsd-{paths.world.name}-{folder_version(model)[:8]}-{job.preset}-{job.reward}"
+    return paths.home / "runs" / name
 
 
 def train(job: BoigsdJob, *, model: Path | None = None) -> BoigsdOutcome:
@@ -32,7 +35,7 @@ def train(job: BoigsdJob, *, model: Path | None = None) -> BoigsdOutcome:
     if not (model / "model_index.json").is_file():
         raise SystemExit(f"no diffusion pipeline at {model}: run `make models` first")
     posts = llm_recipe.ensure_world(paths)
-    folder = run_dir(paths, job)
+    folder = run_dir(paths, job, model)
     dataset = llm_recipe.ensure_dataset(paths, posts, folder)
     # The describer serves the registry's BoigLLM (the base model until one is published).
     env = {

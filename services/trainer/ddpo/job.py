@@ -46,6 +46,9 @@ class BoigsdJob(BaseModel):
     contexts: int = Field(default=32, ge=1, le=10_000)
     reward: RewardName = "match"
     epochs: int | None = Field(default=None, ge=1, le=100_000)
+    guidance_scale: float | None = Field(
+        default=None, ge=1.0, le=30.0, description="Else what the model folder recommends."
+    )
     seed: int = Field(default=0, ge=0)
     publish: bool = True
 
@@ -68,6 +71,8 @@ def config_for(job: BoigsdJob, model: Path) -> DdpoConfig:
     guidance = read_sampling_defaults(model).guidance_scale
     if guidance is not None:
         overrides["guidance_scale"] = guidance
+    if job.guidance_scale is not None:
+        overrides["guidance_scale"] = job.guidance_scale
     if job.epochs is not None:
         overrides["epochs"] = job.epochs
     return preset(job.preset, **overrides)
