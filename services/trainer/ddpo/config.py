@@ -57,6 +57,11 @@ class DdpoConfig:
     # --- the run ---
     epochs: int = 10
     seed: int = 0
+    eval_every: int = 5
+    """Every this many epochs (and before the first), the policy is judged on fixed prompts
+    and seeds: a reward curve free of which prompts an epoch happened to draw."""
+    eval_seeds: int = 2
+    """Images per evaluation prompt (the same seeds every time)."""
 
     def __post_init__(self) -> None:
         if self.resolution % 8:

@@ -35,6 +35,9 @@ from services.trainer.ddpo.train import DdpoTrainer, EpochStats
 logger = logging.getLogger(__name__)
 
 TASKS_FILE = "tasks.json"
+EVALUATION_FILE = "evaluation.jsonl"
+EVAL_SEED_BASE = 1_000_000
+"""Evaluation seeds start here, apart from the seeds the training draws."""
 LORA_DIR = "lora"
 
 
@@ -55,11 +58,14 @@ def train_boigsd(
     *,
     base_model: str,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    eval_tasks: Sequence[Task] | None = None,
 ) -> DdpoRun:
     """Train, or resume the run in ``run_dir``, until ``config.epochs``; save the LoRA.
 
     The first start writes ``tasks.json``: a resumed run trains on the same prompts even if
-    the describer that wrote them has moved on.
+    the describer that wrote them has moved on. ``eval_tasks`` (default: the training tasks)
+    are judged with fixed seeds before training and every ``config.eval_every`` epochs
+    (``evaluation.jsonl``).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     tasks = _pinned_tasks(run_dir, tasks)
@@ -69,9 +75,19 @@ def train_boigsd(
         load_checkpoint(trainer, found[-1])
         logger.info("resuming %s from epoch %d", run_dir, trainer.epoch)
     truncate_metrics(run_dir, trainer.epoch)
+    judged = list(eval_tasks) if eval_tasks is not None else list(tasks)
+    seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + config.eval_seeds))
+    if trainer.epoch == 0 and config.eval_every:
+        append_evaluation(run_dir, 0, trainer.evaluate(judged, seeds=seeds), judged, seeds)
     while trainer.epoch < config.epochs:
         stats = trainer.run_epoch(tasks)
         append_metrics(run_dir, stats)
+        if config.eval_every and (
+            trainer.epoch % config.eval_every == 0 or trainer.epoch == config.epochs
+        ):
+            append_evaluation(
+                run_dir, trainer.epoch, trainer.evaluate(judged, seeds=seeds), judged, seeds
+            )
         save_checkpoint(trainer, run_dir)
         if on_epoch is not None:
             on_epoch(stats)
@@ -107,6 +123,31 @@ def publish_boigsd(
         hyperparameters=config.hyperparameters(),
         metrics=metrics,
     )
+
+
+def append_evaluation(
+    run_dir: Path, epoch: int, rewards: Any, tasks: Sequence[Task], seeds: Sequence[int]
+) -> None:
+    """One line per evaluation: the mean reward and each task's mean over its seeds."""
+    per_task = {
+        task.key: float(sum(rewards[i * len(seeds) : (i + 1) * len(seeds)]) / len(seeds))
+        for i, task in enumerate(tasks)
+    }
+    row = {"epoch": epoch, "reward_mean": float(sum(rewards) / len(rewards)), "tasks": per_task}
+    path = run_dir / EVALUATION_FILE
+    kept = [line for line in _lines(path) if json.loads(line)["epoch"] < epoch]
+    path.write_text("".join(f"{line}\n" for line in [*kept, json.dumps(row)]), encoding="utf-8")
+    logger.info("evaluation at epoch %d: reward %.4f", epoch, row["reward_mean"])
+
+
+def read_evaluation(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in _lines(run_dir / EVALUATION_FILE)]
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 def _pinned_tasks(run_dir: Path, tasks: Sequence[Task]) -> list[Task]:

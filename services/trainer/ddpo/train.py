@@ -189,6 +189,30 @@ class DdpoTrainer:
             self._step()
         return stats
 
+    @torch.no_grad()
+    def evaluate(self, tasks: Sequence[Task], *, seeds: Sequence[int]) -> np.ndarray:
+        """Rewards of images drawn for each task with each of ``seeds`` (task-major): the same
+        noise every time, so the curve over training shows the policy, not the draw."""
+        config = self.config
+        self.pipe.unet.eval()
+        picked = [task for task in tasks for _ in seeds]
+        all_seeds = [seed for _ in tasks for seed in seeds]
+        pending = []
+        for start in range(0, len(picked), config.sample_batch_size):
+            chunk = picked[start : start + config.sample_batch_size]
+            batch = sample_trajectories(
+                self.pipe,
+                [task.prompt for task in chunk],
+                steps=config.sample_steps,
+                eta=config.eta,
+                guidance_scale=config.guidance_scale,
+                width=config.resolution,
+                height=config.resolution,
+                seeds=all_seeds[start : start + config.sample_batch_size],
+            )
+            pending.append(self._reward.submit(batch.images, chunk))
+        return np.concatenate([future.result() for future in pending])
+
     def _step(self) -> None:
         torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
         self.optimizer.step()

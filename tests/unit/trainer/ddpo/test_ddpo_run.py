@@ -19,7 +19,7 @@ from services.common.checkpoints import (
 )
 from services.trainer.ddpo.config import preset
 from services.trainer.ddpo.rewards import InProcessReward
-from services.trainer.ddpo.run import publish_boigsd, train_boigsd
+from services.trainer.ddpo.run import publish_boigsd, read_evaluation, train_boigsd
 from services.trainer.ddpo.state import checkpoints, read_metrics
 from tests.unit.trainer.ddpo.test_ddpo_train import TASKS, brightness, load
 
@@ -72,6 +72,11 @@ def test_a_killed_run_resumes_and_ends_with_the_same_weights(
         assert torch.equal(ours[name], theirs[name]), name
     assert [p.name for p in checkpoints(interrupted)] == ["epoch-2", "epoch-3"]
     assert read_metrics(interrupted) == resumed.history
+    # Judged on fixed prompts and seeds before training and at the end, the same both ways.
+    evaluations = read_evaluation(interrupted)
+    assert [row["epoch"] for row in evaluations] == [0, 3]
+    assert evaluations == read_evaluation(tmp_path / "straight")
+    assert set(evaluations[0]["tasks"]) == {task.key for task in TASKS}
 
 
 def test_a_checkpoint_of_other_hyper_parameters_is_refused(

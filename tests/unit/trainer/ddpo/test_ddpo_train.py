@@ -114,3 +114,15 @@ def test_a_job_samples_with_the_guidance_its_model_folder_recommends(tiny_sd_dir
         (tiny_sd_dir / "boig_sampling.json").unlink()
     with pytest.raises(ValidationError):
         BoigsdJob(preset="huge")
+
+
+def test_evaluation_draws_the_same_images_until_the_policy_changes(tiny_sd_dir: Path) -> None:
+    pipe = load(tiny_sd_dir)
+    trainer = DdpoTrainer(
+        pipe, preset("tiny", learning_rate=1e-1, clip_range=1.0), InProcessReward(brightness)
+    )
+    before = trainer.evaluate(TASKS, seeds=[7, 8])
+    assert before.shape == (len(TASKS) * 2,)
+    np.testing.assert_array_equal(trainer.evaluate(TASKS, seeds=[7, 8]), before)
+    trainer.run_epoch(TASKS)
+    assert not np.array_equal(trainer.evaluate(TASKS, seeds=[7, 8]), before)
