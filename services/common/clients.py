@@ -6,6 +6,9 @@ typed exception (``error_from_payload``) and turns transport failures into Upstr
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Self, TypeVar
 
 import httpx
@@ -25,10 +28,11 @@ from services.common.contracts import (
     ScoreResponse,
     Verbalization,
 )
-from services.common.errors import UpstreamError, error_from_payload
+from services.common.errors import Overloaded, UpstreamError, error_from_payload
 from services.common.logging import request_id_var
 
 ResponseT = TypeVar("ResponseT", bound=BaseModel)
+logger = logging.getLogger(__name__)
 
 
 KEEPALIVE_EXPIRY_SECONDS = 4.0
@@ -151,3 +155,25 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if seconds is not None and seconds >= 0 else None
+
+
+async def call_with_retries(
+    call: Callable[[], Awaitable[ResponseT]],
+    *,
+    retries: int,
+    what: str,
+    max_wait: float = 60.0,
+) -> ResponseT:
+    """``call()``, again after an overloaded or unreachable upstream, ``retries`` times at
+    most: after the upstream's Retry-After, else an exponential backoff (``max_wait`` at
+    most). For batch clients (training, evaluation) that can wait; request paths fail fast."""
+    for attempt in range(retries + 1):
+        try:
+            return await call()
+        except (Overloaded, UpstreamError) as exc:
+            if attempt == retries:
+                raise
+            wait = min(max_wait, exc.retry_after or 2.0**attempt)
+            logger.warning("%s: %s; retrying in %.0f s", what, exc.message, wait)
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable")

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from services.common.clients import ScorerClient
+from services.common.clients import ScorerClient, call_with_retries
 from services.common.contracts import Creative, KpiLevel, KpiTarget, RewardName, ScoreRequest
-from services.common.errors import Overloaded, UpstreamError
 from services.trainer.ddpo.tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -112,16 +111,9 @@ class ScorerReward:
             reward=self._reward,
             creatives=[Creative(id=f"i{i}", image_base64=pngs[i]) for i in indices],
         )
-        for attempt in range(self._retries + 1):
-            try:
-                response = await self._client.score(request)
-                break
-            except (Overloaded, UpstreamError) as exc:
-                if attempt == self._retries:
-                    raise
-                wait = exc.retry_after or min(30.0, 2.0**attempt)
-                logger.warning("scorer: %s; retrying in %.0f s", exc.message, wait)
-                await asyncio.sleep(wait)
+        response = await call_with_retries(
+            lambda: self._client.score(request), retries=self._retries, what="scorer"
+        )
         totals = {result.id: result.total for result in response.results}
         return [totals[f"i{i}"] for i in indices]
 

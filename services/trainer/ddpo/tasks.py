@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.clients import DescriberClient
+from services.common.clients import DescriberClient, call_with_retries
 from services.common.contracts import Context, KpiLevel, KpiTarget
 from services.common.image_prompts import TokenCounter, estimate_clip_tokens, render_prompt
 from services.trainer.finetune.data import resolve_dataset_dir
@@ -63,13 +63,18 @@ async def build_tasks(
     kpi_name: str = "likes",
     count_tokens: TokenCounter = estimate_clip_tokens,
     concurrency: int = 4,
+    retries: int = 20,
 ) -> list[Task]:
-    """A task per context: the prompt rendered from BoigLLM's description at ``level``."""
+    """A task per context: the prompt rendered from BoigLLM's description at ``level``. A
+    busy describer's 503s are waited out (its Retry-After), ``retries`` times per context."""
     gate = asyncio.Semaphore(concurrency)
+    target = KpiTarget(name=kpi_name, level=level)
 
     async def one(index: int, context: Context) -> Task:
         async with gate:
-            described = await describer.describe(context, KpiTarget(name=kpi_name, level=level))
+            described = await call_with_retries(
+                lambda: describer.describe(context, target), retries=retries, what="describer"
+            )
         prompt = render_prompt(described.verbalization, context, count_tokens=count_tokens)
         return Task(key=f"{context.account}-{index}", prompt=prompt, context=context)
 

@@ -142,9 +142,13 @@ def test_training_contexts_cover_every_account_and_never_the_test_split(tmp_path
 async def test_tasks_take_their_prompt_from_the_high_level_description() -> None:
     app = create_service_app(service="describer", version="0", max_body_bytes=1 << 20)
     asked: list[DescribeRequest] = []
+    busy = [1]  # the first answer is a 503: the task waits it out
 
     @app.post("/describe")
     async def describe(request: DescribeRequest) -> DescribeResponse:
+        if busy[0]:
+            busy[0] -= 1
+            raise Overloaded("busy", retry_after=0.01)
         asked.append(request)
         swatch = ColorSwatch(name="teal", rgb=(0, 128, 128), coverage=0.8)
         return DescribeResponse(
