@@ -301,6 +301,7 @@ def train_sd(
         typer.echo(f"queued training run {run_id}; follow it with `boig runs show {run_id}`")
         return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per reward request
     boigsd_recipe.train(job, model=model)
 
 
