@@ -367,10 +367,14 @@ def _run_line(run: TrainingRun) -> str:
 @app.command("prune")
 def prune(
     checkpoints_keep: Annotated[
-        int, typer.Option(min=1, help="Versions kept per checkpoint (besides the current one).")
+        int,
+        typer.Option(
+            min=1, help="Newest versions kept per checkpoint (plus the current one if older)."
+        ),
     ] = 5,
     datasets_keep: Annotated[
-        int, typer.Option(min=1, help="Versions kept per dataset (besides `latest`).")
+        int,
+        typer.Option(min=1, help="Newest versions kept per dataset (plus `latest` if older)."),
     ] = 3,
 ) -> None:
     """Delete old checkpoint and dataset versions under BOIG_HOME, never those in use.

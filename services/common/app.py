@@ -69,7 +69,8 @@ def create_service_app(
 
 
 class _CachedReadiness:
-    """A readiness check run at most once per ``ttl`` seconds, whoever asks.
+    """A readiness check run at most once per ``ttl`` seconds, whoever asks (with ttl 0,
+    concurrent probes run their checks one after another).
 
     /health is unauthenticated and probed often (orchestrators, load balancers, anyone):
     without this, each hit would reach the database and every upstream.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Self, TypeVar
 
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 
 KEEPALIVE_EXPIRY_SECONDS = 4.0
+MAX_RETRY_AFTER_SECONDS = 3600.0
+"""An upstream's Retry-After is passed on, at most this long (and never inf or NaN)."""
 
 
 class ServiceClient:
@@ -154,7 +157,9 @@ def _retry_after(value: str | None) -> float | None:
         seconds = float(value) if value is not None else None
     except ValueError:
         return None
-    return seconds if seconds is not None and seconds >= 0 else None
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER_SECONDS)
 
 
 async def call_with_retries(

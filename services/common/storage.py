@@ -44,10 +44,10 @@ class LocalArtifactStore:
         digest = hashlib.sha256(data).hexdigest()
         key = f"{namespace}/{digest}{suffix}"
         path = self._path(key)
-        if path.exists():
+        try:
             # Same bytes stored again: a fresh mtime tells retention that it is in use again.
             os.utime(path)
-        else:
+        except FileNotFoundError:  # new, or deleted by retention a moment ago: write it
             path.parent.mkdir(parents=True, exist_ok=True)
             # Write beside the target and rename, so a reader never sees half a file.
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")

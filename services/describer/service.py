@@ -6,6 +6,7 @@ and single-flight for identical concurrent requests. No FastAPI here.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import logging
@@ -54,9 +55,15 @@ logger = logging.getLogger(__name__)
 
 SERVICE = "describer"
 OVERLOAD_RETRY_AFTER_SECONDS = 2.0
-REQUEST_SECONDS_SMOOTHING = 0.3
-"""Weight of the newest model call in the moving average of seconds per request."""
 """Retry-After of an overloaded answer: about one describe on a CPU."""
+CALL_SECONDS_SMOOTHING = 0.3
+"""Weight of the newest model call in the moving average of a call's seconds."""
+
+_inside_model_work: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "inside_model_work", default=False
+)
+"""Set inside admitted work: what it starts in turn (best-of's likelihood) is not admitted
+again, or it could be refused after its own first half was done."""
 
 T = TypeVar("T")
 
@@ -150,7 +157,7 @@ class Describer:
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waiters: dict[asyncio.Task[Any], int] = {}
-        self._seconds_per_request: float | None = None
+        self._seconds_per_call: float | None = None
         self._history = HistoryReader(settings.history_path)
         self._describe_queue: MicroBatcher[DescribeJob, tuple[str, ModelInfo]] = MicroBatcher(
             self._describe_batch, max_batch=settings.describe_batch_size
@@ -215,7 +222,6 @@ class Describer:
             self._generate_descriptions,
             jobs,
             self._settings.temperature,
-            requests=len(jobs),
         )
         return [(raw, info) for raw in raws]
 
@@ -551,17 +557,21 @@ class Describer:
         this one waiting longer than ``max_queue_wait_seconds``: a quick 503 with a
         Retry-After beats an answer that arrives after the caller has timed out."""
         pending = len(self._tasks)
-        if pending >= self._settings.max_pending_requests:
+        if _inside_model_work.get():
+            pass  # part of work already admitted
+        elif pending >= self._settings.max_pending_requests:
             raise Overloaded(
                 f"the describer has {pending} requests waiting for the model; retry shortly",
                 retry_after=OVERLOAD_RETRY_AFTER_SECONDS,
             )
-        limit = self._settings.max_queue_wait_seconds
-        if self._seconds_per_request is not None:
-            # Until this work is answered: what is ahead of it and its own share. Work that
-            # finds the queue empty always runs, however slow the model has been.
-            expected = (pending + 1) * self._seconds_per_request
-            if pending and expected > limit:
+        elif pending and self._seconds_per_call is not None:
+            # Until this work is answered: the model calls ahead of it and its own, with up
+            # to describe_batch_size requests decoded per call. Work that finds the queue
+            # empty always runs, however slow the model has been.
+            limit = self._settings.max_queue_wait_seconds
+            calls = math.ceil((pending + 1) / self._settings.describe_batch_size)
+            expected = calls * self._seconds_per_call
+            if expected > limit:
                 raise Overloaded(
                     f"the describer's queue would keep this request about {expected:.0f} s "
                     f"(the limit is {limit:.0f} s); retry later",
@@ -569,6 +579,7 @@ class Describer:
                 )
 
         async def run() -> T:
+            _inside_model_work.set(True)
             return await compute()
 
         task = asyncio.create_task(run())
@@ -582,13 +593,13 @@ class Describer:
         self._tasks.discard(task)
         metrics.PENDING_REQUESTS.labels(SERVICE).set(len(self._tasks))
 
-    def _observe_request_seconds(self, seconds: float) -> None:
-        """A moving average of the model time one request costs (a batch's time shared)."""
-        previous = self._seconds_per_request
-        self._seconds_per_request = (
+    def _observe_call_seconds(self, seconds: float) -> None:
+        """A moving average of one model call's time (a batch of requests, or one)."""
+        previous = self._seconds_per_call
+        self._seconds_per_call = (
             seconds
             if previous is None
-            else previous + REQUEST_SECONDS_SMOOTHING * (seconds - previous)
+            else previous + CALL_SECONDS_SMOOTHING * (seconds - previous)
         )
 
     def _settle(self, key: str, task: asyncio.Task[Any], version: str) -> None:
@@ -605,11 +616,10 @@ class Describer:
                 self._cache.put(key, result)
 
     async def _run_model(
-        self, operation: str, call: Callable[..., T], *args: Any, requests: int = 1
+        self, operation: str, call: Callable[..., T], *args: Any
     ) -> tuple[T, ModelInfo]:
         """``call``'s result and the model that produced it (read under the lock: a hot reload
-        may swap the backend as soon as the lock is free). ``requests``: how many requests
-        the call answers, for the estimate of each one's share of the model's time."""
+        may swap the backend as soon as the lock is free)."""
         queued = time.perf_counter()
         async with self._model_lock:
             started = time.perf_counter()
@@ -626,7 +636,7 @@ class Describer:
                 ) from exc
             finally:
                 elapsed = time.perf_counter() - started
-                self._observe_request_seconds(elapsed / max(1, requests))
+                self._observe_call_seconds(elapsed)
                 metrics.MODEL_SECONDS.labels(SERVICE, operation).observe(elapsed)
                 logger.info(
                     "%s model call: %.0f ms queued, %.0f ms compute",

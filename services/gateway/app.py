@@ -178,6 +178,13 @@ def create_app(
         settings.auth_failure_limit,
         counters,
         kind="auth_failures",
+        subject="failed authentications from this address with this key",
+        **limiter_options,
+    )
+    app.state.auth_failure_address_limiter = KeyRateLimiter(
+        settings.auth_failure_address_limit,
+        counters,
+        kind="auth_failures_per_address",
         subject="failed authentications from this address",
         **limiter_options,
     )

@@ -31,6 +31,7 @@ from services.gateway.auth import (
     api_key_header_scheme,
     bearer_scheme,
     require_api_key,
+    split_key,
 )
 
 logger = logging.getLogger(__name__)
@@ -144,15 +145,25 @@ def authenticate(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     header_key: Annotated[str | None, Depends(api_key_header_scheme)],
 ) -> ApiKeyInfo:
-    """Authenticate the caller, refusing an address with too many recent failed attempts
-    before its key is even looked up. Sync on purpose: FastAPI runs it in a worker thread."""
-    failures: KeyRateLimiter = request.app.state.auth_failure_limiter
+    """Authenticate the caller, refusing before any lookup a client address that failed too
+    often: per (address, key prefix), so that guessing one key's secret stops without locking
+    out the address's other users, and, more loosely, per address alone, so that guessing
+    across prefixes stops too. Sync on purpose: FastAPI runs it in a worker thread."""
     address = client_address(request)
-    failures.check_without_counting(address)
+    presented = bearer.credentials if bearer is not None else header_key
+    parts = split_key(presented.strip()) if presented else None
+    prefix = parts[0] if parts is not None else "-"
+    limits = [
+        (request.app.state.auth_failure_limiter, f"{address}|{prefix}"),
+        (request.app.state.auth_failure_address_limiter, address),
+    ]
+    for limiter, identity in limits:
+        limiter.check_without_counting(identity)
     try:
         return require_api_key(request, bearer, header_key)
     except Unauthorized:
-        failures.count(address)
+        for limiter, identity in limits:
+            limiter.count(identity)
         raise
 
 

@@ -99,10 +99,19 @@ class GatewaySettings(ServiceSettings):
     auth_failure_limit: str = Field(
         default="20/minute",
         description=(
-            "Failed authentications allowed per client address, in the `limits` notation; "
-            "beyond it the address gets 429 before its key is looked up. Behind a proxy the "
-            "address comes from X-Forwarded-For only for proxies listed in uvicorn's "
+            "Failed authentications allowed per client address and key prefix, in the "
+            "`limits` notation; beyond it that address gets 429 for that prefix before the "
+            "key is looked up (its other users' keys still work). Behind a proxy the address "
+            "comes from X-Forwarded-For only for proxies listed in uvicorn's "
             "FORWARDED_ALLOW_IPS."
+        ),
+    )
+    auth_failure_address_limit: str = Field(
+        default="200/minute",
+        description=(
+            "Failed authentications allowed per client address whatever the prefix: beyond "
+            "it every key from that address gets 429 for the rest of the window (guessing "
+            "across prefixes). Keep it well above auth_failure_limit."
         ),
     )
     rate_limit_fail_open: bool = Field(
@@ -132,7 +141,9 @@ class GatewaySettings(ServiceSettings):
         description="Size, pixel and format limits applied to every creative before forwarding.",
     )
 
-    @field_validator("rate_limit", "poll_rate_limit", "auth_failure_limit")
+    @field_validator(
+        "rate_limit", "poll_rate_limit", "auth_failure_limit", "auth_failure_address_limit"
+    )
     @classmethod
     def _parseable_limit(cls, value: str) -> str:
         try:

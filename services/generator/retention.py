@@ -3,7 +3,7 @@
 Rows go first and files after their commit, so an image row never points at a missing file;
 a crash in between leaves files nobody refers to, which the next pass does not see (they
 cost disk, never correctness). Images are content-addressed, so a file another job still
-uses, or stored again since the pass began, stays.
+uses, or stored within the last hour, stays.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from services.common.jobs import JobStore
 from services.common.storage import ArtifactStore
 
 logger = logging.getLogger(__name__)
+
+RECENT_WRITE_GRACE = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,14 @@ class JobRetention:
         keep_for: timedelta,
         every: float,
         batch: int = 500,
+        max_batches: int = 20,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
         self._keep_for = keep_for
         self._every = every
         self._batch = batch
+        self._max_batches = max_batches
         self._next_run = 0.0
 
     def run_if_due(self) -> RetentionReport | None:
@@ -55,12 +59,17 @@ class JobRetention:
         """Delete every finished job that ended more than ``keep_for`` before ``now``."""
         started = now or datetime.now(UTC)
         cutoff = started - self._keep_for
+        # A file stored within the hour may belong to a job whose image row is not committed
+        # yet (same bytes, same content address): it stays until a later pass.
+        fresh_since = started - RECENT_WRITE_GRACE
         jobs = files = 0
-        while True:
+        # At most max_batches per pass: a first pass over a long backlog must not hold up the
+        # sweeper's other duties (re-sending lost tasks) for long.
+        for _ in range(self._max_batches):
             purged = self._store.purge_finished(finished_before=cutoff, limit=self._batch)
             jobs += len(purged.job_ids)
             for key in purged.artifact_keys:
-                files += self._artifacts.delete(key, unless_written_since=started)
+                files += self._artifacts.delete(key, unless_written_since=fresh_since)
             if len(purged.job_ids) < self._batch:
                 break
         if jobs:

@@ -24,8 +24,15 @@ console = Console(stderr=True)
 
 
 def run_dir(paths: llm_recipe.LlmPaths, job: BoigsdJob, model: Path) -> Path:
-    """One folder per world, model weights, preset and reward: an interrupted run resumes."""
-    name = f"boigsd-{paths.world.name}-{folder_version(model)[:8]}-{job.preset}-{job.reward}"
+    """One folder per world, model weights and job (but its epochs): an interrupted run
+    resumes, and one started again with more epochs continues."""
+    guidance = "auto" if job.guidance_scale is None else f"g{job.guidance_scale:g}"
+    name = "-".join(
+        [
+            f"boigsd-{paths.world.name}-{folder_version(model)[:8]}",
+            f"{job.preset}-{job.reward}-{job.contexts}ctx-{guidance}-seed{job.seed}",
+        ]
+    )
     return paths.home / "runs" / name
 
 

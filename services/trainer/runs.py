@@ -259,8 +259,12 @@ class TrainingStore:
         return bool(finished == 1)
 
     def runs_to_send(self, *, unpublished_for: float) -> list[str]:
-        """Runs whose task may be missing: queued and not sent for a while, or running under
-        a lease that ran out (their worker died; the next one resumes them)."""
+        """Runs whose task may be missing: queued and never sent though ``unpublished_for``
+        seconds old (the sender died between saving and sending), or running under a lease
+        that ran out (their worker died; the next one resumes them), once per expiry.
+
+        A queued run that was sent stays queued while the workers are busy with others: it
+        is not sent again (its message waits in the broker)."""
         now = utcnow()
         with self._db.session() as session:
             return list(
@@ -269,13 +273,8 @@ class TrainingStore:
                         TrainingRunRow.cancel_requested.is_(False),
                         (
                             (TrainingRunRow.state == RunState.QUEUED.value)
-                            & (
-                                TrainingRunRow.published_at.is_(None)
-                                | (
-                                    TrainingRunRow.published_at
-                                    < now - timedelta(seconds=unpublished_for)
-                                )
-                            )
+                            & TrainingRunRow.published_at.is_(None)
+                            & (TrainingRunRow.created_at < now - timedelta(seconds=unpublished_for))
                         )
                         | (
                             (TrainingRunRow.state == RunState.RUNNING.value)

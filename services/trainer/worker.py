@@ -31,7 +31,13 @@ from services.common.queue import (
     create_celery_app,
     send_training_task,
 )
-from services.trainer.ddpo.job import BoigsdJob, BoigsdOutcome, Services, run_boigsd_job
+from services.trainer.ddpo.job import (
+    BoigsdJob,
+    BoigsdOutcome,
+    Services,
+    config_for,
+    run_boigsd_job,
+)
 from services.trainer.ddpo.train import EpochStats
 from services.trainer.runs import RunLease, TrainingStore
 from services.trainer.settings import TrainerSettings
@@ -110,19 +116,29 @@ def execute_run(
         if settings.dataset_dir is None:
             raise BoigError("BOIG_TRAINER_DATASET_DIR is not set: no training contexts")
 
+        total = config_for(job, settings.model_path).epochs
+        done_before: list[int] = []
+
         def on_epoch(stats: EpochStats) -> None:
-            elapsed = time.monotonic() - started
-            total = job.epochs or stats.epoch
-            progress: dict[str, Any] = {**asdict(stats), "epochs": total}
-            if stats.epoch and total > stats.epoch:
-                progress["eta_seconds"] = elapsed / stats.epoch * (total - stats.epoch)
-            store.report(lease, progress)
             EPOCH.set(stats.epoch)
             REWARD.set(stats.reward_mean)
             KL.set(stats.approx_kl)
             if heartbeat.lost:
                 raise LeaseLost
-            if store.cancel_requested(run_id):
+            # ETA from this attempt's pace (a resumed run's first epoch here is not its first).
+            done_before.append(stats.epoch)
+            progress: dict[str, Any] = {**asdict(stats), "epochs": total}
+            done_here = stats.epoch - done_before[0] + 1
+            if total > stats.epoch:
+                pace = (time.monotonic() - started) / done_here
+                progress["eta_seconds"] = pace * (total - stats.epoch)
+            try:
+                store.report(lease, progress)
+                canceled = store.cancel_requested(run_id)
+            except Exception as exc:  # the database blinked: a long run does not end here
+                logger.warning("run %s: progress not recorded: %s", run_id, exc)
+                return
+            if canceled:
                 raise RunCanceled
 
         outcome = job_runner(

@@ -291,24 +291,34 @@ def test_describe_bodies_beyond_what_a_request_needs_are_413(gw: Gateway) -> Non
 # --- rate limit --------------------------------------------------------------------------
 
 
-def test_an_address_with_too_many_failed_authentications_is_refused_before_lookup(
+def test_guessing_one_key_is_refused_before_lookup_without_locking_out_other_keys(
     sqlite_db: Database,
 ) -> None:
     for gateway in start_gateway(sqlite_db, auth_failure_limit="3/minute"):
         body = {"context": {"account": "a"}}
+        guess = "boig_00000000_guess"
         for _ in range(3):
-            assert_error(
-                gateway.post("/v1/describe", key="boig_00000000_guess", json=body),
-                401,
-                "unauthorized",
-            )
-        refused = gateway.post("/v1/describe", key="boig_00000000_guess", json=body)
+            response = gateway.post("/v1/describe", key=guess, json=body)
+            assert_error(response, 401, "unauthorized")
+        refused = gateway.post("/v1/describe", key=guess, json=body)
         assert "failed authentications" in assert_error(refused, 429, "rate_limited")
         assert 1 <= int(refused.headers["Retry-After"]) <= 60
-        # While the address is locked out, not even a valid key is looked up: guessing stops.
+        # Another key from the same address (another prefix) still works.
+        assert gateway.post("/v1/describe", json=body).status_code == 200
+        assert gateway.client.get("/health").status_code == 200
+
+
+def test_guessing_across_prefixes_locks_out_the_address(sqlite_db: Database) -> None:
+    for gateway in start_gateway(
+        sqlite_db, auth_failure_limit="3/minute", auth_failure_address_limit="5/minute"
+    ):
+        body = {"context": {"account": "a"}}
+        for index in range(5):
+            guess = f"boig_{index:08x}_guess"
+            assert_error(gateway.post("/v1/describe", key=guess, json=body), 401, "unauthorized")
+        # Now every key from this address waits, a valid one included: no lookup at all.
         assert_error(gateway.post("/v1/describe", json=body), 429, "rate_limited")
         assert gateway.upstreams.described == []
-        assert gateway.client.get("/health").status_code == 200
 
 
 def test_successful_authentications_do_not_count_as_failures(sqlite_db: Database) -> None:

@@ -22,6 +22,7 @@ from services.common.checkpoints import (
     VERSIONS_DIR,
     BaseModelRef,
     CheckpointRef,
+    new_version,
 )
 from services.common.clients import DescriberClient
 from services.common.contracts import Context, RewardName
@@ -29,7 +30,7 @@ from services.common.model_folders import folder_version, read_sampling_defaults
 from services.common.torch_device import resolve_device
 from services.trainer.ddpo.config import DdpoConfig, preset
 from services.trainer.ddpo.rewards import ScorerReward
-from services.trainer.ddpo.run import DdpoRun, publish_boigsd, train_boigsd
+from services.trainer.ddpo.run import TASKS_FILE, DdpoRun, publish_boigsd, train_boigsd
 from services.trainer.ddpo.tasks import Task, build_tasks, training_contexts
 from services.trainer.ddpo.train import EpochStats
 from services.trainer.finetune.publish import dataset_ref
@@ -106,9 +107,12 @@ def run_boigsd_job(
     device: str = "auto",
 ) -> BoigsdOutcome:
     config = config_for(job, model)
-    contexts = training_contexts(dataset, limit=job.contexts, seed=job.seed)
-    tasks = asyncio.run(_tasks(services.describer_url, contexts))
-    logger.info("boigsd: %d training contexts; e.g. %r", len(tasks), tasks[0].prompt)
+    if (run_dir / TASKS_FILE).is_file():
+        tasks = []  # a resumed run trains on the prompts it pinned: no describer needed
+    else:
+        contexts = training_contexts(dataset, limit=job.contexts, seed=job.seed)
+        tasks = asyncio.run(_tasks(services.describer_url, contexts))
+        logger.info("boigsd: %d training contexts; e.g. %r", len(tasks), tasks[0].prompt)
     reward = ScorerReward(services.scorer_url, reward=job.reward)
     try:
         run = train_boigsd(
@@ -131,14 +135,17 @@ def run_boigsd_job(
 def _publish_once(
     run: DdpoRun, registry: Path, config: DdpoConfig, model: Path, dataset: Path
 ) -> CheckpointRef:
-    """Publish the run's LoRA, or name the version an earlier attempt of this run published
-    (a worker killed between publishing and recording it must not publish twice)."""
+    """Publish the run's LoRA under a version chosen (and recorded) first, so a run killed
+    anywhere in between, started again, finds its version and never publishes twice."""
     record = run.run_dir / PUBLISHED_FILE
     if record.is_file():
         version = json.loads(record.read_text(encoding="utf-8"))["version"]
-        ref = CheckpointRef(BOIGSD_CHECKPOINT, version, _version_dir(registry, version))
-        if ref.path.is_dir():
-            return ref
+    else:
+        version = new_version()
+        record.write_text(json.dumps({"version": version}) + "\n", encoding="utf-8")
+    ref = CheckpointRef(BOIGSD_CHECKPOINT, version, _version_dir(registry, version))
+    if ref.path.is_dir():
+        return ref  # published before the kill; the pointer moved with it
     ref = publish_boigsd(
         run,
         registry,
@@ -146,8 +153,8 @@ def _publish_once(
         config=config,
         base_model=BaseModelRef(name=model.name, version=folder_version(model)),
         data=dataset_ref(dataset),
+        version=version,
     )
-    record.write_text(json.dumps({"version": ref.version}) + "\n", encoding="utf-8")
     logger.info("boigsd: published %s to %s", ref.version, registry)
     return ref
 

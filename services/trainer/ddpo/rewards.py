@@ -126,7 +126,7 @@ async def _make_client(
 
 
 def _png_base64(image: torch.Tensor) -> str:
-    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")

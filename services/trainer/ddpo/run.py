@@ -105,8 +105,10 @@ def publish_boigsd(
     config: DdpoConfig,
     base_model: BaseModelRef,
     data: DatasetRef,
+    version: str | None = None,
 ) -> CheckpointRef:
-    """The run's LoRA as a new registry version, the pointer moved once it is complete."""
+    """The run's LoRA as a new registry version (``version``, else a new one), the pointer
+    moved once it is complete."""
     last = run.history[-1] if run.history else {}
     metrics: dict[str, float] = {
         key: float(last[key]) for key in ("reward_mean", "reward_std", "approx_kl") if key in last
@@ -122,6 +124,7 @@ def publish_boigsd(
         data=data,
         hyperparameters=config.hyperparameters(),
         metrics=metrics,
+        version=version,
     )
 
 

@@ -70,7 +70,8 @@ def load_checkpoint(trainer: DdpoTrainer, checkpoint: Path) -> None:
     state: dict[str, Any] = json.loads((checkpoint / _STATE_FILE).read_text(encoding="utf-8"))
     if state.get("format") != STATE_FORMAT:
         raise ValueError(f"{checkpoint}: unsupported DDPO state format {state.get('format')}")
-    if state["config"] != trainer.config.hyperparameters():
+    # The number of epochs may change: a finished run can be extended, a long one cut short.
+    if _without_epochs(state["config"]) != _without_epochs(trainer.config.hyperparameters()):
         raise ValueError(
             f"{checkpoint} was written with other hyper-parameters; start a new run folder"
         )
@@ -86,6 +87,10 @@ def load_checkpoint(trainer: DdpoTrainer, checkpoint: Path) -> None:
     trainer.epoch = int(state["epoch"])
     trainer.restore_rng(state["rng"])
     trainer.advantages.restore(state["advantages"])
+
+
+def _without_epochs(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key != "epochs"}
 
 
 def append_metrics(run_dir: Path, stats: EpochStats) -> None:

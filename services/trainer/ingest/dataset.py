@@ -241,7 +241,8 @@ def _publish(staging: Path, out: Path) -> Path:
 def prune_dataset_versions(out: Path, *, keep: int) -> list[str]:
     """Delete all but the ``keep`` newest ``v<N>`` folders of ``out``, never the one ``latest``
     names; returns the names deleted, oldest first. Checkpoints record a dataset's hash, not
-    its folder, so nothing served needs an old version."""
+    its folder, so nothing served needs an old version; do not prune while a training run
+    reads one that is neither ``latest`` nor among the newest."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
     pointer = out / LATEST

@@ -46,3 +46,24 @@ def test_a_service_passes_the_retry_after_on_to_its_own_caller() -> None:
 
     response = TestClient(middle).get("/work")
     assert response.status_code == 503 and response.headers["Retry-After"] == "8"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("7", 7.0),
+        ("0", 0.0),
+        ("inf", None),
+        ("nan", None),
+        ("-3", None),
+        ("soon", None),
+        ("1e9", 3600.0),
+        (None, None),
+    ],
+)
+def test_retry_after_headers_are_finite_and_bounded(
+    header: str | None, expected: float | None
+) -> None:
+    from services.common.clients import _retry_after
+
+    assert _retry_after(header) == expected

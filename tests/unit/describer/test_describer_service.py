@@ -431,10 +431,11 @@ async def test_work_that_would_wait_past_the_limit_is_refused_at_once(
     fake_backend: Any, context: Context
 ) -> None:
     backend = fake_backend()
-    settings = make_settings(palette_samples=1, max_queue_wait_seconds=0.5)
+    # One request per model call, so the estimate is simply (pending + 1) calls.
+    settings = make_settings(palette_samples=1, max_queue_wait_seconds=0.5, describe_batch_size=1)
     describer = Describer(backend, settings)
     backend.on_call = lambda: threading.Event().wait(0.2 / len(prompts.DESCRIBE_FIELDS))
-    await describer.describe(context=context, target=KpiTarget(name="warm"))  # ~0.2 s a request
+    await describer.describe(context=context, target=KpiTarget(name="warm"))  # ~0.2 s a call
     release = threading.Event()
     backend.on_call = lambda: release.wait(5)
 
@@ -452,8 +453,19 @@ async def test_work_that_would_wait_past_the_limit_is_refused_at_once(
     await asyncio.gather(*admitted)
     assert counter("boig_model_pending_requests", service="describer") == 0
     # However slow the model has been, work that finds the queue empty runs.
-    describer._observe_request_seconds(1000.0)
+    describer._observe_call_seconds(1000.0)
     assert (await describer.describe(context=context, target=KpiTarget(name="e"))).verbalization
+
+
+async def test_best_of_is_admitted_once_not_again_for_its_own_rating(
+    fake_backend: Any, context: Context
+) -> None:
+    # Its likelihood call runs inside admitted work: with room for one computation, a second
+    # admission would refuse the describe after its sampling was done.
+    settings = make_settings(palette_samples=1, describe_candidates=2, max_pending_requests=1)
+    describer = Describer(fake_backend(), settings)
+    response = await describer.describe(context=context, target=KpiTarget())
+    assert response.verbalization.colors
 
 
 async def test_sampled_descriptions_are_not_cached(fake_backend: Any, context: Context) -> None:

@@ -79,6 +79,8 @@ def test_old_finished_jobs_go_with_their_images_and_files(
     )
     for job_id in (old, shared):
         age(database, job_id, days=40)
+    for path in (tmp_path / "artifacts").rglob("*.png"):
+        os.utime(path, (0, 0))  # written long ago (files written within the hour stay)
     old_files = [image.artifact_key for image in store.images(old)]
     kept_files = [image.artifact_key for image in store.images(keeper)]
 
@@ -104,6 +106,17 @@ def test_old_finished_jobs_go_with_their_images_and_files(
     )
     assert created
     assert retention.run().jobs == 0
+
+
+def test_a_file_written_within_the_hour_stays(database: Database, tmp_path: Path) -> None:
+    # Its image row may not be committed yet: another job stored the same bytes just now.
+    store, artifacts = JobStore(database), LocalArtifactStore(tmp_path / "artifacts")
+    old = finished_job(store, artifacts, [b"just-written"])
+    age(database, old, days=40)
+    key = store.images(old)[0].artifact_key
+    report = JobRetention(store, artifacts, keep_for=30 * DAY, every=3600).run()
+    assert (report.jobs, report.files) == (1, 0)
+    assert artifacts.exists(key)
 
 
 def test_a_file_stored_again_during_the_pass_stays(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +156,13 @@ def test_the_sweeper_sends_unsent_and_orphaned_runs(
     time.sleep(0.05)
     with database.session() as session:  # the unsent run has waited past the grace period
         session.execute(
-            update(TrainingRunRow).where(TrainingRunRow.id == unsent.id).values(created_at=utcnow())
+            update(TrainingRunRow)
+            .where(TrainingRunRow.id == unsent.id)
+            .values(created_at=utcnow() - timedelta(hours=2))
         )
     sweeper = Sweeper(celery, store, settings(tmp_path, unpublished_grace_seconds=3600))
     assert sorted(sweeper.sweep()) == sorted([unsent.id, orphan.id])
     assert sorted(drain_queue(celery, TRAIN_QUEUE)) == sorted([unsent.id, orphan.id])
     assert sweeper.sweep() == []
+    # Sent and still queued behind a busy worker: not sent again.
+    assert store.runs_to_send(unpublished_for=0) == []
