@@ -38,8 +38,9 @@ def transport(app: FastAPI) -> httpx.ASGITransport:
 async def gateway(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
-    # In a thread: a first run ingests the world, which runs an event loop of its own.
-    await asyncio.to_thread(prepare_all, world_sd=False, log=False)
+    # The base SmolLM2 (or a published BoigLLM, if one is there): the flow, not the model.
+    # In a thread: preparing models may run an event loop of its own.
+    await asyncio.to_thread(prepare_all, world_sd=False, boigllm=False, log=False)
     featurizer_app, describer_app = create_featurizer(), create_describer()
     async with AsyncExitStack() as stack:
         # ASGITransport runs no lifespan, so start each app's models here as a server would.

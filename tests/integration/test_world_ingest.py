@@ -17,7 +17,7 @@ from services.trainer.world.generate import generate_world
 
 
 async def test_world_to_instruction_dataset(tmp_path: Path) -> None:
-    prepare_all(world_sd=False, log=False)
+    prepare_all(world_sd=False, boigllm=False, log=False)
     world = tmp_path / "world"
     generate_world(world, seed=7, posts_per_brand=12, years=3)
     app = create_featurizer()
