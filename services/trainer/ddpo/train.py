@@ -118,8 +118,9 @@ class DdpoTrainer:
         self.pipe.unet.eval()
         batches, chosen, pending = [], [], []
         for _ in range(config.sample_batches):
-            indices = self._rng.integers(0, len(tasks), config.sample_batch_size)
-            picked = [tasks[int(i)] for i in indices]
+            prompts = config.sample_batch_size // config.images_per_prompt
+            indices = self._rng.integers(0, len(tasks), prompts)
+            picked = [tasks[int(i)] for i in indices for _ in range(config.images_per_prompt)]
             seeds = [int(s) for s in self._rng.integers(0, 2**31 - 1, config.sample_batch_size)]
             batch = sample_trajectories(
                 self.pipe,

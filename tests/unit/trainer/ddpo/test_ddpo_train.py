@@ -90,11 +90,32 @@ def test_an_epoch_updates_only_the_lora_and_reports_its_statistics(tiny_sd_dir: 
             assert torch.equal(parameter, base[original]), name  # the base UNet stays frozen
 
 
+def test_several_images_per_prompt_are_drawn_and_judged_among_siblings(
+    tiny_sd_dir: Path,
+) -> None:
+    config = preset("tiny", images_per_prompt=2, per_prompt_min_count=2)
+
+    def ordinal(images: torch.Tensor, tasks: Sequence[Task]) -> np.ndarray:
+        return np.arange(len(tasks), dtype=np.float64)  # every image scored apart
+
+    trainer = DdpoTrainer(load(tiny_sd_dir), config, InProcessReward(ordinal))
+    drawn, rewards = trainer.sample(TASKS)
+    keys = [task.key for task in drawn.tasks]
+    assert keys[0] == keys[1] and keys[2] == keys[3]  # two prompts, two images each
+    advantages = trainer.advantages(keys, rewards)
+    # Each prompt's images are standardised among themselves: mean 0 and spread 1 per prompt.
+    for key in set(keys):
+        mine = advantages[[k == key for k in keys]]
+        assert abs(mine.mean()) < 1e-6 and mine.std() == pytest.approx(1, abs=1e-3)
+
+
 def test_configurations_that_cannot_work_are_refused() -> None:
     with pytest.raises(ValueError, match="eta"):
         DdpoConfig(eta=0.0)
     with pytest.raises(ValueError, match="train_batch_size"):
         DdpoConfig(sample_batch_size=3, sample_batches=1, train_batch_size=2)
+    with pytest.raises(ValueError, match="images_per_prompt"):
+        DdpoConfig(sample_batch_size=8, images_per_prompt=3)
     with pytest.raises(ValueError, match="unknown DDPO preset"):
         preset("huge")
     assert preset("cpu").trained_steps == 10
