@@ -56,8 +56,8 @@ logger = logging.getLogger(__name__)
 SERVICE = "describer"
 OVERLOAD_RETRY_AFTER_SECONDS = 2.0
 """Retry-After of an overloaded answer: about one describe on a CPU."""
-CALL_SECONDS_SMOOTHING = 0.3
-"""Weight of the newest model call in the moving average of a call's seconds."""
+REQUEST_SECONDS_SMOOTHING = 0.3
+"""Weight of the newest model call in the moving average of seconds per request."""
 
 _inside_model_work: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "inside_model_work", default=False
@@ -157,7 +157,7 @@ class Describer:
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waiters: dict[asyncio.Task[Any], int] = {}
-        self._seconds_per_call: float | None = None
+        self._seconds_per_request: float | None = None
         self._history = HistoryReader(settings.history_path)
         self._describe_queue: MicroBatcher[DescribeJob, tuple[str, ModelInfo]] = MicroBatcher(
             self._describe_batch, max_batch=settings.describe_batch_size
@@ -222,6 +222,7 @@ class Describer:
             self._generate_descriptions,
             jobs,
             self._settings.temperature,
+            requests=len(jobs),
         )
         return [(raw, info) for raw in raws]
 
@@ -564,13 +565,13 @@ class Describer:
                 f"the describer has {pending} requests waiting for the model; retry shortly",
                 retry_after=OVERLOAD_RETRY_AFTER_SECONDS,
             )
-        elif pending and self._seconds_per_call is not None:
-            # Until this work is answered: the model calls ahead of it and its own, with up
-            # to describe_batch_size requests decoded per call. Work that finds the queue
+        elif pending and self._seconds_per_request is not None:
+            # Until this work is answered: the requests ahead of it and its own, at the
+            # model's recent time per request (a batch's time shared by its requests; on a
+            # CPU, 8 rows take ~3x one row's time, not the same). Work that finds the queue
             # empty always runs, however slow the model has been.
             limit = self._settings.max_queue_wait_seconds
-            calls = math.ceil((pending + 1) / self._settings.describe_batch_size)
-            expected = calls * self._seconds_per_call
+            expected = (pending + 1) * self._seconds_per_request
             if expected > limit:
                 raise Overloaded(
                     f"the describer's queue would keep this request about {expected:.0f} s "
@@ -593,13 +594,13 @@ class Describer:
         self._tasks.discard(task)
         metrics.PENDING_REQUESTS.labels(SERVICE).set(len(self._tasks))
 
-    def _observe_call_seconds(self, seconds: float) -> None:
-        """A moving average of one model call's time (a batch of requests, or one)."""
-        previous = self._seconds_per_call
-        self._seconds_per_call = (
+    def _observe_request_seconds(self, seconds: float) -> None:
+        """A moving average of the model time one request costs (a batch's time shared)."""
+        previous = self._seconds_per_request
+        self._seconds_per_request = (
             seconds
             if previous is None
-            else previous + CALL_SECONDS_SMOOTHING * (seconds - previous)
+            else previous + REQUEST_SECONDS_SMOOTHING * (seconds - previous)
         )
 
     def _settle(self, key: str, task: asyncio.Task[Any], version: str) -> None:
@@ -616,10 +617,11 @@ class Describer:
                 self._cache.put(key, result)
 
     async def _run_model(
-        self, operation: str, call: Callable[..., T], *args: Any
+        self, operation: str, call: Callable[..., T], *args: Any, requests: int = 1
     ) -> tuple[T, ModelInfo]:
         """``call``'s result and the model that produced it (read under the lock: a hot reload
-        may swap the backend as soon as the lock is free)."""
+        may swap the backend as soon as the lock is free). ``requests``: how many requests
+        the call answers, for the estimate of each one's share of the model's time."""
         queued = time.perf_counter()
         async with self._model_lock:
             started = time.perf_counter()
@@ -636,7 +638,7 @@ class Describer:
                 ) from exc
             finally:
                 elapsed = time.perf_counter() - started
-                self._observe_call_seconds(elapsed)
+                self._observe_request_seconds(elapsed / max(1, requests))
                 metrics.MODEL_SECONDS.labels(SERVICE, operation).observe(elapsed)
                 logger.info(
                     "%s model call: %.0f ms queued, %.0f ms compute",

@@ -431,11 +431,10 @@ async def test_work_that_would_wait_past_the_limit_is_refused_at_once(
     fake_backend: Any, context: Context
 ) -> None:
     backend = fake_backend()
-    # One request per model call, so the estimate is simply (pending + 1) calls.
-    settings = make_settings(palette_samples=1, max_queue_wait_seconds=0.5, describe_batch_size=1)
+    settings = make_settings(palette_samples=1, max_queue_wait_seconds=0.5)
     describer = Describer(backend, settings)
     backend.on_call = lambda: threading.Event().wait(0.2 / len(prompts.DESCRIBE_FIELDS))
-    await describer.describe(context=context, target=KpiTarget(name="warm"))  # ~0.2 s a call
+    await describer.describe(context=context, target=KpiTarget(name="warm"))  # ~0.2 s a request
     release = threading.Event()
     backend.on_call = lambda: release.wait(5)
 
@@ -453,7 +452,7 @@ async def test_work_that_would_wait_past_the_limit_is_refused_at_once(
     await asyncio.gather(*admitted)
     assert counter("boig_model_pending_requests", service="describer") == 0
     # However slow the model has been, work that finds the queue empty runs.
-    describer._observe_call_seconds(1000.0)
+    describer._observe_request_seconds(1000.0)
     assert (await describer.describe(context=context, target=KpiTarget(name="e"))).verbalization
 
 
