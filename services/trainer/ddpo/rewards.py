@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Sequence
@@ -22,6 +21,7 @@ from PIL import Image
 
 from services.common.clients import ScorerClient, call_with_retries
 from services.common.contracts import Creative, KpiLevel, KpiTarget, RewardName, ScoreRequest
+from services.common.images import encode_png
 from services.trainer.ddpo.tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,4 @@ async def _make_client(
 
 def _png_base64(image: torch.Tensor) -> str:
     array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return base64.b64encode(encode_png(Image.fromarray(array))).decode("ascii")

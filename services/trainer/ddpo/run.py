@@ -25,6 +25,7 @@ from services.trainer.ddpo.state import (
     append_metrics,
     checkpoints,
     load_checkpoint,
+    read_jsonl,
     read_metrics,
     save_checkpoint,
     truncate_metrics,
@@ -138,19 +139,13 @@ def append_evaluation(
     }
     row = {"epoch": epoch, "reward_mean": float(sum(rewards) / len(rewards)), "tasks": per_task}
     path = run_dir / EVALUATION_FILE
-    kept = [line for line in _lines(path) if json.loads(line)["epoch"] < epoch]
+    kept = [json.dumps(old) for old in read_jsonl(path) if old["epoch"] < epoch]
     path.write_text("".join(f"{line}\n" for line in [*kept, json.dumps(row)]), encoding="utf-8")
     logger.info("evaluation at epoch %d: reward %.4f", epoch, row["reward_mean"])
 
 
 def read_evaluation(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in _lines(run_dir / EVALUATION_FILE)]
-
-
-def _lines(path: Path) -> list[str]:
-    if not path.is_file():
-        return []
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return read_jsonl(run_dir / EVALUATION_FILE)
 
 
 def _pinned_tasks(run_dir: Path, tasks: Sequence[Task]) -> list[Task]:

@@ -99,11 +99,16 @@ def append_metrics(run_dir: Path, stats: EpochStats) -> None:
 
 
 def read_metrics(run_dir: Path, *, up_to_epoch: int | None = None) -> list[dict[str, Any]]:
-    path = run_dir / METRICS_FILE
+    rows = read_jsonl(run_dir / METRICS_FILE)
+    return [row for row in rows if up_to_epoch is None or row["epoch"] <= up_to_epoch]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a run folder's JSON-lines file (none when it is not written yet)."""
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    return [row for row in rows if up_to_epoch is None or row["epoch"] <= up_to_epoch]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line]
 
 
 def truncate_metrics(run_dir: Path, epoch: int) -> None:

@@ -122,16 +122,7 @@ class DdpoTrainer:
             indices = self._rng.integers(0, len(tasks), prompts)
             picked = [tasks[int(i)] for i in indices for _ in range(config.images_per_prompt)]
             seeds = [int(s) for s in self._rng.integers(0, 2**31 - 1, config.sample_batch_size)]
-            batch = sample_trajectories(
-                self.pipe,
-                [task.prompt for task in picked],
-                steps=config.sample_steps,
-                eta=config.eta,
-                guidance_scale=config.guidance_scale,
-                width=config.resolution,
-                height=config.resolution,
-                seeds=seeds,
-            )
+            batch = self._draw(picked, seeds)
             pending.append(self._reward.submit(batch.images, picked))
             batches.append(batch)
             chosen.extend(picked)
@@ -201,18 +192,23 @@ class DdpoTrainer:
         pending = []
         for start in range(0, len(picked), config.sample_batch_size):
             chunk = picked[start : start + config.sample_batch_size]
-            batch = sample_trajectories(
-                self.pipe,
-                [task.prompt for task in chunk],
-                steps=config.sample_steps,
-                eta=config.eta,
-                guidance_scale=config.guidance_scale,
-                width=config.resolution,
-                height=config.resolution,
-                seeds=all_seeds[start : start + config.sample_batch_size],
-            )
+            batch = self._draw(chunk, all_seeds[start : start + config.sample_batch_size])
             pending.append(self._reward.submit(batch.images, chunk))
         return np.concatenate([future.result() for future in pending])
+
+    def _draw(self, tasks: Sequence[Task], seeds: Sequence[int]) -> Trajectories:
+        """One image per task under the current weights, as the config samples."""
+        config = self.config
+        return sample_trajectories(
+            self.pipe,
+            [task.prompt for task in tasks],
+            steps=config.sample_steps,
+            eta=config.eta,
+            guidance_scale=config.guidance_scale,
+            width=config.resolution,
+            height=config.resolution,
+            seeds=list(seeds),
+        )
 
     def _step(self) -> None:
         torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
