@@ -306,13 +306,10 @@ def train_sd(
 
 
 def _training_store() -> TrainingStore:
-    from services.common.db import Database
     from services.trainer.runs import TrainingStore
     from services.trainer.settings import TrainerSettings
 
-    database = Database(TrainerSettings().database_url)
-    database.create_schema()
-    return TrainingStore(database)
+    return TrainingStore.open(TrainerSettings().database_url)
 
 
 def _enqueue(kind: str, params: dict[str, object]) -> str:

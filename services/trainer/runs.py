@@ -113,6 +113,13 @@ class TrainingStore:
     def __init__(self, database: Database) -> None:
         self._db = database
 
+    @classmethod
+    def open(cls, database_url: str) -> TrainingStore:
+        """The store at ``database_url``, its tables created if they are not there yet."""
+        database = Database(database_url)
+        database.create_schema()
+        return cls(database)
+
     def submit(self, kind: str, params: dict[str, Any]) -> TrainingRun:
         row = TrainingRunRow(
             id=secrets.token_hex(16),

@@ -23,7 +23,6 @@ from celery.signals import worker_ready, worker_shutdown
 from prometheus_client import Gauge, start_http_server
 
 from services.common import metrics
-from services.common.db import Database
 from services.common.errors import BoigError
 from services.common.queue import (
     TRAIN_TASK,
@@ -224,9 +223,7 @@ _sweeper: Sweeper | None = None
 def store() -> TrainingStore:
     global _store
     if _store is None:
-        database = Database(settings.database_url)
-        database.create_schema()
-        _store = TrainingStore(database)
+        _store = TrainingStore.open(settings.database_url)
     return _store
 
 
