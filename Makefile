@@ -12,7 +12,7 @@ export YOLO_AUTOINSTALL := 0
 export VLLM_NO_USAGE_STATS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup models models-base demo train-llm eval-llm train-world-sd train-sd eval-world-sd test test-slow test-e2e test-all lint format contracts contracts-check bench soak clean
+.PHONY: help setup models models-base demo train-llm eval-llm train-world-sd train-sd eval-sd eval-world-sd test test-slow test-e2e test-all lint format contracts contracts-check bench soak clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ train-world-sd: models-base  ## train the world SD (PRESET=cpu-long|cpu|gpu; res
 
 train-sd: models  ## BoigSD: DDPO of the world SD on the scorer's reward (PRESET=cpu|gpu; resumes; publishes the LoRA)
 	$(PY) -m services.cli sd train --preset $(or $(PRESET),cpu)
+
+eval-sd: models  ## BoigSD vs SFT, best-of-N, prompt-only and base on the hidden true KPI of future posts: table + HTML
+	$(PY) -m services.cli sd evaluate
 
 eval-world-sd: models  ## the world SD vs random floor, real creatives and chance on held-out captions: table + HTML
 	$(PY) -m services.cli world-sd evaluate
@@ -87,6 +90,7 @@ bench: models  ## benchmarks: print figures and ratios against in-run baselines
 	$(PY) tests/bench/bench_describe_batch.py
 	$(PY) tests/bench/bench_generate.py
 	$(PY) tests/bench/bench_world_sd.py
+	$(PY) tests/bench/bench_ddpo.py
 
 soak: models-base  ## load (200 clients x 60 s on /v1/score) and schemathesis fuzz of the gateway, on loopback (~5 min)
 	$(PY) tests/soak/soak.py

@@ -256,9 +256,21 @@ def train_sd(
     contexts: Annotated[
         int, typer.Option(min=1, help="Training contexts (prompts), evenly across brands.")
     ] = 32,
+    holdout: Annotated[
+        int,
+        typer.Option(
+            min=0, help="More training-split contexts, not trained on: the early-stopping set."
+        ),
+    ] = 16,
     reward: Annotated[
         str, typer.Option(help="The scorer's reward: match, likelihood or contrastive.")
     ] = "match",
+    faithfulness: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Weight of the match reward mixed in as a faithfulness guard."
+        ),
+    ] = 0.0,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the preset's.")] = None,
     guidance: Annotated[
         float | None, typer.Option(help="Guidance scale; else what the model recommends.")
@@ -284,7 +296,9 @@ def train_sd(
         job = BoigsdJob(
             preset=preset,
             contexts=contexts,
+            holdout=holdout,
             reward=reward,  # type: ignore[arg-type]
+            faithfulness=faithfulness,
             epochs=epochs,
             guidance_scale=guidance,
             seed=seed,
@@ -303,6 +317,29 @@ def train_sd(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per reward request
     boigsd_recipe.train(job, model=model)
+
+
+@sd_app.command("evaluate")
+def evaluate_sd(
+    run: Annotated[
+        Path | None,
+        typer.Option(help="DDPO run folder (default: the one `make train-sd` trains)."),
+    ] = None,
+    posts: Annotated[int, typer.Option(min=8, help="Held-out future posts.")] = 64,
+    samples: Annotated[int, typer.Option(min=2, help="Images per post and method.")] = 4,
+    best_of: Annotated[int, typer.Option(min=2, help="N of the best-of-N baseline.")] = 4,
+    sft: Annotated[bool, typer.Option(help="Train and evaluate the SFT baseline.")] = True,
+) -> None:
+    """BoigSD vs SFT, best-of-N, prompt-only and the base model on held-out future posts,
+    judged on the synthetic world's hidden true KPI: table + HTML report with curves."""
+    from services.tooling import boigsd_eval_recipe
+    from services.tooling.llm_recipe import default_paths
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = boigsd_eval_recipe.EvalSdSettings(
+        posts=posts, samples=samples, best_of=best_of, sft=sft
+    )
+    boigsd_eval_recipe.run_evaluation(default_paths(), settings, run_dir=run)
 
 
 def _training_store() -> TrainingStore:

@@ -135,3 +135,8 @@ def encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def png_data_uri(image: Image.Image) -> str:
+    """The image as a ``data:`` URI, for HTML reports that carry their pictures inline."""
+    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")

@@ -8,9 +8,7 @@ rendering of the featurized descriptions, the kind of prompt the world SD was tr
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 
 from PIL import Image
@@ -18,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.common.image_prompts import render_prompt
+from services.common.images import png_data_uri
 from services.common.verbalization import parse
 from services.generator.pipeline import ImagePipeline, ImageRequest
 from services.generator.settings import FALLBACK_GUIDANCE, FALLBACK_STEPS
@@ -29,9 +28,7 @@ SEED = 7
 
 
 def _png_uri(image: Image.Image, size: int = 128) -> str:
-    buffer = io.BytesIO()
-    image.convert("RGB").resize((size, size), Image.Resampling.NEAREST).save(buffer, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return png_data_uri(image.convert("RGB").resize((size, size), Image.Resampling.NEAREST))
 
 
 def show_world_sd(

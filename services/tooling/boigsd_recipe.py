@@ -27,10 +27,12 @@ def run_dir(paths: llm_recipe.LlmPaths, job: BoigsdJob, model: Path) -> Path:
     """One folder per world, model weights and job (but its epochs): an interrupted run
     resumes, and one started again with more epochs continues."""
     guidance = "auto" if job.guidance_scale is None else f"g{job.guidance_scale:g}"
+    reward = job.reward + (f"+match{job.faithfulness:g}" if job.faithfulness else "")
     name = "-".join(
         [
             f"boigsd-{paths.world.name}-{folder_version(model)[:8]}",
-            f"{job.preset}-{job.reward}-{job.contexts}ctx-{guidance}-seed{job.seed}",
+            f"{job.preset}-{reward}-{job.contexts}ctx-{job.holdout}held-{guidance}",
+            f"seed{job.seed}",
         ]
     )
     return paths.home / "runs" / name

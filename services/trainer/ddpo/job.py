@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from services.common.checkpoints import (
     BOIGSD_CHECKPOINT,
@@ -29,8 +29,14 @@ from services.common.contracts import Context, RewardName
 from services.common.model_folders import folder_version, read_sampling_defaults
 from services.common.torch_device import resolve_device
 from services.trainer.ddpo.config import DdpoConfig, preset
-from services.trainer.ddpo.rewards import ScorerReward
-from services.trainer.ddpo.run import TASKS_FILE, DdpoRun, publish_boigsd, train_boigsd
+from services.trainer.ddpo.rewards import MixedReward, ScorerReward
+from services.trainer.ddpo.run import (
+    EVAL_TASKS_FILE,
+    TASKS_FILE,
+    DdpoRun,
+    publish_boigsd,
+    train_boigsd,
+)
 from services.trainer.ddpo.tasks import Task, build_tasks, training_contexts
 from services.trainer.ddpo.train import EpochStats
 from services.trainer.finetune.publish import dataset_ref
@@ -45,13 +51,38 @@ class BoigsdJob(BaseModel):
 
     preset: str = Field(default="cpu", pattern=r"^(tiny|cpu|gpu)$")
     contexts: int = Field(default=32, ge=1, le=10_000)
+    holdout: int = Field(
+        default=16,
+        ge=0,
+        le=10_000,
+        description=(
+            "More training-split contexts, never trained on: the held-out prompts whose reward "
+            "decides early stopping (0: judge on the training prompts)."
+        ),
+    )
     reward: RewardName = "match"
+    faithfulness: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Weight w of the faithfulness term: the reward becomes (1 - w) x reward + w x match "
+            "(match: the image shows the description its prompt was written from), a guard "
+            "for the likelihood and contrastive rewards, which judge the KPI alone."
+        ),
+    )
     epochs: int | None = Field(default=None, ge=1, le=100_000)
     guidance_scale: float | None = Field(
         default=None, ge=1.0, le=30.0, description="Else what the model folder recommends."
     )
     seed: int = Field(default=0, ge=0)
     publish: bool = True
+
+    @model_validator(mode="after")
+    def _faithfulness_needs_another_reward(self) -> BoigsdJob:
+        if self.faithfulness and self.reward == "match":
+            raise ValueError("the match reward is faithfulness already: leave faithfulness 0")
+        return self
 
 
 @dataclass(frozen=True)
@@ -107,13 +138,28 @@ def run_boigsd_job(
     device: str = "auto",
 ) -> BoigsdOutcome:
     config = config_for(job, model)
+    eval_tasks: list[Task] | None
     if (run_dir / TASKS_FILE).is_file():
-        tasks = []  # a resumed run trains on the prompts it pinned: no describer needed
+        # A resumed run trains and is judged on the prompts it pinned: no describer needed.
+        tasks, eval_tasks = [], [] if (run_dir / EVAL_TASKS_FILE).is_file() else None
     else:
-        contexts = training_contexts(dataset, limit=job.contexts, seed=job.seed)
-        tasks = asyncio.run(_tasks(services.describer_url, contexts))
-        logger.info("boigsd: %d training contexts; e.g. %r", len(tasks), tasks[0].prompt)
-    reward = ScorerReward(services.scorer_url, reward=job.reward)
+        contexts = training_contexts(dataset, limit=job.contexts + job.holdout, seed=job.seed)
+        if len(contexts) <= job.holdout:
+            raise ValueError(
+                f"{len(contexts)} training contexts leave none to train on after "
+                f"{job.holdout} held out"
+            )
+        built = asyncio.run(_tasks(services.describer_url, contexts))
+        # Contexts come round-robin over accounts, so the held-out tail covers every brand.
+        cut = len(built) - job.holdout
+        tasks, eval_tasks = built[:cut], (built[cut:] if job.holdout else None)
+        logger.info(
+            "boigsd: %d training contexts, %d held out; e.g. %r",
+            len(tasks),
+            job.holdout,
+            tasks[0].prompt,
+        )
+    reward = _reward(job, services.scorer_url)
     try:
         run = train_boigsd(
             load_pipeline(model, device),
@@ -123,6 +169,7 @@ def run_boigsd_job(
             run_dir,
             base_model=model.name,
             on_epoch=on_epoch,
+            eval_tasks=eval_tasks,
         )
     finally:
         reward.close()
@@ -130,6 +177,14 @@ def run_boigsd_job(
     if job.publish:
         checkpoint = _publish_once(run, registry, config, model, dataset)
     return BoigsdOutcome(run=run, checkpoint=checkpoint)
+
+
+def _reward(job: BoigsdJob, scorer_url: str) -> ScorerReward | MixedReward:
+    kpi = ScorerReward(scorer_url, reward=job.reward)
+    if not job.faithfulness:
+        return kpi
+    faithful = ScorerReward(scorer_url, reward="match")
+    return MixedReward([(1.0 - job.faithfulness, kpi), (job.faithfulness, faithful)])
 
 
 def _publish_once(

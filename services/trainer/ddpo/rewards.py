@@ -50,6 +50,42 @@ class InProcessReward:
         return future
 
 
+class MixedReward:
+    """A weighted sum of rewards, e.g. a KPI reward plus a faithfulness term that keeps the
+    image showing what its prompt says. Each part is submitted for the same batch at once (the
+    scorer works on them concurrently); the sum resolves when every part has."""
+
+    def __init__(self, parts: Sequence[tuple[float, Reward]]) -> None:
+        if not parts:
+            raise ValueError("a mixture needs at least one reward")
+        self._parts = list(parts)
+
+    def submit(self, images: torch.Tensor, tasks: Sequence[Task]) -> Future[np.ndarray]:
+        pending = [(weight, reward.submit(images, tasks)) for weight, reward in self._parts]
+        combined: Future[np.ndarray] = Future()
+        lock = threading.Lock()
+
+        def settle(_: Future[np.ndarray]) -> None:
+            with lock:
+                if combined.done() or not all(future.done() for _, future in pending):
+                    return
+                try:
+                    total = sum(weight * future.result() for weight, future in pending)
+                    combined.set_result(np.asarray(total, dtype=np.float64))
+                except Exception as exc:
+                    combined.set_exception(exc)
+
+        for _, future in pending:
+            future.add_done_callback(settle)
+        return combined
+
+    def close(self) -> None:
+        for _, reward in self._parts:
+            close = getattr(reward, "close", None)
+            if close is not None:
+                close()
+
+
 class ScorerReward:
     """The scorer's reward (match, likelihood, contrastive) at a KPI level, one /score call
     per context in the batch, on an event loop of its own so that it overlaps with sampling.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from services.common.checkpoints import (
     publish_checkpoint,
 )
 from services.common.contracts import Context
+from services.common.staged_folders import staged_folder
 from services.trainer.ddpo.config import DdpoConfig
 from services.trainer.ddpo.rewards import Reward
 from services.trainer.ddpo.state import (
@@ -36,6 +38,8 @@ from services.trainer.ddpo.train import DdpoTrainer, EpochStats
 logger = logging.getLogger(__name__)
 
 TASKS_FILE = "tasks.json"
+EVAL_TASKS_FILE = "eval_tasks.json"
+SNAPSHOTS_DIR = "snapshots"
 EVALUATION_FILE = "evaluation.jsonl"
 EVAL_SEED_BASE = 1_000_000
 """Evaluation seeds start here, apart from the seeds the training draws."""
@@ -48,6 +52,10 @@ class DdpoRun:
     lora_dir: Path
     history: list[dict[str, Any]]
     """One row per epoch (``EpochStats`` fields)."""
+    best_epoch: int | None = None
+    """The evaluated epoch whose LoRA ``lora_dir`` holds under early stopping (None: the
+    last epoch's, without it)."""
+    stopped_early: bool = False
 
 
 def train_boigsd(
@@ -61,41 +69,92 @@ def train_boigsd(
     on_epoch: Callable[[EpochStats], None] | None = None,
     eval_tasks: Sequence[Task] | None = None,
 ) -> DdpoRun:
-    """Train, or resume the run in ``run_dir``, until ``config.epochs``; save the LoRA.
+    """Train, or resume the run in ``run_dir``, until ``config.epochs`` or early stopping;
+    save the LoRA.
 
-    The first start writes ``tasks.json``: a resumed run trains on the same prompts even if
-    the describer that wrote them has moved on. ``eval_tasks`` (default: the training tasks)
-    are judged with fixed seeds before training and every ``config.eval_every`` epochs
-    (``evaluation.jsonl``).
+    The first start writes ``tasks.json`` (and ``eval_tasks.json``): a resumed run trains and
+    is judged on the same prompts even if the describer that wrote them has moved on.
+    ``eval_tasks`` (default: the training tasks) are judged with fixed seeds before training
+    and every ``config.eval_every`` epochs (``evaluation.jsonl``), and the LoRA of each
+    evaluated epoch is kept in ``snapshots/epoch-<n>`` (the efficacy report's curves). With
+    ``config.patience``, the run stops that many evaluations after its best held-out reward
+    and its LoRA is the best epoch's.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    tasks = _pinned_tasks(run_dir, tasks)
+    tasks = _pinned_tasks(run_dir / TASKS_FILE, tasks)
+    judged = (
+        _pinned_tasks(run_dir / EVAL_TASKS_FILE, eval_tasks) if eval_tasks is not None else tasks
+    )
     trainer = DdpoTrainer(pipe, config, reward)
     found = checkpoints(run_dir)
     if found:
         load_checkpoint(trainer, found[-1])
         logger.info("resuming %s from epoch %d", run_dir, trainer.epoch)
     truncate_metrics(run_dir, trainer.epoch)
-    judged = list(eval_tasks) if eval_tasks is not None else list(tasks)
     seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + config.eval_seeds))
+
+    def evaluate() -> None:
+        append_evaluation(
+            run_dir, trainer.epoch, trainer.evaluate(judged, seeds=seeds), judged, seeds
+        )
+        _snapshot(pipe, run_dir / SNAPSHOTS_DIR / f"epoch-{trainer.epoch}", base_model)
+
     if trainer.epoch == 0 and config.eval_every:
-        append_evaluation(run_dir, 0, trainer.evaluate(judged, seeds=seeds), judged, seeds)
-    while trainer.epoch < config.epochs:
+        evaluate()
+    while trainer.epoch < config.epochs and not _patience_spent(run_dir, config):
         stats = trainer.run_epoch(tasks)
         append_metrics(run_dir, stats)
         if config.eval_every and (
             trainer.epoch % config.eval_every == 0 or trainer.epoch == config.epochs
         ):
-            append_evaluation(
-                run_dir, trainer.epoch, trainer.evaluate(judged, seeds=seeds), judged, seeds
-            )
+            evaluate()
         save_checkpoint(trainer, run_dir)
         if on_epoch is not None:
             on_epoch(stats)
+    best = best_evaluated_epoch(run_dir) if config.patience else None
     lora_dir = run_dir / LORA_DIR
     if not lora_dir.exists():
-        save_boigsd_lora(pipe.unet, lora_dir, base_model=base_model)
-    return DdpoRun(run_dir=run_dir, lora_dir=lora_dir, history=read_metrics(run_dir))
+        if best is not None:
+            # Copied whole under a temporary name: a kill mid-copy leaves no half LoRA.
+            with staged_folder(lora_dir) as staging:
+                shutil.copytree(
+                    run_dir / SNAPSHOTS_DIR / f"epoch-{best}", staging, dirs_exist_ok=True
+                )
+        else:
+            save_boigsd_lora(pipe.unet, lora_dir, base_model=base_model)
+    return DdpoRun(
+        run_dir=run_dir,
+        lora_dir=lora_dir,
+        history=read_metrics(run_dir),
+        best_epoch=best,
+        stopped_early=trainer.epoch < config.epochs,
+    )
+
+
+def best_evaluated_epoch(run_dir: Path) -> int | None:
+    """The evaluated epoch with the highest held-out reward (the earliest of ties)."""
+    rows = read_evaluation(run_dir)
+    if not rows:
+        return None
+    return int(max(rows, key=lambda row: (row["reward_mean"], -row["epoch"]))["epoch"])
+
+
+def _patience_spent(run_dir: Path, config: DdpoConfig) -> bool:
+    """True once ``patience`` evaluations have passed without beating the best one. Read from
+    ``evaluation.jsonl``, so a resumed run stops where the uninterrupted one would."""
+    if not config.patience:
+        return False
+    epochs = [int(row["epoch"]) for row in read_evaluation(run_dir)]
+    best = best_evaluated_epoch(run_dir)
+    return best is not None and sum(epoch > best for epoch in epochs) >= config.patience
+
+
+def _snapshot(pipe: Any, out_dir: Path, base_model: str) -> None:
+    # An epoch evaluated again after a kill (evaluated, not yet checkpointed) replaces its
+    # snapshot: the weights are the same, the folder may be half-written.
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    save_boigsd_lora(pipe.unet, out_dir, base_model=base_model)
 
 
 def publish_boigsd(
@@ -116,6 +175,13 @@ def publish_boigsd(
     }
     if run.history:
         metrics["reward_mean_first_epoch"] = float(run.history[0]["reward_mean"])
+    evaluations = read_evaluation(run.run_dir)
+    if evaluations:
+        metrics["heldout_reward_first"] = float(evaluations[0]["reward_mean"])
+        metrics["heldout_reward_best"] = max(float(row["reward_mean"]) for row in evaluations)
+    if run.best_epoch is not None:
+        metrics["best_epoch"] = float(run.best_epoch)
+    metrics["stopped_early"] = float(run.stopped_early)
     return publish_checkpoint(
         registry,
         name,
@@ -148,8 +214,7 @@ def read_evaluation(run_dir: Path) -> list[dict[str, Any]]:
     return read_jsonl(run_dir / EVALUATION_FILE)
 
 
-def _pinned_tasks(run_dir: Path, tasks: Sequence[Task]) -> list[Task]:
-    path = run_dir / TASKS_FILE
+def _pinned_tasks(path: Path, tasks: Sequence[Task]) -> list[Task]:
     if path.is_file():
         rows = json.loads(path.read_text(encoding="utf-8"))
         return [

@@ -43,6 +43,9 @@ class EpochStats:
     clip_fraction: float
     optimizer_steps: int
     seconds: float
+    kl_to_base: float = 0.0
+    """Mean per-value KL divergence of the trained steps from the base model's (measured only
+    when ``kl_coef`` > 0, else 0)."""
 
 
 class DdpoTrainer:
@@ -88,7 +91,7 @@ class DdpoTrainer:
         advantages = torch.as_tensor(
             self.advantages(keys, rewards), dtype=torch.float32, device=self.pipe.device
         )
-        stats = self.train(drawn.trajectories, advantages)
+        stats, kl_to_base = self.train(drawn.trajectories, advantages)
         self.epoch += 1
         result = EpochStats(
             epoch=self.epoch,
@@ -99,6 +102,7 @@ class DdpoTrainer:
             clip_fraction=float(np.mean([s.clip_fraction for s in stats])),
             optimizer_steps=self._optimizer_steps(len(drawn.trajectories)),
             seconds=time.perf_counter() - started,
+            kl_to_base=kl_to_base,
         )
         logger.info(
             "epoch %d: reward %.4f ± %.4f, kl %.2e, clipped %.0f%%, %.1f s",
@@ -129,13 +133,17 @@ class DdpoTrainer:
         rewards = np.concatenate([future.result() for future in pending])
         return DrawnBatch(_concatenate(batches), chosen), rewards
 
-    def train(self, trajectories: Trajectories, advantages: torch.Tensor) -> list[PpoStats]:
-        """The clipped policy-gradient passes over one epoch's trajectories."""
+    def train(
+        self, trajectories: Trajectories, advantages: torch.Tensor
+    ) -> tuple[list[PpoStats], float]:
+        """The clipped policy-gradient passes over one epoch's trajectories; their stats and
+        the mean KL from the base model (0 when ``kl_coef`` is 0)."""
         config = self.config
         self.pipe.unet.train()
         scheduler = ddim_scheduler(self.pipe, config.sample_steps)
         steps = len(trajectories.timesteps)
         stats: list[PpoStats] = []
+        kl_values: list[float] = []
         accumulated = 0
         self.optimizer.zero_grad(set_to_none=True)
         for _ in range(config.inner_epochs):
@@ -146,14 +154,18 @@ class DdpoTrainer:
                 for j in trained:
                     t = trajectories.timesteps[j]
                     latents = trajectories.latents[rows, j]
-                    noise = guided_noise(
-                        self.pipe.unet,
-                        scheduler.scale_model_input(latents, t),
-                        t,
-                        trajectories.prompt_embeds[rows],
+                    model_input = scheduler.scale_model_input(latents, t)
+                    negatives = (
                         None
                         if trajectories.negative_embeds is None
-                        else trajectories.negative_embeds[rows],
+                        else trajectories.negative_embeds[rows]
+                    )
+                    noise = guided_noise(
+                        self.pipe.unet,
+                        model_input,
+                        t,
+                        trajectories.prompt_embeds[rows],
+                        negatives,
                         config.guidance_scale,
                     )
                     step = ddim_step_with_logprob(
@@ -171,6 +183,12 @@ class DdpoTrainer:
                         clip_range=config.clip_range,
                         adv_clip_max=config.adv_clip_max,
                     )
+                    if config.kl_coef > 0:
+                        kl = self._kl_to_base(
+                            scheduler, model_input, latents, t, trajectories, rows, j, step
+                        )
+                        loss = loss + config.kl_coef * kl
+                        kl_values.append(float(kl.detach()))
                     # One optimizer step averages its minibatches and their trained steps.
                     (loss / (len(trained) * config.gradient_accumulation_steps)).backward()  # type: ignore[no-untyped-call]
                     stats.append(step_stats)
@@ -179,7 +197,48 @@ class DdpoTrainer:
                     self._step()
         if accumulated % config.gradient_accumulation_steps:
             self._step()
-        return stats
+        return stats, float(np.mean(kl_values)) if kl_values else 0.0
+
+    def _kl_to_base(
+        self,
+        scheduler: Any,
+        model_input: torch.Tensor,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        trajectories: Trajectories,
+        rows: torch.Tensor,
+        j: int,
+        step: Any,
+    ) -> torch.Tensor:
+        """KL(policy step || base step), per latent value, averaged over the minibatch. Both
+        steps are Gaussians with the same variance (the scheduler's, not the model's), so the
+        divergence is exactly (mu - mu_base)^2 / (2 sigma^2)."""
+        unet = self.pipe.unet
+        with torch.no_grad():
+            unet.disable_adapters()
+            try:
+                base_noise = guided_noise(
+                    unet,
+                    model_input,
+                    t,
+                    trajectories.prompt_embeds[rows],
+                    None
+                    if trajectories.negative_embeds is None
+                    else trajectories.negative_embeds[rows],
+                    self.config.guidance_scale,
+                )
+            finally:
+                unet.enable_adapters()
+            base = ddim_step_with_logprob(
+                scheduler,
+                base_noise,
+                t,
+                latents,
+                eta=self.config.eta,
+                prev_sample=trajectories.latents[rows, j + 1],
+            )
+        kl: torch.Tensor = ((step.mean - base.mean) ** 2 / (2 * step.std**2)).mean()
+        return kl
 
     @torch.no_grad()
     def evaluate(self, tasks: Sequence[Task], *, seeds: Sequence[int]) -> np.ndarray:

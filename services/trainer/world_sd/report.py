@@ -3,16 +3,14 @@ real creative the caption came from, the trained model's samples, the floor's)."
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 
-from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from services.common.images import png_data_uri
 from services.trainer.evaluate.results import Estimate
 from services.trainer.world_sd.evaluate import (
     FLOOR,
@@ -69,12 +67,6 @@ def print_report(evaluation: WorldSdEvaluation, console: Console) -> None:
         )
 
 
-def _png(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def write_html(evaluation: WorldSdEvaluation, path: Path) -> Path:
     by_name = {method.name: method for method in evaluation.methods}
     header = "".join(f"<th>{html.escape(metric)}</th>" for metric in METRICS)
@@ -89,7 +81,7 @@ def write_html(evaluation: WorldSdEvaluation, path: Path) -> Path:
         cells = []
         for name in (REAL, ROUND_TRIP, TRAINED, FLOOR):
             images = "".join(
-                f'<img src="{_png(image)}" alt="{html.escape(name)}">'
+                f'<img src="{png_data_uri(image)}" alt="{html.escape(name)}">'
                 for image in by_name[name].images[index]
             )
             cells.append(f"<td>{images}</td>")

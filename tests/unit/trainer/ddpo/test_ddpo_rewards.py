@@ -13,6 +13,7 @@ import pytest
 import torch
 from fastapi import FastAPI
 from PIL import Image
+from pydantic import ValidationError
 
 from services.common.app import create_service_app
 from services.common.clients import DescriberClient
@@ -29,7 +30,8 @@ from services.common.contracts import (
     Verbalization,
 )
 from services.common.errors import InvalidInput, Overloaded
-from services.trainer.ddpo.rewards import InProcessReward, ScorerReward
+from services.trainer.ddpo.job import BoigsdJob
+from services.trainer.ddpo.rewards import InProcessReward, MixedReward, ScorerReward
 from services.trainer.ddpo.tasks import Task, build_tasks, training_contexts
 
 MODEL = ModelInfo(name="stand-in", version="1")
@@ -114,6 +116,29 @@ def test_an_in_process_reward_passes_its_failure_on() -> None:
 
     with pytest.raises(InvalidInput):
         InProcessReward(broken).submit(images(0.1), []).result()
+
+
+def test_a_mixture_weighs_its_parts_and_fails_when_one_does() -> None:
+    def bright(batch: torch.Tensor, _: object) -> np.ndarray:
+        return batch.mean(dim=(1, 2, 3)).double().numpy()
+
+    def constant(batch: torch.Tensor, _: object) -> np.ndarray:
+        return np.full(batch.shape[0], 10.0)
+
+    def broken(_: torch.Tensor, __: object) -> np.ndarray:
+        raise InvalidInput("no")
+
+    mixed = MixedReward([(0.75, InProcessReward(bright)), (0.25, InProcessReward(constant))])
+    assert mixed.submit(images(0.2), []).result() == pytest.approx([0.75 * 0.2 / 3 + 2.5])
+    failing = MixedReward([(0.5, InProcessReward(bright)), (0.5, InProcessReward(broken))])
+    with pytest.raises(InvalidInput):
+        failing.submit(images(0.2), []).result()
+
+
+def test_a_faithfulness_term_needs_a_reward_other_than_match() -> None:
+    assert BoigsdJob(reward="likelihood", faithfulness=0.3).faithfulness == 0.3
+    with pytest.raises(ValidationError, match="faithfulness already"):
+        BoigsdJob(reward="match", faithfulness=0.3)
 
 
 def write_dataset(version_dir: Path) -> None:

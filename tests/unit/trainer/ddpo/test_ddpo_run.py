@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -17,10 +18,12 @@ from services.common.checkpoints import (
     current_checkpoint,
     load_manifest,
 )
+from services.common.contracts import Context
 from services.trainer.ddpo.config import preset
 from services.trainer.ddpo.rewards import InProcessReward
 from services.trainer.ddpo.run import publish_boigsd, read_evaluation, train_boigsd
 from services.trainer.ddpo.state import checkpoints, read_metrics
+from services.trainer.ddpo.tasks import Task
 from tests.unit.trainer.ddpo.test_ddpo_train import TASKS, brightness, load
 
 CONFIG = preset("tiny", epochs=3, learning_rate=1e-2, clip_range=1e-2)
@@ -122,3 +125,60 @@ def test_the_published_lora_carries_its_run(tiny_sd_dir: Path, tmp_path: Path) -
     assert "reward_mean" in manifest.metrics
     config = read_boigsd_lora_config(ref.path)
     assert config is not None and config.rank == one.lora_rank
+
+
+class Declining:
+    """A reward that falls with every call: the run's best held-out reward is its first
+    evaluation, before any training."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, images: torch.Tensor, tasks: object) -> np.ndarray:
+        self.calls += 1
+        return np.full(images.shape[0], -float(self.calls))
+
+
+def test_early_stopping_publishes_the_best_evaluated_lora(
+    tiny_sd_dir: Path, tmp_path: Path
+) -> None:
+    config = preset("tiny", epochs=10, eval_every=1, patience=2, learning_rate=1e-2)
+    held_out = [
+        Task(key=f"h{i}", prompt=p, context=Context(account="acme"))
+        for i, p in enumerate(["a green poster", "winter sale"])
+    ]
+    run = train_boigsd(
+        load(tiny_sd_dir),
+        config,
+        TASKS,
+        InProcessReward(Declining()),
+        tmp_path,
+        base_model="tiny",
+        eval_tasks=held_out,
+    )
+
+    assert run.stopped_early and run.best_epoch == 0
+    assert [row["epoch"] for row in run.history] == [1, 2]  # two evaluations past the best
+    evaluations = read_evaluation(tmp_path)
+    assert [row["epoch"] for row in evaluations] == [0, 1, 2]
+    assert set(evaluations[0]["tasks"]) == {"h0", "h1"}  # judged on the held-out prompts
+    snapshots = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+    assert snapshots == ["epoch-0", "epoch-1", "epoch-2"]
+    best = load_file(str(tmp_path / "snapshots" / "epoch-0" / LORA_WEIGHTS_FILE))
+    published = lora_weights(tmp_path)
+    assert best.keys() == published.keys()
+    assert all(torch.equal(best[name], published[name]) for name in best)
+    last = load_file(str(tmp_path / "snapshots" / "epoch-2" / LORA_WEIGHTS_FILE))
+    assert any(not torch.equal(last[name], best[name]) for name in best)
+
+    # Started again, the spent patience is read back: nothing more is trained.
+    again = train_boigsd(
+        load(tiny_sd_dir),
+        config,
+        [],
+        InProcessReward(Declining()),
+        tmp_path,
+        base_model="tiny",
+        eval_tasks=[],
+    )
+    assert again.history == run.history and again.best_epoch == 0

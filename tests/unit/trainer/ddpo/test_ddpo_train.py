@@ -147,3 +147,17 @@ def test_evaluation_draws_the_same_images_until_the_policy_changes(tiny_sd_dir: 
     np.testing.assert_array_equal(trainer.evaluate(TASKS, seeds=[7, 8]), before)
     trainer.run_epoch(TASKS)
     assert not np.array_equal(trainer.evaluate(TASKS, seeds=[7, 8]), before)
+
+
+def test_the_kl_penalty_measures_the_distance_from_the_base_model(tiny_sd_dir: Path) -> None:
+    config = preset("tiny", learning_rate=1e-2, clip_range=1e-2, kl_coef=0.1)
+    trainer = DdpoTrainer(load(tiny_sd_dir), config, InProcessReward(brightness))
+    # Two optimizer steps an epoch: the first minibatch sees the base model itself (the LoRA
+    # starts at zero: KL exactly 0), the second a moved policy (KL > 0).
+    first = trainer.run_epoch(TASKS)
+    second = trainer.run_epoch(TASKS)
+    assert 0 < first.kl_to_base < second.kl_to_base
+    assert np.isfinite([first.loss, second.loss]).all()
+
+    off = DdpoTrainer(load(tiny_sd_dir), preset("tiny"), InProcessReward(brightness))
+    assert off.run_epoch(TASKS).kl_to_base == 0.0

@@ -30,6 +30,7 @@ GENERATION_DRIVERS = {
     "services.tooling.llm_recipe": "generates the training world and the held-out account's",
     "services.tooling.world_sd_recipe": "generates its world through llm_recipe.ensure_world",
     "services.tooling.boigsd_recipe": "generates its world through llm_recipe.ensure_world",
+    "services.tooling.boigsd_eval_recipe": "`make eval-sd` judges images with the ground truth",
     "services.tooling.models": "`make models` runs both recipes",
     "services.cli": "the operator CLI: `boig llm train` and `boig world-sd` run the recipes",
     "services.__main__": "runs services.cli",

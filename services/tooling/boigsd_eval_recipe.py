@@ -1,0 +1,409 @@
+"""`make eval-sd`: BoigSD, SFT, best-of-N, prompt-only and the base model on held-out future
+posts of the synthetic world, judged on the hidden true KPI (services.trainer.evaluate.sd).
+
+Two stacks run on loopback: the training one (featurizer, describer serving the registry's
+BoigLLM, scorer), which writes the prompts and gives the training reward, and the judge (a
+featurizer of its own with a second detector, another seed and width), whose objects the
+ground truth reads. The SFT baseline is the world SD fine-tuned on the training split's
+high-KPI creatives (trained here once, then reused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from rich.console import Console
+
+from services.common.boigsd_lora import LORA_WEIGHTS_FILE, load_boigsd_lora
+from services.common.clients import (
+    DescriberClient,
+    FeaturizerClient,
+    ScorerClient,
+    call_with_retries,
+)
+from services.common.contracts import (
+    Context,
+    Creative,
+    ImageInput,
+    KpiLevel,
+    KpiTarget,
+    RewardName,
+    ScoreRequest,
+    Verbalization,
+)
+from services.common.image_prompts import render_prompt
+from services.common.images import encode_png
+from services.common.model_folders import folder_version, read_sampling_defaults
+from services.common.settings import default_world_sd_dir
+from services.tooling import boigsd_recipe, llm_recipe, world_sd_recipe
+from services.tooling.stack import local_stack
+from services.trainer.ddpo.job import BoigsdJob
+from services.trainer.ddpo.run import LORA_DIR, SNAPSHOTS_DIR, read_evaluation
+from services.trainer.evaluate.sd import efficacy, report
+from services.trainer.evaluate.sd.efficacy import (
+    BASE,
+    BOIGSD,
+    PROMPT_ONLY,
+    REAL,
+    SFT,
+    HeldOutPost,
+    JudgedMethod,
+    MethodImages,
+    SdEfficacy,
+)
+from services.trainer.ingest.featurize import HttpFeaturizer
+from services.trainer.world.brands import DEFAULT_BRANDS
+from services.trainer.world.generate import TRUTH_FILE
+from services.trainer.world_sd.config import cpu_preset
+from services.trainer.world_sd.data import load_image, token_counter
+from services.trainer.world_sd.evaluate import Sampling, load_sampler, sample_captions
+from services.trainer.world_sd.model import load_or_build_tokenizer
+
+console = Console(stderr=True)
+
+JUDGE_DETECTOR_SEED = 1
+JUDGE_DETECTOR_WIDTH = 0.1875
+"""The judge's detector: trained on other generated scenes (another seed) with 1.5 times the
+reward detector's channels, so the two do not share their mistakes."""
+SFT_STEPS = 300
+"""UNet steps of the SFT baseline on the high-KPI creatives (~6 min on 2 cores)."""
+JUDGE_BATCH = 32
+CURVE_POINTS = 7
+"""Snapshots of the DDPO run judged for the curve over training (each: posts x curve_samples
+images)."""
+
+
+@dataclass(frozen=True)
+class EvalSdSettings:
+    posts: int = 64
+    samples: int = 4
+    """Images per post and method (seeds 0..samples-1 for every method)."""
+    best_of: int = 4
+    """N of best-of-N: the best of the prompt-only method's first N images."""
+    reward: RewardName = "match"
+    curve_samples: int = 2
+    """Images per post for each earlier BoigSD snapshot (the curve over training)."""
+    sft: bool = True
+    seed: int = 0
+
+
+def judge_detector(home: Path) -> Path:
+    """The judge's detector weights, trained once (~6 min) and cached under ``home``."""
+    from services.featurizer.shapes import DetectorConfig, prepare_detector
+
+    config = DetectorConfig(seed=JUDGE_DETECTOR_SEED, width_multiple=JUDGE_DETECTOR_WIDTH)
+    return prepare_detector(home / "models" / "judge-detector", config=config)
+
+
+def sft_pipeline(paths: llm_recipe.LlmPaths, model: Path) -> Path:
+    """The world SD fine-tuned on the training split's high-KPI creatives: the paper's
+    'SD fine-tuned on high-KPI images' (the whole UNet, as the world SD itself was trained,
+    not a LoRA: the model is small enough)."""
+    data = world_sd_recipe.world_sd_data(paths, model / "tokenizer")
+    config = cpu_preset().model_copy(
+        update={
+            "base_model": model,
+            "unet_steps": SFT_STEPS,
+            "warmup_steps": 20,
+            "learning_rate": 2.5e-4,
+            "sample_every": 0,
+        }
+    )
+    # Named after the base weights: a retrained world SD gets a new SFT, not a stale one.
+    run = f"sft-high-from-{folder_version(model)[:8]}"
+    return world_sd_recipe.train(
+        paths, run, config, data, world_sd_recipe.Selection(level=KpiLevel.HIGH.value)
+    )
+
+
+def held_out_posts(
+    paths: llm_recipe.LlmPaths, model: Path, settings: EvalSdSettings
+) -> list[HeldOutPost]:
+    """``settings.posts`` posts of the test split (the most recent period) of the trained
+    brands, drawn with a fixed seed, each with its real creative at the model's resolution."""
+    data = world_sd_recipe.world_sd_data(paths, model / "tokenizer")
+    brands = {brand.account: brand for brand in DEFAULT_BRANDS}
+    truth = {
+        row["id"]: row
+        for row in (
+            json.loads(line)
+            for line in (paths.world / TRUTH_FILE).read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        )
+    }
+    candidates = [
+        image
+        for image in data.test
+        if image.context.account in brands and image.context.posted_at is not None
+    ]
+    random.Random(settings.seed).shuffle(candidates)
+    if len(candidates) < settings.posts:
+        raise SystemExit(f"only {len(candidates)} held-out posts; ask for fewer")
+    resolution = _resolution(model)
+    posts = []
+    for image in candidates[: settings.posts]:
+        brand = brands[image.context.account]
+        breakdown = truth[image.id]["breakdown"]
+        # The drawn creative's log-KPI without its text term, which the judge cannot read.
+        drawn = sum(float(value) for value in breakdown.values()) - float(breakdown["text"])
+        posts.append(
+            HeldOutPost(
+                id=image.id,
+                context=image.context,
+                brand=brand,
+                real_image=load_image(image.media, resolution),
+                real_description=image.description,
+                recorded_log_kpi=math.log(brand.kpi_scale) + drawn,
+            )
+        )
+    return posts
+
+
+def _resolution(model: Path) -> int:
+    return int(json.loads((model / "vae" / "config.json").read_text())["sample_size"])
+
+
+def run_evaluation(
+    paths: llm_recipe.LlmPaths,
+    settings: EvalSdSettings = EvalSdSettings(),
+    *,
+    run_dir: Path | None = None,
+) -> Path:
+    """Evaluate the LoRA of a DDPO run folder (default: the one `make train-sd` trains) with
+    the curve of its snapshots, and write the report; returns the HTML path."""
+    model = default_world_sd_dir()
+    if not (model / "model_index.json").is_file():
+        raise SystemExit(f"no world SD at {model}: run `make models` first")
+    run_dir = run_dir or boigsd_recipe.run_dir(paths, BoigsdJob(), model)
+    lora = run_dir / LORA_DIR
+    if not (lora / LORA_WEIGHTS_FILE).is_file():
+        raise SystemExit(f"no BoigSD LoRA in {run_dir}: run `make train-sd` first")
+    console.print("eval-sd: preparing the judge's detector (once, ~6 min)")
+    judge_weights = judge_detector(paths.home)
+    sft = None
+    if settings.sft:
+        console.print(f"eval-sd: SFT baseline ({SFT_STEPS} UNet steps on high-KPI creatives, once)")
+        sft = sft_pipeline(paths, model)
+    posts = held_out_posts(paths, model, settings)
+    env = {
+        "BOIG_DESCRIBER_HISTORY_PATH": str(paths.history),
+        "BOIG_DESCRIBER_CHECKPOINT_REGISTRY": str(paths.registry),
+    }
+    stack_dir = paths.home / "stack" / "eval-sd"
+    with (
+        local_stack(
+            stack_dir / "training", services=("featurizer", "describer", "scorer"), extra_env=env
+        ) as stack,
+        local_stack(
+            stack_dir / "judge",
+            services=("featurizer",),
+            extra_env={"BOIG_FEATURIZER_DETECTOR_WEIGHTS": str(judge_weights)},
+        ) as judge_stack,
+    ):
+        evaluation = asyncio.run(
+            _evaluate(
+                posts,
+                settings,
+                model=model,
+                sft=sft,
+                lora=lora,
+                run_dir=run_dir,
+                describer_url=stack.url("describer"),
+                scorer_url=stack.url("scorer"),
+                judge_url=judge_stack.url("featurizer"),
+            )
+        )
+    report.print_report(evaluation, console)
+    stem = paths.reports / f"boigsd-efficacy-{run_dir.name}"
+    html_path = report.write_html(evaluation, stem.with_suffix(".html"))
+    json_path = report.write_json(evaluation, stem.with_suffix(".json"))
+    console.print(f"HTML report: {html_path}\nresults as JSON: {json_path}")
+    return html_path
+
+
+async def _evaluate(
+    posts: list[HeldOutPost],
+    settings: EvalSdSettings,
+    *,
+    model: Path,
+    sft: Path | None,
+    lora: Path,
+    run_dir: Path,
+    describer_url: str,
+    scorer_url: str,
+    judge_url: str,
+) -> SdEfficacy:
+    recommended = read_sampling_defaults(model)
+    sampling = Sampling(
+        samples_per_caption=settings.samples,
+        steps=recommended.steps or Sampling.steps,
+        guidance_scale=recommended.guidance_scale or Sampling.guidance_scale,
+        seed=settings.seed,
+    )
+    resolution = _resolution(model)
+    count = token_counter(load_or_build_tokenizer(model / "tokenizer"))
+    target = KpiTarget(level=KpiLevel.HIGH)
+    async with (
+        DescriberClient(describer_url, timeout=900) as describer,
+        ScorerClient(scorer_url, timeout=900) as scorer,
+        FeaturizerClient(judge_url, timeout=300) as judge_client,
+    ):
+        judge_featurizer = await HttpFeaturizer.connect(judge_client)
+        console.print(f"eval-sd: BoigLLM's high-KPI descriptions for {len(posts)} contexts")
+        gate = asyncio.Semaphore(4)
+
+        async def high(context: Context) -> Verbalization:
+            async with gate:
+                answer = await call_with_retries(
+                    lambda: describer.describe(context, target), retries=20, what="describer"
+                )
+            return answer.verbalization
+
+        asked_high = list(await asyncio.gather(*(high(post.context) for post in posts)))
+        high_prompts = [
+            render_prompt(d, p.context, count_tokens=count)
+            for d, p in zip(asked_high, posts, strict=True)
+        ]
+        real_prompts = [
+            render_prompt(p.real_description, p.context, count_tokens=count) for p in posts
+        ]
+
+        async def judge(images: list[Image.Image]) -> list[Verbalization]:
+            found: list[Verbalization] = []
+            for start in range(0, len(images), JUDGE_BATCH):
+                batch = [
+                    ImageInput(data_base64=_b64(image))
+                    for image in images[start : start + JUDGE_BATCH]
+                ]
+                found.extend(await judge_featurizer.featurize(batch))
+            return found
+
+        async def reward_of(context: Context, images: list[Image.Image]) -> list[float]:
+            request = ScoreRequest(
+                context=context,
+                target=target,
+                reward=settings.reward,
+                creatives=[
+                    Creative(id=f"i{i}", image_base64=_b64(x)) for i, x in enumerate(images)
+                ],
+            )
+            response = await call_with_retries(
+                lambda: scorer.score(request), retries=10, what="scorer"
+            )
+            totals = {result.id: result.total for result in response.results}
+            return [totals[f"i{i}"] for i in range(len(images))]
+
+        async def judged(method: MethodImages) -> JudgedMethod:
+            console.print(f"eval-sd: judging {method.name}")
+            return await efficacy.judge_method(method, posts, judge, reward_of)
+
+        def draw(name: str, pipeline: Any, prompts: Sequence[str], samples: int) -> MethodImages:
+            console.print(f"eval-sd: drawing {name} ({len(prompts)} posts x {samples})")
+            per_post = Sampling(
+                samples_per_caption=samples,
+                steps=sampling.steps,
+                guidance_scale=sampling.guidance_scale,
+                seed=sampling.seed,
+            )
+            images = sample_captions(pipeline, list(prompts), per_post, resolution)
+            asked = asked_high if prompts is high_prompts else [p.real_description for p in posts]
+            return MethodImages(name, images, list(asked))
+
+        methods: list[JudgedMethod] = [
+            await judged(MethodImages(REAL, [[p.real_image] for p in posts], [None] * len(posts)))
+        ]
+        base_pipeline = load_sampler(model)
+        methods.append(await judged(draw(BASE, base_pipeline, real_prompts, settings.samples)))
+        prompt_only = await judged(
+            draw(PROMPT_ONLY, base_pipeline, high_prompts, max(settings.samples, settings.best_of))
+        )
+        methods.append(prompt_only)
+        methods.append(efficacy.best_of_n(prompt_only, settings.best_of))
+        if sft is not None:
+            methods.append(
+                await judged(draw(SFT, load_sampler(sft), high_prompts, settings.samples))
+            )
+        boigsd = load_sampler(model)
+        load_boigsd_lora(boigsd, lora)
+        methods.append(await judged(draw(BOIGSD, boigsd, high_prompts, settings.samples)))
+
+        by_name = {method.name: method for method in methods}
+        curve = []
+        published = _published_epoch(run_dir, lora)
+        evaluations = {row["epoch"]: row["reward_mean"] for row in read_evaluation(run_dir)}
+        for epoch, folder in _curve_snapshots(_snapshots(run_dir), published):
+            snapshot = load_sampler(model)
+            load_boigsd_lora(snapshot, folder)
+            point = await judged(
+                draw(f"BoigSD epoch {epoch}", snapshot, high_prompts, settings.curve_samples)
+            )
+            curve.append(efficacy.curve_point(epoch, point, by_name[BASE], evaluations.get(epoch)))
+
+    table = efficacy.efficacy_table(methods, posts)
+    meta = {
+        "held-out posts": f"{len(posts)} of the test split (future), brands "
+        + ", ".join(sorted({p.brand.account for p in posts})),
+        "images": f"{settings.samples} per post and method (best-of-N: 1 of {settings.best_of})",
+        "sampling": f"DDIM {sampling.steps} steps, guidance {sampling.guidance_scale}",
+        "training reward": f"scorer {settings.reward} at target high",
+        "BoigSD LoRA": str(lora),
+        "SFT": str(sft) if sft is not None else "not evaluated",
+        "judge": f"featurizer {judge_featurizer.version}; detector seed "
+        f"{JUDGE_DETECTOR_SEED}, width {JUDGE_DETECTOR_WIDTH}",
+    }
+    return SdEfficacy(
+        posts=posts,
+        methods=methods,
+        table=table,
+        calibration=efficacy.judge_calibration(methods[0], posts),
+        curve=curve,
+        published_epoch=published,
+        meta=meta,
+    )
+
+
+def _snapshots(run_dir: Path) -> list[tuple[int, Path]]:
+    folder = run_dir / SNAPSHOTS_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        name = path.name
+        if name.startswith("epoch-") and name[6:].isdigit():
+            found.append((int(name[6:]), path))
+    return sorted(found)
+
+
+def _curve_snapshots(
+    found: list[tuple[int, Path]], published: int | None, most: int = CURVE_POINTS
+) -> list[tuple[int, Path]]:
+    """At most ``most`` snapshots, evenly spread, always the first, the last and the
+    published one: enough for the curve's shape at a bounded cost."""
+    if len(found) <= most:
+        return found
+    picks = {round(i * (len(found) - 1) / (most - 1)) for i in range(most)}
+    picks |= {i for i, (epoch, _) in enumerate(found) if epoch == published}
+    return [found[i] for i in sorted(picks)]
+
+
+def _published_epoch(run_dir: Path, lora: Path) -> int | None:
+    """The snapshot whose weights the run's LoRA holds (byte-equal file): early stopping's
+    pick; None for a run without evaluations."""
+    published = (lora / LORA_WEIGHTS_FILE).read_bytes()
+    for epoch, folder in _snapshots(run_dir):
+        if (folder / LORA_WEIGHTS_FILE).read_bytes() == published:
+            return epoch
+    return None
+
+
+def _b64(image: Image.Image) -> str:
+    return base64.b64encode(encode_png(image)).decode("ascii")
