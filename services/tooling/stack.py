@@ -7,14 +7,17 @@ Used by `make demo`, the end-to-end tests and the benchmarks. Each service is th
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 import httpx
 
@@ -93,6 +96,7 @@ def local_stack(
         **stack.environment(),
         **(extra_env or {}),
     }
+    restore = _terminate_as_exit()
     try:
         for name in START_ORDER:
             if name not in services:
@@ -117,6 +121,24 @@ def local_stack(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        restore()
+
+
+def _terminate_as_exit() -> Callable[[], None]:
+    """Turn SIGTERM into SystemExit while the stack runs, so that ``finally`` stops the
+    services: they run in sessions of their own (a Ctrl-C in the terminal does not reach
+    them), and Python's default SIGTERM ends the process without unwinding, which left them
+    running after ``kill``. Returns what puts the previous handler back. Only the main thread
+    may set handlers; elsewhere (a test's worker thread) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def exit_on_terminate(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_on_terminate)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 class StackFailed(RuntimeError):
