@@ -138,7 +138,11 @@ def _terminate_as_exit() -> Callable[[], None]:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, exit_on_terminate)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 class StackFailed(RuntimeError):
