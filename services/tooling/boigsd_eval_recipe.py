@@ -14,7 +14,9 @@ import asyncio
 import base64
 import json
 import math
+import os
 import random
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +64,7 @@ from services.trainer.evaluate.sd.efficacy import (
 )
 from services.trainer.ingest.featurize import HttpFeaturizer
 from services.trainer.world.brands import DEFAULT_BRANDS
-from services.trainer.world.generate import TRUTH_FILE
+from services.trainer.world.generate import POSTS_FILE, TRUTH_FILE, generate_world
 from services.trainer.world_sd.config import cpu_preset
 from services.trainer.world_sd.data import load_image, token_counter
 from services.trainer.world_sd.evaluate import Sampling, load_sampler, sample_captions
@@ -125,6 +127,28 @@ def sft_pipeline(paths: llm_recipe.LlmPaths, model: Path) -> Path:
     )
 
 
+def ensure_truth(paths: llm_recipe.LlmPaths) -> Path:
+    """The world's hidden truth (every post's drawn attributes and expected KPI), kept under
+    ``BOIG_HOME/truth/``, apart from the data training reads. The world is generated without
+    it, so it is regenerated here once from the world's seed, into a scratch folder, and
+    refused unless the posts come out byte-identical to the world's."""
+    out = paths.home / "truth" / paths.world.name / TRUTH_FILE
+    if out.is_file():
+        return out
+    console.print(f"eval-sd: regenerating {paths.world.name} for its hidden truth (once)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
+        world, truth = Path(scratch) / "world", Path(scratch) / "truth"
+        generate_world(
+            world, seed=paths.seed, posts_per_brand=paths.posts_per_brand, truth_dir=truth
+        )
+        ours, theirs = world / POSTS_FILE, paths.world / POSTS_FILE
+        if ours.read_bytes() != theirs.read_bytes():
+            raise SystemExit(f"{theirs} is not what its seed generates: cannot recover its truth")
+        os.replace(truth / TRUTH_FILE, out)
+    return out
+
+
 def held_out_posts(
     paths: llm_recipe.LlmPaths, model: Path, settings: EvalSdSettings
 ) -> list[HeldOutPost]:
@@ -136,7 +160,7 @@ def held_out_posts(
         row["id"]: row
         for row in (
             json.loads(line)
-            for line in (paths.world / TRUTH_FILE).read_text(encoding="utf-8").splitlines()
+            for line in ensure_truth(paths).read_text(encoding="utf-8").splitlines()
             if line.strip()
         )
     }
@@ -197,6 +221,8 @@ def run_evaluation(
     env = {
         "BOIG_DESCRIBER_HISTORY_PATH": str(paths.history),
         "BOIG_DESCRIBER_CHECKPOINT_REGISTRY": str(paths.registry),
+        # An offline batch: queueing behind its own requests is expected, not overload.
+        "BOIG_DESCRIBER_MAX_QUEUE_WAIT_SECONDS": "3600",
     }
     stack_dir = paths.home / "stack" / "eval-sd"
     with (
