@@ -271,6 +271,12 @@ def train_sd(
             min=0.0, max=1.0, help="Weight of the match reward mixed in as a faithfulness guard."
         ),
     ] = 0.0,
+    kl_coef: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, help="Weight of the KL penalty to the base model (else the preset's)."
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the preset's.")] = None,
     guidance: Annotated[
         float | None, typer.Option(help="Guidance scale; else what the model recommends.")
@@ -299,6 +305,7 @@ def train_sd(
             holdout=holdout,
             reward=reward,  # type: ignore[arg-type]
             faithfulness=faithfulness,
+            kl_coef=kl_coef,
             epochs=epochs,
             guidance_scale=guidance,
             seed=seed,

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import hashlib
 import json
 import math
 import os
 import random
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from services.common.model_folders import folder_version, read_sampling_defaults
 from services.common.settings import default_world_sd_dir
 from services.tooling import boigsd_recipe, llm_recipe, world_sd_recipe
 from services.tooling.stack import local_stack
-from services.trainer.ddpo.job import BoigsdJob
+from services.trainer.ddpo.job import BoigsdJob, config_for, read_job
 from services.trainer.ddpo.run import LORA_DIR, SNAPSHOTS_DIR, read_evaluation
 from services.trainer.evaluate.sd import efficacy, report
 from services.trainer.evaluate.sd.efficacy import (
@@ -91,7 +92,6 @@ class EvalSdSettings:
     """Images per post and method (seeds 0..samples-1 for every method)."""
     best_of: int = 4
     """N of best-of-N: the best of the prompt-only method's first N images."""
-    reward: RewardName = "match"
     curve_samples: int = 2
     """Images per post for each earlier BoigSD snapshot (the curve over training)."""
     sft: bool = True
@@ -106,11 +106,12 @@ def judge_detector(home: Path) -> Path:
     return prepare_detector(home / "models" / "judge-detector", config=config)
 
 
-def sft_pipeline(paths: llm_recipe.LlmPaths, model: Path) -> Path:
+def sft_pipeline(
+    paths: llm_recipe.LlmPaths, model: Path, data: world_sd_recipe.WorldSdData
+) -> Path:
     """The world SD fine-tuned on the training split's high-KPI creatives: the paper's
     'SD fine-tuned on high-KPI images' (the whole UNet, as the world SD itself was trained,
     not a LoRA: the model is small enough)."""
-    data = world_sd_recipe.world_sd_data(paths, model / "tokenizer")
     config = cpu_preset().model_copy(
         update={
             "base_model": model,
@@ -133,7 +134,9 @@ def ensure_truth(paths: llm_recipe.LlmPaths) -> Path:
     it, so it is regenerated here once from the world's seed, into a scratch folder, and
     refused unless the posts come out byte-identical to the world's."""
     out = paths.home / "truth" / paths.world.name / TRUTH_FILE
-    if out.is_file():
+    stamp = out.with_suffix(".posts-sha256")
+    posts_sha = hashlib.sha256((paths.world / POSTS_FILE).read_bytes()).hexdigest()
+    if out.is_file() and stamp.is_file() and stamp.read_text().strip() == posts_sha:
         return out
     console.print(f"eval-sd: regenerating {paths.world.name} for its hidden truth (once)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -146,15 +149,18 @@ def ensure_truth(paths: llm_recipe.LlmPaths) -> Path:
         if ours.read_bytes() != theirs.read_bytes():
             raise SystemExit(f"{theirs} is not what its seed generates: cannot recover its truth")
         os.replace(truth / TRUTH_FILE, out)
+    stamp.write_text(posts_sha + "\n")
     return out
 
 
 def held_out_posts(
-    paths: llm_recipe.LlmPaths, model: Path, settings: EvalSdSettings
+    paths: llm_recipe.LlmPaths,
+    model: Path,
+    data: world_sd_recipe.WorldSdData,
+    settings: EvalSdSettings,
 ) -> list[HeldOutPost]:
     """``settings.posts`` posts of the test split (the most recent period) of the trained
     brands, drawn with a fixed seed, each with its real creative at the model's resolution."""
-    data = world_sd_recipe.world_sd_data(paths, model / "tokenizer")
     brands = {brand.account: brand for brand in DEFAULT_BRANDS}
     truth = {
         row["id"]: row
@@ -211,15 +217,18 @@ def run_evaluation(
     lora = run_dir / LORA_DIR
     if not (lora / LORA_WEIGHTS_FILE).is_file():
         raise SystemExit(f"no BoigSD LoRA in {run_dir}: run `make train-sd` first")
+    # Captions are counted by the model's own tokenizer, as its generator would count them.
+    data = world_sd_recipe.world_sd_data(paths, model / "tokenizer")
     console.print("eval-sd: preparing the judge's detector (once, ~6 min)")
     judge_weights = judge_detector(paths.home)
     sft = None
     if settings.sft:
         console.print(f"eval-sd: SFT baseline ({SFT_STEPS} UNet steps on high-KPI creatives, once)")
-        sft = sft_pipeline(paths, model)
-    posts = held_out_posts(paths, model, settings)
+        sft = sft_pipeline(paths, model, data)
+    posts = held_out_posts(paths, model, data, settings)
     env = {
-        "BOIG_DESCRIBER_HISTORY_PATH": str(paths.history),
+        # The training split's history: prompts for future posts must not know them.
+        "BOIG_DESCRIBER_HISTORY_PATH": str(llm_recipe.training_history(data.dataset)),
         "BOIG_DESCRIBER_CHECKPOINT_REGISTRY": str(paths.registry),
         # An offline batch: queueing behind its own requests is expected, not overload.
         "BOIG_DESCRIBER_MAX_QUEUE_WAIT_SECONDS": "3600",
@@ -256,6 +265,28 @@ def run_evaluation(
     return html_path
 
 
+@dataclass(frozen=True)
+class RunReward:
+    """The reward a DDPO run trained on: ``(weight, scorer reward)`` terms."""
+
+    terms: tuple[tuple[float, RewardName], ...]
+
+    @classmethod
+    def of(cls, job: BoigsdJob) -> RunReward:
+        if not job.faithfulness:
+            return cls(((1.0, job.reward),))
+        return cls(((1.0 - job.faithfulness, job.reward), (job.faithfulness, "match")))
+
+    def __str__(self) -> str:
+        return " + ".join(f"{weight:g} x {name}" for weight, name in self.terms)
+
+
+def post_seeds(posts: int, samples: int, seed: int) -> list[list[int]]:
+    """Seeds per (post, image): every post its own noise, the same for every method (the
+    comparison stays paired), so the intervals over posts also cover the draw of noise."""
+    return [[seed * 10_000_000 + 1_000 * i + j for j in range(samples)] for i in range(posts)]
+
+
 async def _evaluate(
     posts: list[HeldOutPost],
     settings: EvalSdSettings,
@@ -268,13 +299,20 @@ async def _evaluate(
     scorer_url: str,
     judge_url: str,
 ) -> SdEfficacy:
+    job = read_job(run_dir) or BoigsdJob()
+    trained = config_for(job, model)
+    reward = RunReward.of(job)
     recommended = read_sampling_defaults(model)
+    # Every method is drawn as the generator serves (the pipeline's DDIM, eta 0), at the
+    # guidance the run trained with.
     sampling = Sampling(
         samples_per_caption=settings.samples,
         steps=recommended.steps or Sampling.steps,
-        guidance_scale=recommended.guidance_scale or Sampling.guidance_scale,
+        guidance_scale=trained.guidance_scale,
         seed=settings.seed,
     )
+    draws = max(settings.samples, settings.best_of)
+    seeds = post_seeds(len(posts), draws, settings.seed)
     resolution = _resolution(model)
     count = token_counter(load_or_build_tokenizer(model / "tokenizer"))
     target = KpiTarget(level=KpiLevel.HIGH)
@@ -295,12 +333,14 @@ async def _evaluate(
             return answer.verbalization
 
         asked_high = list(await asyncio.gather(*(high(post.context) for post in posts)))
+        asked_real = [post.real_description for post in posts]
         high_prompts = [
             render_prompt(d, p.context, count_tokens=count)
             for d, p in zip(asked_high, posts, strict=True)
         ]
         real_prompts = [
-            render_prompt(p.real_description, p.context, count_tokens=count) for p in posts
+            render_prompt(d, p.context, count_tokens=count)
+            for d, p in zip(asked_real, posts, strict=True)
         ]
 
         async def judge(images: list[Image.Image]) -> list[Verbalization]:
@@ -313,75 +353,95 @@ async def _evaluate(
                 found.extend(await judge_featurizer.featurize(batch))
             return found
 
-        async def reward_of(context: Context, images: list[Image.Image]) -> list[float]:
+        async def score(context: Context, pngs: list[str], name: RewardName) -> list[float]:
             request = ScoreRequest(
                 context=context,
                 target=target,
-                reward=settings.reward,
-                creatives=[
-                    Creative(id=f"i{i}", image_base64=_b64(x)) for i, x in enumerate(images)
-                ],
+                reward=name,
+                creatives=[Creative(id=f"i{i}", image_base64=b) for i, b in enumerate(pngs)],
             )
             response = await call_with_retries(
                 lambda: scorer.score(request), retries=10, what="scorer"
             )
             totals = {result.id: result.total for result in response.results}
-            return [totals[f"i{i}"] for i in range(len(images))]
+            return [totals[f"i{i}"] for i in range(len(pngs))]
+
+        async def reward_of(context: Context, images: list[Image.Image]) -> list[float]:
+            pngs = [_b64(image) for image in images]
+            parts = [(w, await score(context, pngs, name)) for w, name in reward.terms]
+            return [sum(w * values[i] for w, values in parts) for i in range(len(images))]
 
         async def judged(method: MethodImages) -> JudgedMethod:
             console.print(f"eval-sd: judging {method.name}")
             return await efficacy.judge_method(method, posts, judge, reward_of)
 
-        def draw(name: str, pipeline: Any, prompts: Sequence[str], samples: int) -> MethodImages:
+        def draw(
+            name: str,
+            pipeline: Any,
+            prompts: list[str],
+            asked: list[Verbalization],
+            samples: int,
+        ) -> MethodImages:
             console.print(f"eval-sd: drawing {name} ({len(prompts)} posts x {samples})")
-            per_post = Sampling(
-                samples_per_caption=samples,
-                steps=sampling.steps,
-                guidance_scale=sampling.guidance_scale,
-                seed=sampling.seed,
-            )
-            images = sample_captions(pipeline, list(prompts), per_post, resolution)
-            asked = asked_high if prompts is high_prompts else [p.real_description for p in posts]
+            per_post = dataclasses.replace(sampling, samples_per_caption=samples)
+            images = sample_captions(pipeline, prompts, per_post, resolution, seeds=seeds)
             return MethodImages(name, images, list(asked))
 
         methods: list[JudgedMethod] = [
             await judged(MethodImages(REAL, [[p.real_image] for p in posts], [None] * len(posts)))
         ]
         base_pipeline = load_sampler(model)
-        methods.append(await judged(draw(BASE, base_pipeline, real_prompts, settings.samples)))
-        prompt_only = await judged(
-            draw(PROMPT_ONLY, base_pipeline, high_prompts, max(settings.samples, settings.best_of))
+        methods.append(
+            await judged(draw(BASE, base_pipeline, real_prompts, asked_real, settings.samples))
         )
-        methods.append(prompt_only)
+        # Prompt-only draws N images for best-of-N; its own row reads the first `samples`.
+        prompt_only = await judged(
+            draw(PROMPT_ONLY, base_pipeline, high_prompts, asked_high, draws)
+        )
+        methods.append(efficacy.first_draws(prompt_only, settings.samples))
         methods.append(efficacy.best_of_n(prompt_only, settings.best_of))
         if sft is not None:
+            sft_sampler = load_sampler(sft)
             methods.append(
-                await judged(draw(SFT, load_sampler(sft), high_prompts, settings.samples))
+                await judged(draw(SFT, sft_sampler, high_prompts, asked_high, settings.samples))
             )
-        boigsd = load_sampler(model)
-        load_boigsd_lora(boigsd, lora)
-        methods.append(await judged(draw(BOIGSD, boigsd, high_prompts, settings.samples)))
+        boigsd_pipeline = load_sampler(model)
+        load_boigsd_lora(boigsd_pipeline, lora)
+        boigsd = await judged(
+            draw(BOIGSD, boigsd_pipeline, high_prompts, asked_high, settings.samples)
+        )
+        methods.append(boigsd)
 
-        by_name = {method.name: method for method in methods}
+        base = methods[1]
         curve = []
         published = _published_epoch(run_dir, lora)
         evaluations = {row["epoch"]: row["reward_mean"] for row in read_evaluation(run_dir)}
         for epoch, folder in _curve_snapshots(_snapshots(run_dir), published):
-            snapshot = load_sampler(model)
-            load_boigsd_lora(snapshot, folder)
-            point = await judged(
-                draw(f"BoigSD epoch {epoch}", snapshot, high_prompts, settings.curve_samples)
-            )
-            curve.append(efficacy.curve_point(epoch, point, by_name[BASE], evaluations.get(epoch)))
+            if epoch == published:
+                point = boigsd  # the table's own BoigSD row: one number per epoch
+            else:
+                snapshot = load_sampler(model)
+                load_boigsd_lora(snapshot, folder)
+                name = f"BoigSD epoch {epoch}"
+                point = await judged(
+                    draw(name, snapshot, high_prompts, asked_high, settings.curve_samples)
+                )
+            curve.append(efficacy.curve_point(epoch, point, base, evaluations.get(epoch)))
 
     table = efficacy.efficacy_table(methods, posts)
     meta = {
         "held-out posts": f"{len(posts)} of the test split (future), brands "
         + ", ".join(sorted({p.brand.account for p in posts})),
-        "images": f"{settings.samples} per post and method (best-of-N: 1 of {settings.best_of})",
-        "sampling": f"DDIM {sampling.steps} steps, guidance {sampling.guidance_scale}",
-        "training reward": f"scorer {settings.reward} at target high",
-        "BoigSD LoRA": str(lora),
+        "images": f"{settings.samples} per post and method, each post its own seeds shared by "
+        f"every method (best-of-N: the best of {settings.best_of}; the curve's earlier epochs: "
+        f"{settings.curve_samples})",
+        "sampling": f"as served: the pipeline's DDIM (eta 0), {sampling.steps} steps, guidance "
+        f"{sampling.guidance_scale:g}; DDPO trained and early-stopped on DDIM eta "
+        f"{trained.eta:g}, {trained.sample_steps} steps",
+        "prompts": "BoigLLM's high-KPI description, with the training split's history only "
+        "(no held-out post); base: the real post's own description",
+        "training reward": f"scorer {reward} at target high (the run's)",
+        "BoigSD LoRA": f"{lora} (epoch {published})" if published is not None else str(lora),
         "SFT": str(sft) if sft is not None else "not evaluated",
         "judge": f"featurizer {judge_featurizer.version}; detector seed "
         f"{JUDGE_DETECTOR_SEED}, width {JUDGE_DETECTOR_WIDTH}",

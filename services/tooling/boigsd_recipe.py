@@ -28,6 +28,7 @@ def run_dir(paths: llm_recipe.LlmPaths, job: BoigsdJob, model: Path) -> Path:
     resumes, and one started again with more epochs continues."""
     guidance = "auto" if job.guidance_scale is None else f"g{job.guidance_scale:g}"
     reward = job.reward + (f"+match{job.faithfulness:g}" if job.faithfulness else "")
+    reward += "" if job.kl_coef is None else f"-kl{job.kl_coef:g}"
     name = "-".join(
         [
             f"boigsd-{paths.world.name}-{folder_version(model)[:8]}",
@@ -46,9 +47,10 @@ def train(job: BoigsdJob, *, model: Path | None = None) -> BoigsdOutcome:
     posts = llm_recipe.ensure_world(paths)
     folder = run_dir(paths, job, model)
     dataset = llm_recipe.ensure_dataset(paths, posts, folder)
-    # The describer serves the registry's BoigLLM (the base model until one is published).
+    # The describer serves the registry's BoigLLM (the base model until one is published),
+    # reading the training split's history only: prompts of the past must not know the future.
     env = {
-        "BOIG_DESCRIBER_HISTORY_PATH": str(paths.history),
+        "BOIG_DESCRIBER_HISTORY_PATH": str(llm_recipe.training_history(dataset)),
         "BOIG_DESCRIBER_CHECKPOINT_REGISTRY": str(paths.registry),
     }
     with (

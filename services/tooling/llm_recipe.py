@@ -166,12 +166,21 @@ def ensure_dataset(paths: LlmPaths, posts: Path, run_dir: Path) -> Path:
     return outcome.version_dir
 
 
+def training_history(dataset: Path) -> Path:
+    """The training split's history (written by ingest; backfilled for older datasets): what
+    a describer reads when its answers train or are judged against held-out posts, which the
+    serving store also holds and which would leak the future into its prompts."""
+    path = dataset / TRAIN_HISTORY_FILE
+    if not path.is_file():
+        history_of(load_examples(dataset, "train")[Direction.CONTENT]).write(path)
+    return path
+
+
 def ensure_histories(dataset: Path, serving_history: Path) -> None:
     """Backfill what ingest writes today for a dataset ingested before it did: the training
     split's history, and the dataset's accounts in the describer's store."""
     train = load_examples(dataset, "train")[Direction.CONTENT]
-    if not (dataset / TRAIN_HISTORY_FILE).is_file():
-        history_of(train).write(dataset / TRAIN_HISTORY_FILE)
+    training_history(dataset)
     store = HistoryStore.read(serving_history) if serving_history.is_file() else HistoryStore()
     if not {e.context.account for e in train} <= store.accounts():
         everything = train + load_examples(dataset, "test")[Direction.CONTENT]

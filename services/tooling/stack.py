@@ -113,6 +113,9 @@ def local_stack(
             _wait_healthy(stack, name, ready_timeout)
         yield stack
     finally:
+        # A second SIGTERM must not cut the cleanup short (it is bounded: 15 s, then a kill).
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for process in stack.processes.values():
             process.terminate()
         for process in stack.processes.values():
@@ -132,7 +135,8 @@ def _terminate_as_exit() -> Callable[[], None]:
     may set handlers; elsewhere (a test's worker thread) this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    previous = signal.getsignal(signal.SIGTERM)
+    # None: a handler installed from C, which Python cannot put back; the default stands in.
+    previous = signal.getsignal(signal.SIGTERM) or signal.SIG_DFL
 
     def exit_on_terminate(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)

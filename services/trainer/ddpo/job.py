@@ -44,6 +44,7 @@ from services.trainer.finetune.publish import dataset_ref
 logger = logging.getLogger(__name__)
 
 PUBLISHED_FILE = "published.json"
+JOB_FILE = "job.json"
 
 
 class BoigsdJob(BaseModel):
@@ -70,6 +71,12 @@ class BoigsdJob(BaseModel):
             "(match: the image shows the description its prompt was written from), a guard "
             "for the likelihood and contrastive rewards, which judge the KPI alone."
         ),
+    )
+    kl_coef: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=100.0,
+        description="Weight of the KL penalty to the base model; else the preset's.",
     )
     epochs: int | None = Field(default=None, ge=1, le=100_000)
     guidance_scale: float | None = Field(
@@ -107,7 +114,18 @@ def config_for(job: BoigsdJob, model: Path) -> DdpoConfig:
         overrides["guidance_scale"] = job.guidance_scale
     if job.epochs is not None:
         overrides["epochs"] = job.epochs
+    if job.kl_coef is not None:
+        overrides["kl_coef"] = job.kl_coef
     return preset(job.preset, **overrides)
+
+
+def read_job(run_dir: Path) -> BoigsdJob | None:
+    """The job a run folder was started for (``job.json``), so that whoever reads the run
+    later (eval-sd) judges it with the reward it was trained on."""
+    path = run_dir / JOB_FILE
+    if not path.is_file():
+        return None
+    return BoigsdJob.model_validate_json(path.read_text(encoding="utf-8"))
 
 
 def load_pipeline(model: Path, device: str = "auto") -> Any:
@@ -138,10 +156,14 @@ def run_boigsd_job(
     device: str = "auto",
 ) -> BoigsdOutcome:
     config = config_for(job, model)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / JOB_FILE).write_text(job.model_dump_json(indent=1) + "\n", encoding="utf-8")
+    tasks: list[Task]
     eval_tasks: list[Task] | None
     if (run_dir / TASKS_FILE).is_file():
         # A resumed run trains and is judged on the prompts it pinned: no describer needed.
-        tasks, eval_tasks = [], [] if (run_dir / EVAL_TASKS_FILE).is_file() else None
+        tasks = []
+        eval_tasks = [] if (run_dir / EVAL_TASKS_FILE).is_file() else None
     else:
         contexts = training_contexts(dataset, limit=job.contexts + job.holdout, seed=job.seed)
         if len(contexts) <= job.holdout:
@@ -174,7 +196,11 @@ def run_boigsd_job(
     finally:
         reward.close()
     checkpoint = None
-    if job.publish:
+    if job.publish and run.best_epoch == 0:
+        # Nothing beat the untrained adapter on the held-out prompts: publishing it would move
+        # the pointer off a real BoigSD to the base model under BoigSD's name.
+        logger.warning("boigsd: no evaluation beat epoch 0 in %s; nothing published", run_dir)
+    elif job.publish:
         checkpoint = _publish_once(run, registry, config, model, dataset)
     return BoigsdOutcome(run=run, checkpoint=checkpoint)
 

@@ -91,6 +91,8 @@ def train_boigsd(
         load_checkpoint(trainer, found[-1])
         logger.info("resuming %s from epoch %d", run_dir, trainer.epoch)
     truncate_metrics(run_dir, trainer.epoch)
+    _forget_evaluations_after(run_dir, trainer.epoch)
+    started_at = trainer.epoch
     seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + config.eval_seeds))
 
     def evaluate() -> None:
@@ -113,6 +115,8 @@ def train_boigsd(
             on_epoch(stats)
     best = best_evaluated_epoch(run_dir) if config.patience else None
     lora_dir = run_dir / LORA_DIR
+    if trainer.epoch > started_at and lora_dir.exists():
+        shutil.rmtree(lora_dir)  # a finished run extended: its LoRA is rebuilt below
     if not lora_dir.exists():
         if best is not None:
             # Copied whole under a temporary name: a kill mid-copy leaves no half LoRA.
@@ -149,6 +153,23 @@ def _patience_spent(run_dir: Path, config: DdpoConfig) -> bool:
     return best is not None and sum(epoch > best for epoch in epochs) >= config.patience
 
 
+def _forget_evaluations_after(run_dir: Path, epoch: int) -> None:
+    """Drop evaluations (and their snapshots) of epochs after the checkpoint a run resumes
+    from: a run killed after evaluating an epoch, before checkpointing it, trains that epoch
+    again, and must not count the old evaluation against its patience."""
+    path = run_dir / EVALUATION_FILE
+    rows = read_jsonl(path)
+    if any(row["epoch"] > epoch for row in rows):
+        kept = [json.dumps(row) for row in rows if row["epoch"] <= epoch]
+        path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    folder = run_dir / SNAPSHOTS_DIR
+    if folder.is_dir():
+        for snapshot in folder.iterdir():
+            name = snapshot.name
+            if name.startswith("epoch-") and name[6:].isdigit() and int(name[6:]) > epoch:
+                shutil.rmtree(snapshot)
+
+
 def _snapshot(pipe: Any, out_dir: Path, base_model: str) -> None:
     # An epoch evaluated again after a kill (evaluated, not yet checkpointed) replaces its
     # snapshot: the weights are the same, the folder may be half-written.
@@ -169,18 +190,24 @@ def publish_boigsd(
 ) -> CheckpointRef:
     """The run's LoRA as a new registry version (``version``, else a new one), the pointer
     moved once it is complete."""
-    last = run.history[-1] if run.history else {}
+    # The metrics describe the published weights: the best evaluated epoch's under early
+    # stopping, else the last epoch's.
+    epoch = run.best_epoch if run.best_epoch is not None else len(run.history)
+    rows = [row for row in run.history if row["epoch"] == epoch]
+    row = rows[0] if rows else {}
     metrics: dict[str, float] = {
-        key: float(last[key]) for key in ("reward_mean", "reward_std", "approx_kl") if key in last
+        key: float(row[key]) for key in ("reward_mean", "reward_std", "approx_kl") if key in row
     }
+    metrics["published_epoch"] = float(epoch)
+    metrics["trained_epochs"] = float(len(run.history))
     if run.history:
         metrics["reward_mean_first_epoch"] = float(run.history[0]["reward_mean"])
     evaluations = read_evaluation(run.run_dir)
     if evaluations:
         metrics["heldout_reward_first"] = float(evaluations[0]["reward_mean"])
-        metrics["heldout_reward_best"] = max(float(row["reward_mean"]) for row in evaluations)
-    if run.best_epoch is not None:
-        metrics["best_epoch"] = float(run.best_epoch)
+        published = [r for r in evaluations if r["epoch"] == epoch]
+        if published:
+            metrics["heldout_reward_published"] = float(published[0]["reward_mean"])
     metrics["stopped_early"] = float(run.stopped_early)
     return publish_checkpoint(
         registry,

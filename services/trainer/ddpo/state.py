@@ -18,6 +18,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from services.common.staged_folders import staged_folder
+from services.trainer.ddpo.config import DdpoConfig
 from services.trainer.ddpo.train import DdpoTrainer, EpochStats
 from services.trainer.training_state import optimizer_from_safe, optimizer_to_safe
 
@@ -89,8 +90,19 @@ def load_checkpoint(trainer: DdpoTrainer, checkpoint: Path) -> None:
     trainer.advantages.restore(state["advantages"])
 
 
+RESUMABLE_CHANGES = frozenset({"epochs", "patience", "eval_every", "eval_seeds"})
+"""Settings a run may resume under with other values: when it stops and how it is judged,
+not what a trained epoch does."""
+
+
 def _without_epochs(config: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in config.items() if key != "epochs"}
+    # A setting added after the run started reads as its default (what the run trained with).
+    defaults = DdpoConfig().hyperparameters()
+    return {
+        key: config.get(key, defaults.get(key))
+        for key in sorted(set(config) | set(defaults))
+        if key not in RESUMABLE_CHANGES
+    }
 
 
 def append_metrics(run_dir: Path, stats: EpochStats) -> None:

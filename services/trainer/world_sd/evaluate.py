@@ -88,15 +88,25 @@ def load_sampler(folder: Path, device: str = "cpu") -> Any:
 
 
 def sample_captions(
-    pipeline: Any, captions: Sequence[str], sampling: Sampling, size: int
+    pipeline: Any,
+    captions: Sequence[str],
+    sampling: Sampling,
+    size: int,
+    *,
+    seeds: Sequence[Sequence[int]] | None = None,
 ) -> list[list[Image.Image]]:
     """``samples_per_caption`` images per caption; image j of caption i is drawn from seed
-    ``seed + j`` whatever the batching, so two models see the same starting noise."""
+    ``seeds[i][j]`` (default ``seed + j``) whatever the batching, so two models see the same
+    starting noise."""
+    if seeds is None:
+        seeds = [[sampling.seed + j for j in range(sampling.samples_per_caption)]] * len(captions)
+    if len(seeds) != len(captions) or any(len(row) < sampling.samples_per_caption for row in seeds):
+        raise ValueError("need samples_per_caption seeds for every caption")
     jobs = [(i, j) for i in range(len(captions)) for j in range(sampling.samples_per_caption)]
     out: list[list[Image.Image]] = [[] for _ in captions]
     for start in range(0, len(jobs), sampling.batch_size):
         chunk = jobs[start : start + sampling.batch_size]
-        generators = [torch.Generator().manual_seed(sampling.seed + j) for _, j in chunk]
+        generators = [torch.Generator().manual_seed(seeds[i][j]) for i, j in chunk]
         with torch.inference_mode():
             images = pipeline(
                 prompt=[captions[i] for i, _ in chunk],

@@ -125,6 +125,18 @@ async def judge_method(
     return judged
 
 
+def first_draws(method: JudgedMethod, n: int) -> JudgedMethod:
+    """The method as if it had drawn only its first ``n`` images per post."""
+    return JudgedMethod(
+        method.name,
+        [row[:n] for row in method.images],
+        method.asked,
+        [row[:n] for row in method.found],
+        [row[:n] for row in method.log_kpi],
+        [row[:n] for row in method.reward],
+    )
+
+
 def best_of_n(method: JudgedMethod, n: int) -> JudgedMethod:
     """Per post, the one image of the first ``n`` with the highest training reward: what a
     generator serving best-of-N would hand out, judged as it was."""
@@ -153,7 +165,8 @@ DIVERSITY = "diversity"
 METRICS = (LIFT_VS_BASE, LIFT_VS_PROMPT, TRUE_LOG_KPI, REWARD, COLOUR, TONES, SHAPES, DIVERSITY)
 LOWER_IS_BETTER = frozenset({COLOUR})
 PERCENT_METRICS = frozenset({LIFT_VS_BASE, LIFT_VS_PROMPT})
-"""Shown as the percentage change of the expected KPI: exp(mean log difference) - 1."""
+"""Shown as exp(mean per-post log-KPI difference) - 1, in %: the geometric-mean change of
+the expected KPI."""
 
 
 def as_percent(log_difference: float) -> float:

@@ -84,7 +84,7 @@ def verdicts(evaluation: SdEfficacy) -> list[str]:
     if hacked:
         lines.append("reward rose while the true KPI fell: " + "; ".join(hacked))
         if evaluation.published_epoch is not None:
-            lines.append(f"early stopping published epoch {evaluation.published_epoch}'s LoRA")
+            lines.append(f"the evaluated BoigSD LoRA is epoch {evaluation.published_epoch}'s")
     elif evaluation.curve:
         lines.append("no evaluated stretch where the reward rose while the true KPI fell")
     return lines
@@ -134,15 +134,24 @@ def curve_plot(evaluation: SdEfficacy) -> Image.Image | None:
 
     epochs = [p.epoch for p in points]
     figure, reward_axis = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    _errorbars(reward_axis, epochs, [p.reward for p in points], "tab:blue", "o")
+    _errorbars(reward_axis, epochs, [p.reward for p in points], "tab:blue", "o", "training reward")
     reward_axis.set_xlabel("DDPO epoch")
     reward_axis.set_ylabel("training reward", color="tab:blue")
     lift_axis = reward_axis.twinx()
-    _errorbars(lift_axis, epochs, [p.lift for p in points], "tab:orange", "s")
+    _errorbars(
+        lift_axis, epochs, [p.lift for p in points], "tab:orange", "s", "true KPI vs base (%)"
+    )
     lift_axis.axhline(0.0, color="grey", linewidth=0.8)
     lift_axis.set_ylabel("true KPI vs base (%)", color="tab:orange")
     if evaluation.published_epoch is not None:
-        reward_axis.axvline(evaluation.published_epoch, color="green", linestyle="--")
+        reward_axis.axvline(
+            evaluation.published_epoch, color="green", linestyle="--", label="evaluated LoRA"
+        )
+    handles = [
+        *reward_axis.get_legend_handles_labels()[0],
+        *lift_axis.get_legend_handles_labels()[0],
+    ]
+    reward_axis.legend(handles=handles, loc="best", fontsize="small")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
@@ -152,7 +161,12 @@ def curve_plot(evaluation: SdEfficacy) -> Image.Image | None:
 
 
 def _errorbars(
-    axis: Any, epochs: list[int], estimates: list[Estimate | None], colour: str, marker: str
+    axis: Any,
+    epochs: list[int],
+    estimates: list[Estimate | None],
+    colour: str,
+    marker: str,
+    label: str,
 ) -> None:
     kept = [(epoch, e) for epoch, e in zip(epochs, estimates, strict=True) if e is not None]
     axis.errorbar(
@@ -162,6 +176,7 @@ def _errorbars(
         color=colour,
         marker=marker,
         capsize=3,
+        label=label,
     )
 
 
@@ -217,8 +232,9 @@ td.prompt {{ max-width: 12rem; font-size: 0.85rem; }}
 <p>Held-out future posts of the synthetic world. Each method draws images for the post's
 context from the same seeds; an independent judge (exact colour histogram, the world's tone
 statistics, a second detector of another seed and width) measures each image, and the world's
-hidden ground truth gives its expected KPI. Lifts are paired per post (same brand, same time)
-and shown as % of expected KPI with 95% bootstrap intervals over posts.</p>
+hidden ground truth gives its expected KPI. Lifts are paired per post (same brand, same time,
+same noise seeds): exp(mean per-post difference of expected log-KPI) - 1, the geometric-mean
+change of expected KPI, with 95% bootstrap intervals over posts.</p>
 <ul>{answers}</ul>
 <table><tr><th>method</th>{header}</tr>{rows}</table>
 <p>Judge check on the real creatives: Pearson r {calibration["pearson_r"]:.3f}, mean |error|

@@ -3,6 +3,7 @@ LoRA the generator's format reads."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,26 @@ def test_early_stopping_publishes_the_best_evaluated_lora(
         eval_tasks=[],
     )
     assert again.history == run.history and again.best_epoch == 0
+
+
+def test_a_run_killed_between_evaluating_and_checkpointing_evaluates_that_epoch_again(
+    tiny_sd_dir: Path, tmp_path: Path
+) -> None:
+    # Best at epoch 0, patience 2: the run stops once epochs 1 and 2 are evaluated.
+    config = preset("tiny", epochs=5, eval_every=1, patience=2, learning_rate=1e-2)
+    run = train_boigsd(
+        load(tiny_sd_dir), config, TASKS, InProcessReward(Declining()), tmp_path, base_model="t"
+    )
+    assert [row["epoch"] for row in run.history] == [1, 2]
+    # As if killed after epoch 2 was evaluated and snapshotted, before its checkpoint.
+    shutil.rmtree(checkpoints(tmp_path)[-1])
+    shutil.rmtree(tmp_path / "lora")
+
+    resumed = train_boigsd(
+        load(tiny_sd_dir), config, [], InProcessReward(Declining()), tmp_path, base_model="t"
+    )
+
+    # Epoch 2's old evaluation does not count: the epoch is trained and judged again.
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    assert [row["epoch"] for row in read_evaluation(tmp_path)] == [0, 1, 2]
+    assert resumed.best_epoch == 0 and resumed.stopped_early

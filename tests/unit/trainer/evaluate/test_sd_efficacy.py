@@ -27,6 +27,7 @@ from services.trainer.evaluate.sd.efficacy import (
     TRUE_LOG_KPI,
     CurvePoint,
     HeldOutPost,
+    JudgedMethod,
     MethodImages,
     SdEfficacy,
     best_of_n,
@@ -114,7 +115,7 @@ async def _brightness(context: Context, images: list[Image.Image]) -> list[float
     return [float(np.asarray(image).mean()) / 255 for image in images]
 
 
-def _judged(name: str, images: list[list[Image.Image]], posts: list[HeldOutPost]) -> object:
+def _judged(name: str, images: list[list[Image.Image]], posts: list[HeldOutPost]) -> JudgedMethod:
     method = MethodImages(name, images, [Verbalization() for _ in posts])
     return asyncio.run(judge_method(method, posts, _no_objects, _brightness))
 
@@ -127,7 +128,7 @@ def test_a_method_drawing_what_the_audience_likes_wins_with_an_interval_clear_of
     better = _judged(BOIGSD, [[_flat(liked, j) for j in range(3)] for _ in posts], posts)
     real = _judged(REAL, [[p.real_image] for p in posts], posts)
     prompt = _judged(PROMPT_ONLY, [[_flat(disliked, j) for j in range(4)] for _ in posts], posts)
-    table = efficacy_table([real, base, prompt, best_of_n(prompt, 4), better], posts)  # type: ignore[list-item]
+    table = efficacy_table([real, base, prompt, best_of_n(prompt, 4), better], posts)
 
     lift = table[BOIGSD][LIFT_VS_BASE]
     assert lift is not None and lift.low > 0 and lift.n == len(posts)
@@ -135,7 +136,8 @@ def test_a_method_drawing_what_the_audience_likes_wins_with_an_interval_clear_of
     assert table[BOIGSD][LIFT_VS_PROMPT] is not None
     assert table[BOIGSD][TRUE_LOG_KPI] is not None
     # Best-of-N hands out the brightest (highest-reward) of the first N draws.
-    assert table[BEST_OF_N]["training reward"].value == pytest.approx(  # type: ignore[union-attr]
+    best = table[BEST_OF_N]["training reward"]
+    assert best is not None and best.value == pytest.approx(
         max(np.asarray(_flat(disliked, j)).mean() for j in range(4)) / 255
     )
 
@@ -144,18 +146,18 @@ def test_best_of_n_needs_n_draws() -> None:
     posts = _posts(2)
     judged = _judged(PROMPT_ONLY, [[_flat((1, 2, 3), 0)] for _ in posts], posts)
     with pytest.raises(ValueError, match="best-of-4"):
-        best_of_n(judged, 4)  # type: ignore[arg-type]
+        best_of_n(judged, 4)
 
 
 def test_the_judge_check_compares_measured_and_drawn_log_kpi() -> None:
     posts = _posts(3)
     real = _judged(REAL, [[p.real_image] for p in posts], posts)
-    measured = real.per_post(real.log_kpi)  # type: ignore[attr-defined]
+    measured = real.per_post(real.log_kpi)
     shifted = [
         HeldOutPost(**{**p.__dict__, "recorded_log_kpi": m + 0.1 * i})
         for i, (p, m) in enumerate(zip(posts, measured, strict=True))
     ]
-    check = judge_calibration(real, shifted)  # type: ignore[arg-type]
+    check = judge_calibration(real, shifted)
     assert check["mean_abs_error"] == pytest.approx(0.1)
 
 
@@ -187,8 +189,8 @@ def test_the_report_states_the_answer_and_writes_html_and_json(tmp_path: Path) -
     ]
     evaluation = SdEfficacy(
         posts=posts,
-        methods=methods,  # type: ignore[arg-type]
-        table=efficacy_table(methods, posts),  # type: ignore[arg-type]
+        methods=methods,
+        table=efficacy_table(methods, posts),
         calibration={"pearson_r": 0.9, "mean_abs_error": 0.05},
         curve=[],
         published_epoch=None,
@@ -219,8 +221,8 @@ def test_the_report_draws_the_curves_and_names_the_published_epoch(tmp_path: Pat
     ]
     evaluation = SdEfficacy(
         posts=posts,
-        methods=methods,  # type: ignore[arg-type]
-        table=efficacy_table(methods, posts),  # type: ignore[arg-type]
+        methods=methods,
+        table=efficacy_table(methods, posts),
         calibration={"pearson_r": 0.9, "mean_abs_error": 0.05},
         curve=curve,
         published_epoch=10,
@@ -233,6 +235,6 @@ def test_the_report_draws_the_curves_and_names_the_published_epoch(tmp_path: Pat
     assert any(
         line.startswith("reward rose while the true KPI fell: epochs 10->20") for line in lines
     )
-    assert "early stopping published epoch 10's LoRA" in lines
+    assert "the evaluated BoigSD LoRA is epoch 10's" in lines
     page = report.write_html(evaluation, tmp_path / "r.html").read_text()
     assert "class=plot" in page
