@@ -52,6 +52,8 @@ def train(job: BoigsdJob, *, model: Path | None = None) -> BoigsdOutcome:
     env = {
         "BOIG_DESCRIBER_HISTORY_PATH": str(llm_recipe.training_history(dataset)),
         "BOIG_DESCRIBER_CHECKPOINT_REGISTRY": str(paths.registry),
+        # An offline batch: queueing behind its own requests is expected, not overload.
+        "BOIG_DESCRIBER_MAX_QUEUE_WAIT_SECONDS": "3600",
     }
     with (
         local_stack(
