@@ -65,7 +65,7 @@ def test_a_killed_training_worker_s_run_resumes_elsewhere_and_publishes_once(
     database = Database(settings.database_url)
     database.create_schema()
     store = TrainingStore(database)
-    run = store.submit("boigsd", {"preset": "tiny", "epochs": EPOCHS, "contexts": 4})
+    run = store.submit("boigsd", {"preset": "tiny", "epochs": EPOCHS, "contexts": 4, "holdout": 2})
     os.environ["BOIG_QUEUE_BROKER_URL"] = redis_url  # for this process's producer
     try:
         send_training_task(create_trainer_celery(settings), run.id)
