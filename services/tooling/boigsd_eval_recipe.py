@@ -50,7 +50,7 @@ from services.common.settings import default_world_sd_dir
 from services.tooling import boigsd_recipe, llm_recipe, world_sd_recipe
 from services.tooling.stack import local_stack
 from services.trainer.ddpo.job import BoigsdJob, config_for, read_job
-from services.trainer.ddpo.run import LORA_DIR, SNAPSHOTS_DIR, read_evaluation
+from services.trainer.ddpo.run import LORA_DIR, read_evaluation, snapshots
 from services.trainer.evaluate.sd import efficacy, report
 from services.trainer.evaluate.sd.efficacy import (
     BASE,
@@ -416,7 +416,7 @@ async def _evaluate(
         curve = []
         published = _published_epoch(run_dir, lora)
         evaluations = {row["epoch"]: row["reward_mean"] for row in read_evaluation(run_dir)}
-        for epoch, folder in _curve_snapshots(_snapshots(run_dir), published):
+        for epoch, folder in _curve_snapshots(snapshots(run_dir), published):
             if epoch == published:
                 point = boigsd  # the table's own BoigSD row: one number per epoch
             else:
@@ -457,18 +457,6 @@ async def _evaluate(
     )
 
 
-def _snapshots(run_dir: Path) -> list[tuple[int, Path]]:
-    folder = run_dir / SNAPSHOTS_DIR
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in folder.iterdir():
-        name = path.name
-        if name.startswith("epoch-") and name[6:].isdigit():
-            found.append((int(name[6:]), path))
-    return sorted(found)
-
-
 def _curve_snapshots(
     found: list[tuple[int, Path]], published: int | None, most: int = CURVE_POINTS
 ) -> list[tuple[int, Path]]:
@@ -485,7 +473,7 @@ def _published_epoch(run_dir: Path, lora: Path) -> int | None:
     """The snapshot whose weights the run's LoRA holds (byte-equal file): early stopping's
     pick; None for a run without evaluations."""
     published = (lora / LORA_WEIGHTS_FILE).read_bytes()
-    for epoch, folder in _snapshots(run_dir):
+    for epoch, folder in snapshots(run_dir):
         if (folder / LORA_WEIGHTS_FILE).read_bytes() == published:
             return epoch
     return None

@@ -24,6 +24,7 @@ from services.common.staged_folders import staged_folder
 from services.trainer.ddpo.config import DdpoConfig
 from services.trainer.ddpo.rewards import Reward
 from services.trainer.ddpo.state import (
+    EPOCH_DIR,
     append_metrics,
     checkpoints,
     load_checkpoint,
@@ -162,12 +163,18 @@ def _forget_evaluations_after(run_dir: Path, epoch: int) -> None:
     if any(row["epoch"] > epoch for row in rows):
         kept = [json.dumps(row) for row in rows if row["epoch"] <= epoch]
         path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    for snapshot_epoch, folder in snapshots(run_dir):
+        if snapshot_epoch > epoch:
+            shutil.rmtree(folder)
+
+
+def snapshots(run_dir: Path) -> list[tuple[int, Path]]:
+    """The run's evaluated LoRAs, ``(epoch, folder)``, oldest first."""
     folder = run_dir / SNAPSHOTS_DIR
-    if folder.is_dir():
-        for snapshot in folder.iterdir():
-            name = snapshot.name
-            if name.startswith("epoch-") and name[6:].isdigit() and int(name[6:]) > epoch:
-                shutil.rmtree(snapshot)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := EPOCH_DIR.match(p.name))]
+    return sorted(found)
 
 
 def _snapshot(pipe: Any, out_dir: Path, base_model: str) -> None:

@@ -27,7 +27,7 @@ METRICS_FILE = "metrics.jsonl"
 _LORA_FILE = "lora.safetensors"
 _OPTIMIZER_FILE = "optimizer.safetensors"
 _STATE_FILE = "state.json"
-_EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
+EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 STATE_FORMAT = 1
 
 
@@ -62,7 +62,7 @@ def checkpoints(run_dir: Path) -> list[Path]:
     folder = run_dir / CHECKPOINTS_DIR
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_DIR.match(p.name))]
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := EPOCH_DIR.match(p.name))]
     return [path for _, path in sorted(found)]
 
 
