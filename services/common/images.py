@@ -137,6 +137,11 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def png_base64(image: Image.Image) -> str:
+    """The image as base64 PNG text, as the services' JSON image fields carry it."""
+    return base64.b64encode(encode_png(image)).decode("ascii")
+
+
 def png_data_uri(image: Image.Image) -> str:
     """The image as a ``data:`` URI, for HTML reports that carry their pictures inline."""
-    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
+    return "data:image/png;base64," + png_base64(image)

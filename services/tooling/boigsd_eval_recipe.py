@@ -11,7 +11,6 @@ high-KPI creatives (trained here once, then reused).
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import hashlib
 import json
@@ -36,7 +35,6 @@ from services.common.clients import (
 from services.common.contracts import (
     Context,
     Creative,
-    ImageInput,
     KpiLevel,
     KpiTarget,
     RewardName,
@@ -44,7 +42,7 @@ from services.common.contracts import (
     Verbalization,
 )
 from services.common.image_prompts import render_prompt
-from services.common.images import encode_png
+from services.common.images import png_base64
 from services.common.model_folders import folder_version, read_sampling_defaults
 from services.common.settings import default_world_sd_dir
 from services.tooling import boigsd_recipe, llm_recipe, world_sd_recipe
@@ -89,7 +87,7 @@ images)."""
 class EvalSdSettings:
     posts: int = 64
     samples: int = 4
-    """Images per post and method (seeds 0..samples-1 for every method)."""
+    """Images per post and method (each post its own seeds, the same for every method)."""
     best_of: int = 4
     """N of best-of-N: the best of the prompt-only method's first N images."""
     curve_samples: int = 2
@@ -344,14 +342,7 @@ async def _evaluate(
         ]
 
         async def judge(images: list[Image.Image]) -> list[Verbalization]:
-            found: list[Verbalization] = []
-            for start in range(0, len(images), JUDGE_BATCH):
-                batch = [
-                    ImageInput(data_base64=_b64(image))
-                    for image in images[start : start + JUDGE_BATCH]
-                ]
-                found.extend(await judge_featurizer.featurize(batch))
-            return found
+            return await judge_featurizer.featurize_images(images, batch_size=JUDGE_BATCH)
 
         async def score(context: Context, pngs: list[str], name: RewardName) -> list[float]:
             request = ScoreRequest(
@@ -367,7 +358,7 @@ async def _evaluate(
             return [totals[f"i{i}"] for i in range(len(pngs))]
 
         async def reward_of(context: Context, images: list[Image.Image]) -> list[float]:
-            pngs = [_b64(image) for image in images]
+            pngs = [png_base64(image) for image in images]
             parts = [(w, await score(context, pngs, name)) for w, name in reward.terms]
             return [sum(w * values[i] for w, values in parts) for i in range(len(images))]
 
@@ -477,7 +468,3 @@ def _published_epoch(run_dir: Path, lora: Path) -> int | None:
         if (folder / LORA_WEIGHTS_FILE).read_bytes() == published:
             return epoch
     return None
-
-
-def _b64(image: Image.Image) -> str:
-    return base64.b64encode(encode_png(image)).decode("ascii")

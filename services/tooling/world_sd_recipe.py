@@ -6,7 +6,6 @@ pipeline folder the generator serves by default (``make models``), and its evalu
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import random
@@ -20,8 +19,7 @@ from rich.console import Console
 from tqdm import tqdm
 
 from services.common.clients import FeaturizerClient
-from services.common.contracts import ImageInput, Verbalization
-from services.common.images import encode_png
+from services.common.contracts import Verbalization
 from services.common.model_folders import SAMPLING_FILE, read_sampling_defaults
 from services.common.settings import default_world_sd_dir
 from services.common.staged_folders import staged_folder
@@ -304,14 +302,7 @@ async def _evaluate_over_http(
         featurizer = await HttpFeaturizer.connect(client)
 
         async def featurize(images: list[Image.Image]) -> list[Verbalization]:
-            found: list[Verbalization] = []
-            for start in range(0, len(images), FEATURIZE_BATCH):
-                batch = [
-                    ImageInput(data_base64=base64.b64encode(encode_png(image)).decode("ascii"))
-                    for image in images[start : start + FEATURIZE_BATCH]
-                ]
-                found.extend(await featurizer.featurize(batch))
-            return found
+            return await featurizer.featurize_images(images, batch_size=FEATURIZE_BATCH)
 
         return await evaluate_world_sd(
             chosen,

@@ -7,7 +7,6 @@ scorer works on one batch while the trainer samples the next.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Sequence
@@ -21,7 +20,7 @@ from PIL import Image
 
 from services.common.clients import ScorerClient, call_with_retries
 from services.common.contracts import Creative, KpiLevel, KpiTarget, RewardName, ScoreRequest
-from services.common.images import encode_png
+from services.common.images import png_base64
 from services.trainer.ddpo.tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -163,4 +162,4 @@ async def _make_client(
 
 def _png_base64(image: torch.Tensor) -> str:
     array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return base64.b64encode(encode_png(Image.fromarray(array))).decode("ascii")
+    return png_base64(Image.fromarray(array))

@@ -12,16 +12,18 @@ import base64
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from PIL import Image
 from pydantic import ValidationError
 from tqdm import tqdm
 
 from services.common.clients import FeaturizerClient
 from services.common.contracts import ImageInput, Verbalization
 from services.common.errors import UpstreamError
+from services.common.images import png_base64
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,18 @@ class HttpFeaturizer:
         if len(response.results) != len(images):
             raise UpstreamError("featurizer answered a different number of images")
         return [result.verbalization for result in response.results]
+
+    async def featurize_images(
+        self, images: Sequence[Image.Image], *, batch_size: int
+    ) -> list[Verbalization]:
+        """Descriptions of in-memory images, in order, sent ``batch_size`` at a time as PNG."""
+        found: list[Verbalization] = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            found.extend(
+                await self.featurize([ImageInput(data_base64=png_base64(x)) for x in batch])
+            )
+        return found
 
 
 class FeatureCache:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -67,15 +68,25 @@ def print_report(evaluation: WorldSdEvaluation, console: Console) -> None:
         )
 
 
-def write_html(evaluation: WorldSdEvaluation, path: Path) -> Path:
-    by_name = {method.name: method for method in evaluation.methods}
-    header = "".join(f"<th>{html.escape(metric)}</th>" for metric in METRICS)
+def metric_table_html(
+    table: Mapping[str, Mapping[str, Estimate | None]],
+    metrics: Sequence[str],
+    cell: Callable[[Estimate | None, str], str],
+) -> tuple[str, str]:
+    """(header cells, body rows) of a method x metric table, each cell as ``cell`` writes it."""
+    header = "".join(f"<th>{html.escape(metric)}</th>" for metric in metrics)
     rows = "".join(
         f"<tr><th>{html.escape(method)}</th>"
-        + "".join(f"<td>{html.escape(_cell(row.get(m), m))}</td>" for m in METRICS)
+        + "".join(f"<td>{html.escape(cell(row.get(m), m))}</td>" for m in metrics)
         + "</tr>"
-        for method, row in evaluation.table.items()
+        for method, row in table.items()
     )
+    return header, rows
+
+
+def write_html(evaluation: WorldSdEvaluation, path: Path) -> Path:
+    by_name = {method.name: method for method in evaluation.methods}
+    header, rows = metric_table_html(evaluation.table, METRICS, _cell)
     grids = []
     for index, caption in enumerate(evaluation.captions[:GRID_CAPTIONS]):
         cells = []

@@ -28,6 +28,7 @@ from services.trainer.evaluate.sd.efficacy import (
     SdEfficacy,
     reward_hacking,
 )
+from services.trainer.world_sd.report import metric_table_html
 
 GRID_POSTS = 12
 
@@ -181,13 +182,7 @@ def _errorbars(
 
 
 def write_html(evaluation: SdEfficacy, path: Path) -> Path:
-    header = "".join(f"<th>{html.escape(metric)}</th>" for metric in METRICS)
-    rows = "".join(
-        f"<tr><th>{html.escape(method)}</th>"
-        + "".join(f"<td>{html.escape(_cell(row.get(m), m))}</td>" for m in METRICS)
-        + "</tr>"
-        for method, row in evaluation.table.items()
-    )
+    header, rows = metric_table_html(evaluation.table, METRICS, _cell)
     answers = "".join(f"<li>{html.escape(line)}</li>" for line in verdicts(evaluation))
     plot = curve_plot(evaluation)
     plot_html = "" if plot is None else f'<img class=plot src="{png_data_uri(plot)}" alt="curves">'
