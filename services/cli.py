@@ -106,6 +106,39 @@ def train_llm(
     llm_recipe.train(paths, llm_recipe.preset_config(paths, preset, max_steps))
 
 
+@llm_app.command("export-merged")
+def export_merged_llm(
+    out: Annotated[Path, typer.Argument(help="New folder for the merged model.")],
+    version: Annotated[
+        str | None, typer.Option(help="Checkpoint version (default: the registry's current).")
+    ] = None,
+    dtype: Annotated[Literal["float32", "bfloat16"], typer.Option()] = "float32",
+) -> None:
+    """A published BoigLLM checkpoint as merged weights for vLLM; prints the
+    --served-model-name to start the server with."""
+    from services.common.checkpoints import (
+        BOIGLLM_CHECKPOINT,
+        current_checkpoint,
+        list_versions,
+        served_model_name,
+    )
+    from services.common.settings import boig_home, checkpoint_registry
+    from services.describer.model_prep import default_smollm2_dir
+    from services.trainer.finetune.export import export_merged
+
+    registry = checkpoint_registry(boig_home())
+    if version is None:
+        checkpoint = current_checkpoint(registry, BOIGLLM_CHECKPOINT)
+    else:
+        found = [c for c in list_versions(registry, BOIGLLM_CHECKPOINT) if c.version == version]
+        checkpoint = found[0] if found else None
+    if checkpoint is None:
+        typer.echo(f"no BoigLLM checkpoint {version or '(current)'} in {registry}", err=True)
+        raise typer.Exit(1)
+    export_merged(checkpoint, default_smollm2_dir(), out, dtype=dtype)
+    typer.echo(f"{out}\n--served-model-name {served_model_name(checkpoint)}")
+
+
 @llm_app.command("probe")
 def probe_llm(
     checkpoint: Annotated[

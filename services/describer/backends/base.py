@@ -36,6 +36,12 @@ class LlmBackend(Protocol):
         defaults without one)."""
         ...
 
+    @property
+    def supports_regex(self) -> bool:
+        """Whether ``generate`` can constrain its output to a regular expression (``regex``);
+        the describer then decodes descriptions in the 'structured' mode."""
+        ...
+
     def chat_prompt(self, messages: list[ChatMessage]) -> str:
         """Render a conversation into prompt text ending in an open assistant turn, with the
         model's chat template where it has one. The text includes any BOS, so ``generate``
@@ -50,11 +56,14 @@ class LlmBackend(Protocol):
         stop: Sequence[str] = (),
         temperature: float = 0.0,
         samples: int = 1,
+        regex: str | None = None,
     ) -> list[str]:
         """Continue each prompt (batched); each result is cut before the first stop string and
         ends at end-of-sequence or after ``max_new_tokens``. Temperature 0 is greedy.
         ``samples`` > 1: that many continuations of each prompt (sample at a temperature
-        above 0), grouped by prompt: the first prompt's come first."""
+        above 0), grouped by prompt: the first prompt's come first. ``regex`` (only where
+        ``supports_regex``): every continuation is a prefix of a match of the expression,
+        whole unless cut by ``max_new_tokens``; it ends where the match must end."""
         ...
 
     def continuation_logprobs(

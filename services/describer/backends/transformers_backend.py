@@ -22,10 +22,10 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from services.common.contracts import ModelInfo
-from services.common.model_folders import folder_version
 from services.common.prompts import ChatMessage, chat_prompt
 from services.common.serving_profile import ServingProfile
 from services.common.torch_device import resolve_device, resolve_dtype
+from services.describer.backends.common import common_prefix_length, model_version
 from services.describer.model_prep import MANIFEST
 from services.describer.settings import DescriberSettings
 
@@ -61,6 +61,9 @@ class TransformersBackend:
         self._eos_ids = _eos_token_ids(model, tokenizer)
         # What the last generation left in its KV cache (see _reuse).
         self._last: _CachedBatch | None = None
+        self._grammars: Any = None  # a constrained.GrammarCompiler once a regex is asked for
+        self.last_decode_stats: tuple[int, int] = (0, 0)
+        """(forward passes, forced tokens) of the last constrained decode: for benchmarks."""
         # transformers 5 renamed the KV cache argument; the old name still works but warns.
         parameters = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
@@ -160,6 +163,10 @@ class TransformersBackend:
     def few_shot_prompt(self) -> bool:
         return self._few_shot_prompt
 
+    @property
+    def supports_regex(self) -> bool:
+        return True
+
     def chat_prompt(self, messages: list[ChatMessage]) -> str:
         return chat_prompt(self._tokenizer, messages)
 
@@ -171,6 +178,7 @@ class TransformersBackend:
         stop: Sequence[str] = (),
         temperature: float = 0.0,
         samples: int = 1,
+        regex: str | None = None,
     ) -> list[str]:
         if samples < 1:
             raise ValueError(f"samples must be at least 1, not {samples}")
@@ -178,10 +186,82 @@ class TransformersBackend:
         # max_batch_size bounds the distinct prompts of a pass; their samples share each
         # prompt's cache, so a batch of samples costs decoding, not more prompt reading.
         for chunk in _chunks(prompts, self._max_batch_size):
-            results.extend(
-                self._generate_batch(chunk, max_new_tokens, tuple(stop), temperature, samples)
-            )
+            if regex is not None:
+                results.extend(
+                    self._generate_constrained(chunk, max_new_tokens, regex, temperature, samples)
+                )
+            else:
+                results.extend(
+                    self._generate_batch(chunk, max_new_tokens, tuple(stop), temperature, samples)
+                )
         return results
+
+    def _generate_constrained(
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        regex: str,
+        temperature: float,
+        samples: int,
+    ) -> list[str]:
+        """Decode each prompt's continuation under ``regex`` (``constrained``: llguidance
+        masks, forced tokens fed together). The KV cache is reused as in ``_generate_batch``."""
+        from services.describer.backends.constrained import GrammarCompiler, decode_constrained
+
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(
+                self._tokenizer,
+                vocab_size=int(self._model.get_output_embeddings().weight.shape[0]),
+                eos_ids=self._eos_ids,
+            )
+        rows = [self._token_ids(prompt) for prompt in prompts]
+        reuse = self._reuse(rows)
+        self._last = None  # the decode extends the cache in place: stale if it fails midway
+        pad_id = self._tokenizer.pad_token_id
+        if reuse is None:
+            width = max(len(row) for row in rows)
+            layout = [[pad_id] * (width - len(row)) + row for row in rows]
+            mask = [[0] * (width - len(row)) + [1] * len(row) for row in rows]
+            cache, cached = None, 0
+        else:
+            input_ids, attention_mask, cache = reuse
+            layout, mask = input_ids.tolist(), attention_mask.tolist()
+            cached = cache.get_seq_length()
+        if samples > 1:
+            # Each prompt is read once; its KV cache is then copied for its samples.
+            if cache is None and len(layout[0]) > 1:
+                cache = self._prefill(
+                    torch.tensor([row[:-1] for row in layout], dtype=torch.long),
+                    torch.tensor([row[:-1] for row in mask], dtype=torch.long),
+                )
+                cached = len(layout[0]) - 1
+            if cache is not None:
+                cache.batch_repeat_interleave(samples)
+            layout = [row for row in layout for _ in range(samples)]
+            mask = [row for row in mask for _ in range(samples)]
+        decoded = decode_constrained(
+            self._model,
+            layout=layout,
+            mask=mask,
+            cache=cache,
+            cached=cached,
+            cache_kwarg=self._cache_kwarg,
+            matchers=[self._grammars.matcher(regex) for _ in layout],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            pad_id=pad_id,
+            eos_ids=self._eos_ids,
+        )
+        if decoded.errors:
+            raise RuntimeError(f"constrained decoding failed: {decoded.errors[0]}")
+        self.last_decode_stats = (decoded.forward_passes, decoded.forced_tokens)
+        if decoded.cache is not None:
+            self._last = _CachedBatch(
+                layout=decoded.layout, mask=decoded.mask, cache=decoded.cache, samples=samples
+            )
+        return [
+            self._tokenizer.decode(tokens, skip_special_tokens=True) for tokens in decoded.tokens
+        ]
 
     def _generate_batch(
         self,
@@ -355,7 +435,7 @@ class TransformersBackend:
         for prompt in prompts:
             prompt_ids = self._token_ids(prompt)
             joints = [self._token_ids(prompt + continuation) for continuation in continuations]
-            shared = min(_common_prefix_length(prompt_ids, joint) for joint in joints)
+            shared = min(common_prefix_length(prompt_ids, joint) for joint in joints)
             if shared == 0:
                 raise ValueError("prompt too short: no token precedes the continuation")
             prefixes.append(prompt_ids[:shared])
@@ -478,15 +558,6 @@ def _eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
-def _common_prefix_length(left: list[int], right: list[int]) -> int:
-    length = 0
-    for a, b in zip(left, right, strict=False):
-        if a != b:
-            break
-        length += 1
-    return length
-
-
 def _pad(
     rows: list[list[int]], pad_id: int, *, left: bool, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -522,8 +593,3 @@ def _model_name(path: Path) -> str:
         if isinstance(name, str) and name:
             return name
     return path.name
-
-
-def model_version(path: Path) -> str:
-    """A short content hash of the model folder: it keys caches and tells checkpoints apart."""
-    return folder_version(path, manifest=MANIFEST)

@@ -103,6 +103,7 @@ class FakeBackend:
         serving: ServingProfile | None = None,
     ) -> None:
         self.few_shot_prompt = few_shot_prompt
+        self.supports_regex = False
         self.serving = serving or ServingProfile()
         self.lines = lines or {
             "caption": " a red shoe on a white floor",

@@ -165,3 +165,18 @@ async def test_batch_size_one_decodes_requests_one_at_a_time(
 
     assert names == ["gold", "gray"]
     assert set(backend.batch_sizes) == {1}
+
+
+async def test_with_concurrency_batches_run_side_by_side_in_arrival_order() -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder, max_batch=2, concurrency=2)
+    tasks = [asyncio.create_task(batcher.submit(i)) for i in range(5)]
+    await asyncio.sleep(0.01)
+    # Two batches started without waiting for each other; the rest queue behind them.
+    assert recorder.batches == [[0, 1], [2, 3]]
+    assert batcher.waiting == 1
+
+    recorder.release.set()
+
+    assert await asyncio.gather(*tasks) == [0, 10, 20, 30, 40]
+    assert recorder.batches == [[0, 1], [2, 3], [4]]

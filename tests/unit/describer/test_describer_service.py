@@ -17,6 +17,7 @@ from services.common import metrics, prompts
 from services.common.contracts import KPI_LEVELS, Context, KpiLevel, KpiTarget, Verbalization
 from services.common.errors import BackendError, InvalidInput, ModelOutputError, Overloaded
 from services.describer.backends.transformers_backend import TransformersBackend
+from services.describer.grammar import description_regex
 from services.describer.service import Describer, LruCache
 from services.describer.settings import DescriberSettings
 
@@ -541,3 +542,68 @@ async def test_tiny_model_describe_ends_in_a_description_or_a_typed_error(
     except ModelOutputError:
         return
     assert response.repairs
+
+
+class GrammarBackend:
+    """A backend that decodes under a regex: answers each call with the lines its expression
+    asks for (the scripted fake's values), and logs (prompt, regex, temperature, samples)."""
+
+    supports_regex = True
+
+    def __init__(self, fake_backend: Any, serving: Any = None) -> None:
+        self.inner = fake_backend(serving=serving)
+        self.calls: list[tuple[str, str, float, int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def generate(self, texts: list[str], **options: Any) -> list[str]:
+        regex = options["regex"]
+        samples = options.get("samples", 1)
+        keys = [key for key in prompts.DESCRIBE_FIELDS if f"{key}: " in regex]
+        answer = "\n".join(f"{key}:{self.inner.lines[key]}" for key in keys)
+        for text in texts:
+            self.calls.append((text, regex, options.get("temperature", 0.0), samples))
+        return [answer for _ in texts for _ in range(samples)]
+
+
+async def test_structured_decoding_writes_the_description_in_one_constrained_call(
+    fake_backend: Any, context: Context
+) -> None:
+    backend = GrammarBackend(fake_backend)
+    describer = Describer(backend, make_settings(palette_samples=1))  # auto -> structured
+
+    response = await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
+
+    [(prompt, regex, temperature, samples)] = backend.calls
+    assert regex == description_regex(prompts.DESCRIBE_FIELDS)
+    assert (temperature, samples) == (0.0, 1)
+    assert prompt.endswith("### assistant\n")
+    assert response.text.startswith("caption: a red shoe on a white floor\ncolors: red")
+    assert response.repairs == []
+
+
+async def test_structured_palette_averaging_samples_the_colors_line_between_greedy_segments(
+    fake_backend: Any, context: Context
+) -> None:
+    backend = GrammarBackend(fake_backend)
+    describer = Describer(backend, make_settings(palette_samples=4, palette_temperature=0.6))
+
+    response = await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
+
+    caption, colors, rest = backend.calls
+    assert caption[1] == description_regex(("caption",)) and caption[2:] == (0.0, 1)
+    assert colors[1] == description_regex(("colors",)) and colors[2:] == (0.6, 4)
+    assert colors[0] == caption[0] + "caption: a red shoe on a white floor\n"
+    assert rest[1] == description_regex(("tones", "objects")) and rest[2:] == (0.0, 1)
+    assert rest[0].startswith(colors[0] + "colors: ")
+    assert [c.name for c in response.verbalization.colors] == ["white", "red"]
+    assert [t.value for t in response.verbalization.tones] == ["warm", "bright"]
+
+
+async def test_structured_decoding_on_a_backend_without_a_grammar_is_refused(
+    fake_backend: Any, context: Context
+) -> None:
+    describer = Describer(fake_backend(), make_settings(describe_decoding="structured"))
+    with pytest.raises(BackendError, match="cannot constrain"):
+        await describer.describe(context=context, target=KpiTarget())

@@ -1,0 +1,128 @@
+"""Constrained decoding with jump-forward in the transformers backend, on a tiny random Llama:
+a random model under the grammar writes only descriptions, and feeding forced tokens in one
+pass, batching and cache reuse change nothing against a plain step-by-step decode."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import llguidance
+import llguidance.numpy
+import numpy as np
+import pytest
+import torch
+
+from services.common import prompts
+from services.common.contracts import Context, KpiLevel, KpiTarget
+from services.common.verbalization import repair
+from services.describer.backends.constrained import GrammarCompiler, GrammarError
+from services.describer.backends.transformers_backend import TransformersBackend
+from services.describer.grammar import description_regex
+
+FIELDS = ("colors", "tones", "objects")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> TransformersBackend:
+    return TransformersBackend.load(tiny_model_dir, device="cpu", max_batch_size=4)
+
+
+def describe_prompt(backend: TransformersBackend, context: Context, level: KpiLevel) -> str:
+    messages = prompts.describe_messages(context, KpiTarget(level=level), few_shot=False)
+    return backend.chat_prompt(messages)
+
+
+def reference_decode(backend: TransformersBackend, prompt: str, regex: str, budget: int) -> str:
+    """Greedy under the grammar the slow way: the whole sequence re-read at every step, one
+    row, no cache; forced tokens appended as the fast decoder appends them."""
+    model, tokenizer = backend._model, backend._tokenizer
+    compiler = GrammarCompiler(
+        tokenizer,
+        vocab_size=int(model.get_output_embeddings().weight.shape[0]),
+        eos_ids=backend._eos_ids,
+    )
+    matcher = compiler.matcher(regex)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    generated: list[int] = []
+    bitmask = llguidance.numpy.allocate_token_bitmask(1, compiler.vocab_size)
+    while len(generated) < budget and not matcher.is_stopped():
+        forced = matcher.compute_ff_tokens()
+        if forced:
+            assert matcher.consume_tokens(forced)
+            generated.extend(forced)
+            continue
+        with torch.no_grad():
+            logits = model(torch.tensor([ids + generated])).logits[0, -1].float()
+        llguidance.numpy.fill_next_token_bitmask(matcher, bitmask, 0)
+        allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[: logits.shape[0]]
+        logits[torch.from_numpy(~allowed.astype(bool))] = float("-inf")
+        token = int(logits.argmax())
+        if token in backend._eos_ids:
+            break
+        assert matcher.consume_token(token)
+        generated.append(token)
+    return str(tokenizer.decode(generated[:budget], skip_special_tokens=True))
+
+
+def test_a_random_model_under_the_grammar_writes_only_valid_descriptions(
+    tiny: TransformersBackend, context: Context
+) -> None:
+    regex = description_regex(FIELDS)
+    prompt = describe_prompt(tiny, context, KpiLevel.HIGH)
+
+    texts = tiny.generate([prompt], max_new_tokens=400, temperature=1.0, samples=6, regex=regex)
+
+    assert len(texts) == 6
+    for text in texts:
+        assert re.fullmatch(regex, text), text
+        # All a regular expression cannot say: the sum of the coverages, the corners' order.
+        unsaid = ("rescaled color coverages", "clipped or reordered box")
+        assert all(r.startswith(unsaid) for r in repair(text).repairs), repair(text).repairs
+    forward_passes, forced = tiny.last_decode_stats
+    # The keys, brackets and separators were fed without sampling.
+    assert forced > 0 and forward_passes > 0
+
+
+def test_jump_forward_batching_and_cache_reuse_match_a_step_by_step_decode(
+    tiny: TransformersBackend, context: Context
+) -> None:
+    regex = description_regex(FIELDS)
+    # Different lengths (padding inside the batch) and more prompts than max_batch_size.
+    contexts = [context, Context(account="x"), context.model_copy(update={"text": "a" * 40})]
+    prompts_ = [describe_prompt(tiny, c, level) for c in contexts for level in KpiLevel][:5]
+    expected = [reference_decode(tiny, prompt, regex, 120) for prompt in prompts_]
+
+    batched = tiny.generate(prompts_, max_new_tokens=120, regex=regex)
+    alone = [tiny.generate([prompt], max_new_tokens=120, regex=regex)[0] for prompt in prompts_]
+
+    assert batched == expected
+    assert alone == expected
+
+
+def test_a_segment_continues_from_the_cache_of_the_one_before(
+    tiny: TransformersBackend, context: Context
+) -> None:
+    prompt = describe_prompt(tiny, context, KpiLevel.LOW)
+    first = tiny.generate([prompt], max_new_tokens=120, regex=description_regex(("colors",)))[0]
+    rest_regex = description_regex(("tones", "objects"))
+    continued = tiny.generate([prompt + first + "\n"], max_new_tokens=120, regex=rest_regex)[0]
+    tiny._last = None  # the same prompt read from scratch
+    fresh = tiny.generate([prompt + first + "\n"], max_new_tokens=120, regex=rest_regex)[0]
+
+    assert continued == fresh
+    assert re.fullmatch(rest_regex, continued)
+
+
+def test_the_token_budget_cuts_a_description(tiny: TransformersBackend, context: Context) -> None:
+    prompt = describe_prompt(tiny, context, KpiLevel.MEDIUM)
+    [text] = tiny.generate([prompt], max_new_tokens=5, regex=description_regex(FIELDS))
+    assert len(tiny._tokenizer(text, add_special_tokens=False)["input_ids"]) <= 6
+    assert "colors:".startswith(text) or text.startswith("colors:")
+
+
+def test_an_expression_that_does_not_compile_is_a_typed_error(
+    tiny: TransformersBackend, context: Context
+) -> None:
+    with pytest.raises(GrammarError):
+        tiny.generate([describe_prompt(tiny, context, KpiLevel.LOW)], max_new_tokens=8, regex="(")
