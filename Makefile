@@ -108,6 +108,7 @@ bench: models  ## benchmarks: print figures and ratios against in-run baselines
 	$(PY) tests/bench/bench_featurizer.py
 	$(PY) tests/bench/bench_score.py
 	$(PY) tests/bench/bench_describe_batch.py
+	$(PY) tests/bench/bench_describe.py
 	$(PY) tests/bench/bench_generate.py
 	$(PY) tests/bench/bench_world_sd.py
 	$(PY) tests/bench/bench_ddpo.py

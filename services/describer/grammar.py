@@ -31,6 +31,18 @@ stuck repeating one object stops."""
 CAPTION_CHARACTERS = 160
 """Longest caption, in characters."""
 
+MAX_TOKENS: dict[str, int] = {
+    # The longest line the grammar admits, in tokens of a tokenizer that spends one token per
+    # digit and per punctuation mark (SmolLM2): a colour is at most ~20 ("slate gray
+    # (112,128,144) 100%;"), an object ~30 (label, confidence, four corners), a 160-character
+    # caption ~45, four tone words ~15; plus the key. A decode under the grammar cannot run
+    # longer, so these budgets never cut a description the grammar would finish.
+    "caption": 52,
+    "colors": 4 + 20 * MAX_COLORS,
+    "tones": 24,
+    "objects": 4 + 30 * MAX_OBJECTS,
+}
+
 _CHANNEL = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _PERCENT = r"(100|[1-9]?[0-9])"
 _FRACTION = r"(0\.[0-9][0-9]|1\.00)"
@@ -40,9 +52,13 @@ vocabulary is the featurizer's to choose (COCO, our shapes), so labels are free 
 most 12 letters ("refrigerator"), not a list."""
 
 
-def description_regex(fields: Sequence[str], *, colour_names: Iterable[str] = BASIC_COLORS) -> str:
+def description_regex(
+    fields: Sequence[str], *, colour_names: Iterable[str] = BASIC_COLORS, more: bool = False
+) -> str:
     """The expression a description with exactly these ``fields`` (in this order, each on its
-    own ``key: value`` line, as ``verbalization.render`` writes them) matches in full."""
+    own ``key: value`` line, as ``verbalization.render`` writes them) matches in full.
+    ``more``: further lines follow, so the last one ends in its newline (a segment of a
+    description decoded in parts must be able to end its line where the model ends it)."""
     if not fields:
         raise ValueError("a description needs at least one field")
     unknown = [field for field in fields if field not in _FIELD_VALUES]
@@ -50,7 +66,13 @@ def description_regex(fields: Sequence[str], *, colour_names: Iterable[str] = BA
         raise ValueError(f"no grammar for the description fields {unknown}")
     names = sorted(set(colour_names), key=lambda name: (-len(name), name))
     values = dict(_FIELD_VALUES, colors=_colors_value(names))
-    return r"\n".join(f"{field}: {values[field]}" for field in fields)
+    lines = r"\n".join(f"{field}: {values[field]}" for field in fields)
+    return lines + r"\n" if more else lines
+
+
+def max_tokens(fields: Sequence[str]) -> int:
+    """Most tokens a description with these lines can take under the grammar (MAX_TOKENS)."""
+    return sum(MAX_TOKENS[field] for field in fields)
 
 
 def _colors_value(names: Sequence[str]) -> str:
@@ -83,7 +105,9 @@ def _objects_value() -> str:
 
 
 _FIELD_VALUES: dict[str, str] = {
-    "caption": rf"[A-Za-z0-9][^\n\"]{{0,{CAPTION_CHARACTERS - 1}}}",
+    # Printable ASCII but the double quote: no character that any parser reads as a line
+    # break (\r, \x0b, \x85, \u2028 ...) can smuggle another field in.
+    "caption": rf"[A-Za-z0-9][ -!#-~]{{0,{CAPTION_CHARACTERS - 1}}}",
     "colors": "",  # built from the colour names: description_regex
     "tones": _tones_value(),
     "objects": _objects_value(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import hashlib
 import json
 import logging
@@ -14,6 +15,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -65,10 +67,6 @@ _inside_model_work: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 """Set inside admitted work: what it starts in turn (best-of's likelihood) is not admitted
 again, or it could be refused after its own first half was done."""
-
-STRUCTURED_KEY_TOKENS = 4
-"""Tokens of a line's key and newline ("objects", ":", ..., "\\n") on top of its value's
-budget (prompts.FIELD_TOKEN_BUDGETS) in a structured segment, where the grammar writes them."""
 
 T = TypeVar("T")
 
@@ -160,6 +158,11 @@ class Describer:
         # vLLM server batches concurrent requests itself, so a few go out at once.
         self._concurrency = settings.vllm_max_concurrency if settings.backend == "vllm" else 1
         self._model_slots = asyncio.Semaphore(self._concurrency)
+        # One thread per slot: asyncio's default pool (cores + 4 threads) would cap the
+        # slots on a small machine and be shared with everything else that uses it.
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._concurrency, thread_name_prefix="describer-model"
+        )
         self._cache: LruCache[BaseModel] = LruCache(settings.cache_size)
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -183,11 +186,14 @@ class Describer:
         for _ in range(self._concurrency):
             await self._model_slots.acquire()
         try:
-            self._backend = backend
+            previous, self._backend = self._backend, backend
             self._info = backend.info
         finally:
             for _ in range(self._concurrency):
                 self._model_slots.release()
+        close = getattr(previous, "close", None)
+        if callable(close):  # a vLLM backend's connection pool
+            close()
 
     # --- content simulation -----------------------------------------------------------
 
@@ -340,21 +346,22 @@ class Describer:
                 chat_prompts, [""] * len(chat_prompts), fields, temperature
             )
         split = fields.index("colors")
+        after = fields[split + 1 :]
         heads = [""] * len(chat_prompts)
         if split:
-            heads = self._structured_segment(chat_prompts, heads, fields[:split], temperature)
-            heads = [head + "\n" for head in heads]
-        regex = grammar.description_regex(("colors",))
+            heads = self._structured_segment(
+                chat_prompts, heads, fields[:split], temperature, more=True
+            )
         colors = self._average_colors(
             [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)],
-            prompts.FIELD_TOKEN_BUDGETS["colors"] + STRUCTURED_KEY_TOKENS,
+            grammar.max_tokens(("colors",)),
             histories,
-            regex=regex,
+            regex=grammar.description_regex(("colors",), more=bool(after)),
         )
         heads = [f"{head}colors: {line.strip()}" for head, line in zip(heads, colors, strict=True)]
-        if split + 1 < len(fields):
+        if after:
             heads = [head + "\n" for head in heads]
-            heads = self._structured_segment(chat_prompts, heads, fields[split + 1 :], temperature)
+            heads = self._structured_segment(chat_prompts, heads, after, temperature)
         return heads
 
     def _structured_segment(
@@ -363,18 +370,22 @@ class Describer:
         heads: list[str],
         fields: tuple[str, ...],
         temperature: float,
+        *,
+        more: bool = False,
     ) -> list[str]:
-        """``heads`` continued by the lines ``fields`` in one constrained decode."""
-        budget = min(
-            self._settings.max_new_tokens,
-            sum(prompts.FIELD_TOKEN_BUDGETS[field] + STRUCTURED_KEY_TOKENS for field in fields),
-        )
+        """``heads`` continued by the lines ``fields`` in one constrained decode; with
+        ``more``, the last line ends in its newline (lines follow). The budget is the most
+        the grammar admits, so no line the grammar would finish is cut."""
         values = self._backend.generate(
             [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)],
-            max_new_tokens=budget,
+            max_new_tokens=grammar.max_tokens(fields),
             temperature=temperature,
-            regex=grammar.description_regex(fields),
+            regex=grammar.description_regex(fields, more=more),
         )
+        if more:
+            # A line cut by the token budget (a runaway caption) still ends here, so the
+            # next segment starts its own line rather than continuing this one.
+            values = [value if value.endswith("\n") else value + "\n" for value in values]
         return [head + value for head, value in zip(heads, values, strict=True)]
 
     def _average_colors(
@@ -403,7 +414,7 @@ class Describer:
             **({"regex": regex} if regex is not None else {}),
         )
         if regex is not None:
-            drawn = [line.removeprefix("colors:") for line in drawn]
+            drawn = [line.strip().removeprefix("colors:") for line in drawn]
         lines = []
         for index, history in enumerate(histories):
             group = drawn[index * samples : (index + 1) * samples]
@@ -716,7 +727,7 @@ class Describer:
             metrics.MODEL_QUEUE_SECONDS.labels(SERVICE, operation).observe(started - queued)
             info = self._info
             try:
-                return await _to_thread_to_the_end(call, *args), info
+                return await _to_thread_to_the_end(self._executor, call, *args), info
             except BoigError:
                 raise
             except Exception as exc:
@@ -737,11 +748,18 @@ class Describer:
                 )
 
 
-async def _to_thread_to_the_end(call: Callable[..., T], *args: Any) -> T:
-    """``call(*args)`` in a worker thread. If the caller is cancelled meanwhile, this still
-    waits for the thread to end before passing the cancellation on: a thread cannot be
-    stopped, and whoever holds the model lock must not release it while the model runs."""
-    work = asyncio.ensure_future(asyncio.to_thread(call, *args))
+async def _to_thread_to_the_end(
+    executor: ThreadPoolExecutor, call: Callable[..., T], *args: Any
+) -> T:
+    """``call(*args)`` in a worker thread of ``executor`` (with the caller's context
+    variables). If the caller is cancelled meanwhile, this still waits for the thread to end
+    before passing the cancellation on: a thread cannot be stopped, and whoever holds a model
+    slot must not release it while the model runs."""
+    context = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    work = asyncio.ensure_future(
+        loop.run_in_executor(executor, functools.partial(context.run, call, *args))
+    )
     cancelled = False
     while not work.done():
         try:

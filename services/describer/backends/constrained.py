@@ -1,6 +1,7 @@
 """Decoding constrained to a regular expression, with jump-forward, for the transformers backend.
 
-llguidance (the Rust grammar engine vLLM also uses) tells, after each token, which tokens may
+llguidance (a Rust grammar engine; vLLM offers it as one of its structured-output
+backends) tells, after each token, which tokens may
 come next and which ones are forced. A forced token needs no sampling, so the decoder feeds
 all the tokens a step forces together with the sampled token in one forward pass: on the
 description language ("colors:", " (", "," between channels, "0." of a box corner ...) that

@@ -230,15 +230,17 @@ class TransformersBackend:
         if samples > 1:
             # Each prompt is read once; its KV cache is then copied for its samples.
             if cache is None and len(layout[0]) > 1:
+                # _prefill reads all but each row's last token, which the decode feeds.
                 cache = self._prefill(
-                    torch.tensor([row[:-1] for row in layout], dtype=torch.long),
-                    torch.tensor([row[:-1] for row in mask], dtype=torch.long),
+                    torch.tensor(layout, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
                 )
                 cached = len(layout[0]) - 1
             if cache is not None:
                 cache.batch_repeat_interleave(samples)
             layout = [row for row in layout for _ in range(samples)]
             mask = [row for row in mask for _ in range(samples)]
+        if cache is not None and cache.get_seq_length() != cached:
+            raise RuntimeError(f"KV cache holds {cache.get_seq_length()} positions, not {cached}")
         decoded = decode_constrained(
             self._model,
             layout=layout,

@@ -7,8 +7,9 @@ transformers backend would, and continuations are scored over the same joint enc
 - ``generate``: ``POST /v1/completions``; ``samples`` is the request's ``n``; ``regex`` goes to
   vLLM's ``structured_outputs`` (the grammar engine runs in the server).
 - ``continuation_logprobs``: the joint encodings of prompt and continuation with
-  ``prompt_logprobs``; a continuation's score is the sum over its tokens (vLLM's prefix
-  cache reads the shared prompt once).
+  ``prompt_logprobs``; a continuation's score is the sum over its tokens (each encoding is
+  read in full: vLLM does not use its prefix cache for requests asking for prompt
+  log-probabilities).
 - Checkpoints: a BoigLLM LoRA is loaded into the running server under a name of its own
   (``/v1/load_lora_adapter``, which needs ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=true`` on the
   server) and every request names it; several accounts' adapters share one server. Where LoRA
@@ -41,6 +42,12 @@ logger = logging.getLogger(__name__)
 
 RETRY_BACKOFF_SECONDS = 0.5
 """First wait before a retry; doubled for each further one."""
+RETRIED_STATUSES = frozenset({502, 503, 504})
+"""Answers that say the server (or a proxy before it) could not take the request now."""
+
+
+class AdapterMissing(ModelUnavailable):
+    """The server does not serve the model or adapter a request names (404)."""
 
 
 class VllmBackend:
@@ -64,6 +71,9 @@ class VllmBackend:
         self._few_shot_prompt = few_shot_prompt
         self._serving = serving or ServingProfile()
         self._retries = retries
+        self._adapter: tuple[str, str] | None = None
+        """(name, path) of the LoRA adapter loaded at run time, to load again after a
+        server restart."""
 
     @classmethod
     def from_settings(
@@ -110,7 +120,7 @@ class VllmBackend:
         )
         served = backend.served_models()
         if checkpoint is None:
-            backend._model = settings.vllm_model or served[0]
+            backend._model = _base_model_name(backend._served_roots(), settings)
             backend._info = ModelInfo(name=backend._model, version=base_version)
             return backend
         name = served_model_name(checkpoint)
@@ -238,19 +248,44 @@ class VllmBackend:
             raise ModelUnavailable("the vLLM server serves no model")
         return names
 
+    def _served_roots(self) -> dict[str, str]:
+        """Served name -> the weights behind it (vLLM's ``root``: a path or an adapter's)."""
+        data = self._request("GET", "/v1/models").get("data") or []
+        return {
+            str(entry["id"]): str(entry.get("root") or "")
+            for entry in data
+            if isinstance(entry, dict)
+        }
+
     def load_adapter(self, name: str, path: str, served: Sequence[str] = ()) -> None:
         """Load the LoRA folder at ``path`` (as the server sees it) under ``name``; a name
-        the server already serves (``served``) is not loaded again."""
+        the server already serves (``served``) is not loaded again, and a server that
+        answers that it has it already (a retried load) counts as loaded."""
+        self._adapter = (name, path)
         if name in served:
             return
-        self._request("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        try:
+            self._request("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        except BackendError as exc:
+            if "already" not in str(exc).lower():
+                raise
         logger.info("vLLM loaded adapter %s from %s", name, path)
 
     def close(self) -> None:
         self._client.close()
 
     def _completions(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        choices = self._request("POST", "/v1/completions", body).get("choices")
+        try:
+            answer = self._request("POST", "/v1/completions", body)
+        except AdapterMissing:
+            # A restarted server forgets adapters loaded at run time: load ours again, once.
+            if self._adapter is None:
+                raise
+            name, path = self._adapter
+            logger.warning("vLLM no longer serves adapter %s; loading it again", name)
+            self.load_adapter(name, path)
+            answer = self._request("POST", "/v1/completions", body)
+        choices = answer.get("choices")
         if not isinstance(choices, list):
             raise BackendError("vLLM answered a completion without choices")
         return choices
@@ -261,10 +296,16 @@ class VllmBackend:
         while True:
             try:
                 response = self._client.request(method, path, json=body)
-            except httpx.TransportError as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # Never sent: safe to send again. A read timeout is not retried: the server
+                # has the request and is slow, and a second copy would only add to its load.
                 failure = f"{type(exc).__name__}"
+            except httpx.TransportError as exc:
+                raise ModelUnavailable(
+                    f"the vLLM server failed {method} {path} ({type(exc).__name__})"
+                ) from exc
             else:
-                if response.status_code < 500:
+                if response.status_code not in RETRIED_STATUSES:
                     break
                 failure = f"HTTP {response.status_code}"
             if attempt >= self._retries:
@@ -274,6 +315,10 @@ class VllmBackend:
                 )
             time.sleep(RETRY_BACKOFF_SECONDS * 2**attempt)
             attempt += 1
+        if response.status_code == 404 and body is not None and "model" in body:
+            raise AdapterMissing(f"vLLM does not serve {body['model']!r}: {response.text[:200]}")
+        if response.status_code >= 500:
+            raise ModelUnavailable(f"vLLM failed {method} {path} with HTTP {response.status_code}")
         if response.status_code >= 400:
             # The server refused what we sent (a bug here, or a model/adapter it lacks).
             raise BackendError(
@@ -302,6 +347,26 @@ def _token_logprob(position: Any, token: int) -> float:
     if not isinstance(value, int | float):
         raise BackendError(f"vLLM reported a log-probability that is not a number: {value!r}")
     return float(value)
+
+
+def _base_model_name(roots: dict[str, str], settings: DescriberSettings) -> str:
+    """The served name of the base model: ``vllm_model`` where set, else the one whose
+    weights are ``model_path``. Anything else may be a checkpoint's merged weights, which
+    must not be served as the base model (under the base version and prompt)."""
+    if settings.vllm_model is not None:
+        if settings.vllm_model not in roots:
+            raise ModelUnavailable(
+                f"the vLLM server serves {', '.join(roots)}, not {settings.vllm_model}"
+            )
+        return settings.vllm_model
+    wanted = str(settings.model_path.resolve())
+    for name, root in roots.items():
+        if root and Path(root).resolve() == Path(wanted):
+            return name
+    raise ModelUnavailable(
+        f"no model the vLLM server serves ({', '.join(roots)}) has the weights at "
+        f"{wanted}; set BOIG_DESCRIBER_VLLM_MODEL to the served name of the base model"
+    )
 
 
 def _server_path(adapter: Path, settings: DescriberSettings) -> str:

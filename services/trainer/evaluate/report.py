@@ -215,14 +215,21 @@ def verdicts(result: EvaluationResult) -> dict[str, dict[str, bool | None]]:
 
 
 def failure_summary(result: EvaluationResult) -> str | None:
-    """One line with each describing method's count of failed descriptions, or None when
-    the result has no counts (e.g. one written before they were counted)."""
-    if not result.description_failures:
+    """One line with each describing method's count of failed descriptions and each served
+    method's count of repaired ones, or None when the result has no counts (e.g. one
+    written before they were counted)."""
+    if not result.description_failures and not result.description_repairs:
         return None
     rows = result.meta.get("content rows")
     of_rows = f" of {rows} rows" if rows else ""
-    counts = ", ".join(f"{m} {n}" for m, n in result.description_failures.items())
-    return f"failed descriptions{of_rows} (each scored worst on every metric): {counts}"
+    parts = []
+    if result.description_failures:
+        counts = ", ".join(f"{m} {n}" for m, n in result.description_failures.items())
+        parts.append(f"failed descriptions{of_rows} (each scored worst on every metric): {counts}")
+    if result.description_repairs:
+        counts = ", ".join(f"{m} {n}" for m, n in result.description_repairs.items())
+        parts.append(f"descriptions the describer had to repair: {counts}")
+    return "; ".join(parts)
 
 
 # --- printed report --------------------------------------------------------------------------

@@ -97,3 +97,7 @@ class EvaluationResult:
     description_failures: dict[str, int] = field(default_factory=dict)
     """Method -> content rows it gave no description for (a describer error, or a baseline
     with no evidence for the row); each is scored worst on every description metric."""
+    description_repairs: dict[str, int] = field(default_factory=dict)
+    """Served method -> descriptions the describer's repairing parser had to change (the
+    model wrote something off the description language); 0 is what structured decoding
+    is for."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -116,12 +117,13 @@ async def describe_all(
     label: str,
     expect_version: str | None = None,
     in_flight: int = 1,
+    repairs: Counter[str] | None = None,
 ) -> list[Prediction]:
     """The describer's description for each row's (context, level), ``in_flight`` requests
     at a time. A row the describer cannot describe (unreadable model output, an error
     answer) is None, not an empty description: an empty one is a claim ("no objects") that
     can score well, a failure scores the worst on every metric rather than vanishing from
-    the average."""
+    the average. ``repairs[label]`` counts the descriptions the describer had to repair."""
     task = progress.add_task(f"{label}: describe", total=len(rows))
     slots = asyncio.Semaphore(in_flight)
 
@@ -132,6 +134,8 @@ async def describe_all(
                     row.context, KpiTarget(name=row.kpi_name, level=row.level)
                 )
                 _check_model(response.model, expect_version, label)
+                if repairs is not None and response.repairs:
+                    repairs[label] += 1
                 return response.verbalization
             except BoigError as exc:
                 logger.warning("%s could not describe %s: %s", label, row.id, exc)
@@ -306,13 +310,14 @@ async def evaluate(
     content_rows = select_rows(test[Direction.CONTENT], settings.rows_per_level, settings.seed)
     behaviour_rows = select_rows(test[Direction.BEHAVIOUR], settings.rows_per_level, settings.seed)
     train_content = train[Direction.CONTENT]
+    repairs: Counter[str] = Counter()
     with Progress() as progress:
 
         async def answers(
             client: DescriberClient, label: str, expect_version: str | None, behaviour: bool
         ) -> tuple[list[Prediction], LevelPredictions | None]:
             described = await describe_all(
-                client, content_rows, progress, label, expect_version, settings.in_flight
+                client, content_rows, progress, label, expect_version, settings.in_flight, repairs
             )
             if not behaviour:
                 return described, None
@@ -349,6 +354,7 @@ async def evaluate(
         behaviour=behaviour_estimates(behaviour_rows, levels, settings),
         examples=example_rows(content_rows, descriptions, media, settings.report_examples),
         description_failures=description_failures(descriptions),
+        description_repairs={label: repairs[label] for label in answered},
         meta={
             **meta,
             "content rows": str(len(content_rows)),

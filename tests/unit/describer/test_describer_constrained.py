@@ -100,15 +100,37 @@ def test_jump_forward_batching_and_cache_reuse_match_a_step_by_step_decode(
     assert alone == expected
 
 
+def test_samples_read_their_prompt_once_and_decode_as_that_prompt_alone(
+    tiny: TransformersBackend, context: Context
+) -> None:
+    # At a temperature this low a sample is the greedy choice at every step: each of the
+    # samples, and the segment that continues the first one's cache, must be the reference.
+    regex = description_regex(("colors",), more=True)
+    prompt = describe_prompt(tiny, context, KpiLevel.HIGH)
+    expected = reference_decode(tiny, prompt, regex, 120)
+
+    tiny._last = None
+    samples = tiny.generate([prompt], max_new_tokens=120, regex=regex, temperature=1e-6, samples=3)
+    rest_regex = description_regex(("tones", "objects"))
+    continued = tiny.generate([prompt + samples[0]], max_new_tokens=120, regex=rest_regex)[0]
+    tiny._last = None
+    fresh = tiny.generate([prompt + samples[0]], max_new_tokens=120, regex=rest_regex)[0]
+
+    assert samples == [expected] * 3
+    assert samples[0].endswith("\n")
+    assert continued == fresh
+
+
 def test_a_segment_continues_from_the_cache_of_the_one_before(
     tiny: TransformersBackend, context: Context
 ) -> None:
     prompt = describe_prompt(tiny, context, KpiLevel.LOW)
-    first = tiny.generate([prompt], max_new_tokens=120, regex=description_regex(("colors",)))[0]
+    colors_regex = description_regex(("colors",), more=True)
+    first = tiny.generate([prompt], max_new_tokens=120, regex=colors_regex)[0]
     rest_regex = description_regex(("tones", "objects"))
-    continued = tiny.generate([prompt + first + "\n"], max_new_tokens=120, regex=rest_regex)[0]
+    continued = tiny.generate([prompt + first], max_new_tokens=120, regex=rest_regex)[0]
     tiny._last = None  # the same prompt read from scratch
-    fresh = tiny.generate([prompt + first + "\n"], max_new_tokens=120, regex=rest_regex)[0]
+    fresh = tiny.generate([prompt + first], max_new_tokens=120, regex=rest_regex)[0]
 
     assert continued == fresh
     assert re.fullmatch(rest_regex, continued)

@@ -534,14 +534,28 @@ async def test_tiny_model_likelihood_gives_distributions(
 
 
 async def test_tiny_model_describe_ends_in_a_description_or_a_typed_error(
-    tiny_describer: Describer, context: Context
+    tiny_model_dir: Path, context: Context
 ) -> None:
-    # An untrained model writes noise: the service must turn it into repairs or refuse it.
+    # An untrained model decoding line by line writes noise: the service must turn it into
+    # repairs or refuse it.
+    backend = TransformersBackend.load(tiny_model_dir, device="cpu")
+    settings = DescriberSettings(model_path=tiny_model_dir, describe_decoding="fields")
     try:
-        response = await tiny_describer.describe(context=context, target=KpiTarget())
+        response = await Describer(backend, settings).describe(context=context, target=KpiTarget())
     except ModelOutputError:
         return
     assert response.repairs
+
+
+async def test_tiny_model_under_the_grammar_describes_without_format_repairs(
+    tiny_describer: Describer, context: Context
+) -> None:
+    # The same noise under the description grammar (the default): every line is readable;
+    # only what a regular expression cannot say may need repair.
+    response = await tiny_describer.describe(context=context, target=KpiTarget())
+    unsaid = ("rescaled color coverages", "clipped or reordered box")
+    assert all(repair.startswith(unsaid) for repair in response.repairs), response.repairs
+    assert response.verbalization.colors and response.verbalization.tones
 
 
 class GrammarBackend:
@@ -562,6 +576,8 @@ class GrammarBackend:
         samples = options.get("samples", 1)
         keys = [key for key in prompts.DESCRIBE_FIELDS if f"{key}: " in regex]
         answer = "\n".join(f"{key}:{self.inner.lines[key]}" for key in keys)
+        if regex.endswith(r"\n"):  # a segment that more lines follow ends its line
+            answer += "\n"
         for text in texts:
             self.calls.append((text, regex, options.get("temperature", 0.0), samples))
         return [answer for _ in texts for _ in range(samples)]
@@ -592,8 +608,9 @@ async def test_structured_palette_averaging_samples_the_colors_line_between_gree
     response = await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
 
     caption, colors, rest = backend.calls
-    assert caption[1] == description_regex(("caption",)) and caption[2:] == (0.0, 1)
-    assert colors[1] == description_regex(("colors",)) and colors[2:] == (0.6, 4)
+    assert caption[1] == description_regex(("caption",), more=True)
+    assert caption[2:] == (0.0, 1)
+    assert colors[1] == description_regex(("colors",), more=True) and colors[2:] == (0.6, 4)
     assert colors[0] == caption[0] + "caption: a red shoe on a white floor\n"
     assert rest[1] == description_regex(("tones", "objects")) and rest[2:] == (0.0, 1)
     assert rest[0].startswith(colors[0] + "colors: ")

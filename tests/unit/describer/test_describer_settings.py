@@ -54,7 +54,9 @@ def test_midpoints_must_cover_all_levels_in_order(midpoints: dict[str, float]) -
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("backend", "vllm"),  # not implemented yet: refused rather than silently ignored
+        ("backend", "llama.cpp"),  # no such backend: refused rather than silently ignored
+        ("vllm_url", "127.0.0.1:8000"),  # no scheme
+        ("vllm_adapters", "both"),
         ("device", "gpu"),
         ("dtype", "float16"),
         ("temperature", -0.1),

@@ -24,8 +24,14 @@ Handler = Callable[[httpx.Request], httpx.Response]
 class Server:
     """Answers /v1/models with ``models`` and everything else with ``answer``; logs bodies."""
 
-    def __init__(self, answer: Handler | None = None, models: tuple[str, ...] = ("smollm2",)):
+    def __init__(
+        self,
+        answer: Handler | None = None,
+        models: tuple[str, ...] = ("smollm2",),
+        root: str = "",
+    ):
         self.models = list(models)
+        self.root = root
         self.answer = answer
         self.requests: list[tuple[str, dict[str, Any] | None]] = []
 
@@ -33,7 +39,11 @@ class Server:
         body = json.loads(request.content) if request.content else None
         self.requests.append((request.url.path, body))
         if request.url.path == "/v1/models":
-            return httpx.Response(200, json={"data": [{"id": name} for name in self.models]})
+            data = [
+                {"id": name, "root": self.root if i == 0 else name}
+                for i, name in enumerate(self.models)
+            ]
+            return httpx.Response(200, json={"data": data})
         if request.url.path == "/v1/load_lora_adapter":
             self.models.append(body["lora_name"])
             return httpx.Response(200, text="Success")
@@ -47,6 +57,8 @@ def backend(
     checkpoint: CheckpointRef | None = None,
     **overrides: Any,
 ) -> VllmBackend:
+    if not server.root:
+        server.root = str(tiny_model_dir)  # the server serves our base model's weights
     settings = DescriberSettings(
         backend="vllm", model_path=tiny_model_dir, history_path=None, **overrides
     )
@@ -178,3 +190,48 @@ def test_a_merged_checkpoint_needs_the_server_to_serve_it(
         backend(tiny_model_dir, Server(), checkpoint, vllm_adapters="merged")
     served = backend(tiny_model_dir, Server(models=("boigllm-v7",)), checkpoint)
     assert served.info.name == "boigllm-v7"
+
+
+def test_the_base_model_is_only_what_serves_model_path(tiny_model_dir: Path) -> None:
+    # A server started on a checkpoint's merged weights must not pass for the base model.
+    merged = Server(models=("boigllm-v7",), root="/exports/boigllm-v7")
+    with pytest.raises(ModelUnavailable, match="VLLM_MODEL"):
+        backend(tiny_model_dir, merged)
+    named = backend(
+        tiny_model_dir, Server(models=("smollm2",), root="/elsewhere"), vllm_model="smollm2"
+    )
+    assert named.info.name == "smollm2"
+
+
+def test_a_read_timeout_is_not_sent_again(tiny_model_dir: Path) -> None:
+    calls = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise httpx.ReadTimeout("slow", request=request)
+
+    llm = backend(tiny_model_dir, Server(answer), vllm_retries=3)
+    with pytest.raises(ModelUnavailable, match="ReadTimeout"):
+        llm.generate(["x"], max_new_tokens=2)
+    assert len(calls) == 1
+
+
+def test_a_restarted_server_gets_the_adapter_again(tiny_model_dir: Path, tmp_path: Path) -> None:
+    checkpoint = CheckpointRef(name="boigllm", version="v7", path=tmp_path / "v7")
+    checkpoint.path.mkdir()
+    server = Server(completions(["ok"]))
+    llm = backend(tiny_model_dir, server, checkpoint, vllm_adapters="lora")
+    server.models.remove("boigllm-v7")  # the server restarted: run-time adapters are gone
+    answer = server.answer
+
+    def forgetful(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["model"] not in server.models:
+            return httpx.Response(404, json={"error": "model does not exist"})
+        assert answer is not None
+        return answer(request)
+
+    server.answer = forgetful
+
+    assert llm.generate(["x"], max_new_tokens=2) == ["ok"]
+    loads = [path for path, _ in server.requests if path == "/v1/load_lora_adapter"]
+    assert len(loads) == 2

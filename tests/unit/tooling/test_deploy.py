@@ -82,6 +82,25 @@ def test_prometheus_scrapes_every_service() -> None:
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     targets = config["scrape_configs"][0]["static_configs"][0]["targets"]
     assert {target.split(":")[0] for target in targets} == set(SERVICES)
+    [vllm] = [job for job in config["scrape_configs"] if job["job_name"] == "vllm"]
+    assert vllm["static_configs"][0]["targets"] == ["vllm:8000"]
+
+
+def test_the_describer_sends_its_model_calls_to_the_vllm_service(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    vllm, describer = services["vllm"], services["describer"]
+    env = describer["environment"]
+    assert env["BOIG_DESCRIBER_BACKEND"] == "vllm"
+    assert env["BOIG_DESCRIBER_VLLM_URL"] == "http://vllm:8000"
+    assert describer["depends_on"]["vllm"] == {"condition": "service_healthy"}
+    command = " ".join(vllm["command"])
+    assert f"--served-model-name={env['BOIG_DESCRIBER_VLLM_MODEL']}" in command
+    # Adapters load at run time from the registry, which both containers see at one path.
+    assert env["BOIG_DESCRIBER_VLLM_ADAPTERS"] == "lora" and "--enable-lora" in command
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
+    assert env["BOIG_DESCRIBER_CHECKPOINT_REGISTRY"].startswith("/var/lib/boig/")
+    assert "models:/var/lib/boig:ro" in vllm["volumes"]
+    assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
 
 
 def test_gateway_image_needs_no_torch() -> None:
