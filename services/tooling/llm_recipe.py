@@ -363,6 +363,10 @@ def describers(
                 "BOIG_DESCRIBER_TORCH_THREADS": threads,
                 "BOIG_DESCRIBER_HISTORY_PATH": str(history),
                 "BOIG_DESCRIBER_RETRIEVAL": configuration.retrieval,
+                # The evaluation is the only client and waits for every answer (600 s a
+                # request): a describer refusing queued work as "overloaded" would only turn
+                # slow rows into failed ones.
+                "BOIG_DESCRIBER_MAX_QUEUE_WAIT_SECONDS": "600",
             }
             if configuration.checkpoint:
                 env["BOIG_DESCRIBER_CHECKPOINT_REGISTRY"] = str(paths.registry)

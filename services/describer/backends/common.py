@@ -1,12 +1,47 @@
-"""Helpers both backends share: token-prefix arithmetic and the model folder's version."""
+"""What both backends share: the served model's identity and prompts, token-prefix
+arithmetic and the model folder's version."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from services.common.contracts import ModelInfo
 from services.common.model_folders import folder_version
+from services.common.prompts import ChatMessage, chat_prompt
+from services.common.serving_profile import ServingProfile
 from services.describer.model_prep import MANIFEST
+
+
+class ServedModel:
+    """The part of ``LlmBackend`` both backends answer alike: a model identity, its serving
+    profile and prompt kind, and prompts rendered with the local tokenizer's chat template.
+    Both decode under a grammar (``supports_regex``)."""
+
+    _info: ModelInfo
+    _serving: ServingProfile
+    _few_shot_prompt: bool
+    _tokenizer: Any
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def serving(self) -> ServingProfile:
+        return self._serving
+
+    @property
+    def few_shot_prompt(self) -> bool:
+        return self._few_shot_prompt
+
+    @property
+    def supports_regex(self) -> bool:
+        return True
+
+    def chat_prompt(self, messages: list[ChatMessage]) -> str:
+        return chat_prompt(self._tokenizer, messages)
 
 
 def common_prefix_length(left: Sequence[int], right: Sequence[int]) -> int:

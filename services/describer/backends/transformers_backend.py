@@ -22,17 +22,20 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from services.common.contracts import ModelInfo
-from services.common.prompts import ChatMessage, chat_prompt
 from services.common.serving_profile import ServingProfile
 from services.common.torch_device import resolve_device, resolve_dtype
-from services.describer.backends.common import common_prefix_length, model_version
+from services.describer.backends.common import (
+    ServedModel,
+    common_prefix_length,
+    model_version,
+)
 from services.describer.model_prep import MANIFEST
 from services.describer.settings import DescriberSettings
 
 logger = logging.getLogger(__name__)
 
 
-class TransformersBackend:
+class TransformersBackend(ServedModel):
     """One model and tokenizer, loaded from a local folder only (never the hub)."""
 
     def __init__(
@@ -150,25 +153,6 @@ class TransformersBackend:
             few_shot_prompt=few_shot_prompt,
             serving=serving,
         )
-
-    @property
-    def info(self) -> ModelInfo:
-        return self._info
-
-    @property
-    def serving(self) -> ServingProfile:
-        return self._serving
-
-    @property
-    def few_shot_prompt(self) -> bool:
-        return self._few_shot_prompt
-
-    @property
-    def supports_regex(self) -> bool:
-        return True
-
-    def chat_prompt(self, messages: list[ChatMessage]) -> str:
-        return chat_prompt(self._tokenizer, messages)
 
     def generate(
         self,

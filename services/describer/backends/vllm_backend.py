@@ -33,9 +33,12 @@ import httpx
 from services.common.checkpoints import CheckpointRef, served_model_name
 from services.common.contracts import ModelInfo
 from services.common.errors import BackendError, ModelUnavailable
-from services.common.prompts import ChatMessage, chat_prompt
 from services.common.serving_profile import ServingProfile
-from services.describer.backends.common import common_prefix_length, model_version
+from services.describer.backends.common import (
+    ServedModel,
+    common_prefix_length,
+    model_version,
+)
 from services.describer.settings import DescriberSettings
 
 logger = logging.getLogger(__name__)
@@ -50,7 +53,7 @@ class AdapterMissing(ModelUnavailable):
     """The server does not serve the model or adapter a request names (404)."""
 
 
-class VllmBackend:
+class VllmBackend(ServedModel):
     """Requests to one vLLM server, for one model or adapter on it."""
 
     def __init__(
@@ -142,26 +145,7 @@ class VllmBackend:
         )
         return backend
 
-    # --- LlmBackend -------------------------------------------------------------------
-
-    @property
-    def info(self) -> ModelInfo:
-        return self._info
-
-    @property
-    def serving(self) -> ServingProfile:
-        return self._serving
-
-    @property
-    def few_shot_prompt(self) -> bool:
-        return self._few_shot_prompt
-
-    @property
-    def supports_regex(self) -> bool:
-        return True
-
-    def chat_prompt(self, messages: list[ChatMessage]) -> str:
-        return chat_prompt(self._tokenizer, messages)
+    # --- LlmBackend (identity, profile and chat template: ServedModel) ---------------
 
     def generate(
         self,
