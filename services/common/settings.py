@@ -9,6 +9,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def http_url(value: str) -> str:
+    """A base URL setting: http(s) only, without a trailing slash (paths are appended)."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value.rstrip("/")
+
+
 def checkpoint_registry(home: Path) -> Path:
     """The checkpoint registry under a BOIG home: where `make train-llm` publishes and what
     `make demo` serves when it holds a checkpoint."""

@@ -411,7 +411,7 @@ class Describer:
             stop=prompts.FIELD_STOPS["colors"] if regex is None else (),
             temperature=settings.palette_temperature,
             samples=samples,
-            **({"regex": regex} if regex is not None else {}),
+            regex=regex,
         )
         if regex is not None:
             drawn = [line.strip().removeprefix("colors:") for line in drawn]

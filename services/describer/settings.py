@@ -10,7 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.checkpoints import BOIGLLM_CHECKPOINT
 from services.common.contracts import KPI_LEVELS, MAX_BATCH_IMAGES, KpiLevel
-from services.common.settings import ServiceSettings, default_history_path
+from services.common.settings import ServiceSettings, default_history_path, http_url
 from services.describer.model_prep import default_smollm2_dir
 
 BackendName = Literal["transformers", "vllm"]
@@ -112,9 +112,7 @@ class DescriberSettings(ServiceSettings):
     @field_validator("vllm_url")
     @classmethod
     def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        return value.rstrip("/")
+        return http_url(value)
 
     model_path: Path = Field(
         default_factory=default_smollm2_dir,

@@ -18,7 +18,12 @@ from services.common.db import default_database_url
 from services.common.generation import MAX_CANDIDATES_PER_JOB, Strategy
 from services.common.jobs import DEFAULT_MAX_ATTEMPTS
 from services.common.model_folders import SAMPLING_FILE
-from services.common.settings import artifact_store_root, boig_home, default_world_sd_dir
+from services.common.settings import (
+    artifact_store_root,
+    boig_home,
+    default_world_sd_dir,
+    http_url,
+)
 
 FALLBACK_STEPS = 20
 FALLBACK_GUIDANCE = 7.5
@@ -190,9 +195,7 @@ class GeneratorSettings(BaseSettings):
     @field_validator("describer_url", "scorer_url")
     @classmethod
     def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        return value.rstrip("/")
+        return http_url(value)
 
     @model_validator(mode="after")
     def _attempts_above_retries(self) -> GeneratorSettings:

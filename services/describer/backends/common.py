@@ -3,7 +3,7 @@ arithmetic and the model folder's version."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,27 @@ def common_prefix_length(left: Sequence[int], right: Sequence[int]) -> int:
             break
         length += 1
     return length
+
+
+def joint_encodings(
+    token_ids: Callable[[str], list[int]], prompt: str, continuations: Sequence[str]
+) -> tuple[int, list[list[int]]]:
+    """Each continuation encoded together with ``prompt`` (BPE merges across the boundary:
+    a leading space joins the next word), and how many leading tokens all of them share
+    with the prompt's own encoding. Scoring every continuation from that shared prefix
+    compares them from the same conditioning, a merged boundary token included."""
+    prompt_ids = token_ids(prompt)
+    joints = [token_ids(prompt + continuation) for continuation in continuations]
+    shared = min(common_prefix_length(prompt_ids, joint) for joint in joints)
+    if shared == 0:
+        raise ValueError("prompt too short: no token precedes the continuation")
+    return shared, joints
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a transformers forward pass or generate returned, under either name."""
+    cache = getattr(output, "cache", None)  # transformers >= 5
+    return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 def model_version(path: Path) -> str:

@@ -22,6 +22,8 @@ import llguidance.numpy
 import numpy as np
 import torch
 
+from services.describer.backends.common import output_cache
+
 
 class GrammarError(ValueError):
     """The expression does not compile to a grammar."""
@@ -72,7 +74,6 @@ def decode_constrained(
     layout: list[list[int]],
     mask: list[list[int]],
     cache: Any,
-    cached: int,
     cache_kwarg: str,
     matchers: list[llguidance.LLMatcher],
     max_new_tokens: int,
@@ -82,9 +83,10 @@ def decode_constrained(
 ) -> DecodedBatch:
     """Continue each row of ``layout`` (its tokens, pads included, with ``mask`` 1 where a
     row attends) under its own matcher, until the grammar ends, the model ends it (an
-    end-of-sequence token the grammar allows) or ``max_new_tokens`` tokens. ``cache`` holds
-    the first ``cached`` positions of every row already (None and 0 without one).
+    end-of-sequence token the grammar allows) or ``max_new_tokens`` tokens. ``cache`` (or
+    None) holds the first positions of every row already.
     """
+    cached = cache.get_seq_length() if cache is not None else 0
     rows = len(matchers)
     device = model.device
     eos = set(eos_ids)
@@ -109,7 +111,7 @@ def decode_constrained(
         pending.append(prompt_tail + forced)
     layout = [list(row[:cached]) for row in layout]
     mask = [list(row[:cached]) for row in mask]
-    bitmask = llguidance.numpy.allocate_token_bitmask(rows, _vocab_size(model))
+    bitmask = llguidance.numpy.allocate_token_bitmask(rows, vocab_size(model))
     passes = 0
     while True:
         width = max(len(tokens) for tokens in pending)
@@ -130,7 +132,7 @@ def decode_constrained(
                 **({cache_kwarg: cache} if cache is not None else {}),
             )
         passes += 1
-        cache = _output_cache(output)
+        cache = output_cache(output)
         logits = output.logits[:, -1, :].float()
         pending = [[] for _ in range(rows)]
         active = [row for row in range(rows) if not done[row]]
@@ -163,11 +165,6 @@ def decode_constrained(
             pending[row] = [token, *forced]
         if all(done):
             break
-        for row in range(rows):
-            if done[row]:
-                pending[row] = []
-        if not any(pending):
-            break
     return DecodedBatch(
         tokens=[tokens[:max_new_tokens] for tokens in generated],
         layout=layout,
@@ -187,10 +184,6 @@ def _choose(logits: torch.Tensor, allowed: torch.Tensor, temperature: float) -> 
     return [int(token) for token in torch.multinomial(probabilities, 1).squeeze(-1).tolist()]
 
 
-def _vocab_size(model: Any) -> int:
+def vocab_size(model: Any) -> int:
+    """Rows of the model's output layer: the width of its logits (and of a token mask)."""
     return int(model.get_output_embeddings().weight.shape[0])
-
-
-def _output_cache(output: Any) -> Any:
-    cache = getattr(output, "cache", None)  # transformers >= 5
-    return cache if cache is not None else getattr(output, "past_key_values", None)

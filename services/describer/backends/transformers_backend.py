@@ -26,8 +26,9 @@ from services.common.serving_profile import ServingProfile
 from services.common.torch_device import resolve_device, resolve_dtype
 from services.describer.backends.common import (
     ServedModel,
-    common_prefix_length,
+    joint_encodings,
     model_version,
+    output_cache,
 )
 from services.describer.model_prep import MANIFEST
 from services.describer.settings import DescriberSettings
@@ -190,52 +191,28 @@ class TransformersBackend(ServedModel):
     ) -> list[str]:
         """Decode each prompt's continuation under ``regex`` (``constrained``: llguidance
         masks, forced tokens fed together). The KV cache is reused as in ``_generate_batch``."""
-        from services.describer.backends.constrained import GrammarCompiler, decode_constrained
+        from services.describer.backends.constrained import (
+            GrammarCompiler,
+            decode_constrained,
+            vocab_size,
+        )
 
         if self._grammars is None:
             self._grammars = GrammarCompiler(
-                self._tokenizer,
-                vocab_size=int(self._model.get_output_embeddings().weight.shape[0]),
-                eos_ids=self._eos_ids,
+                self._tokenizer, vocab_size=vocab_size(self._model), eos_ids=self._eos_ids
             )
-        rows = [self._token_ids(prompt) for prompt in prompts]
-        reuse = self._reuse(rows)
-        self._last = None  # the decode extends the cache in place: stale if it fails midway
-        pad_id = self._tokenizer.pad_token_id
-        if reuse is None:
-            width = max(len(row) for row in rows)
-            layout = [[pad_id] * (width - len(row)) + row for row in rows]
-            mask = [[0] * (width - len(row)) + [1] * len(row) for row in rows]
-            cache, cached = None, 0
-        else:
-            input_ids, attention_mask, cache = reuse
-            layout, mask = input_ids.tolist(), attention_mask.tolist()
-            cached = cache.get_seq_length()
-        if samples > 1:
-            # Each prompt is read once; its KV cache is then copied for its samples.
-            if cache is None and len(layout[0]) > 1:
-                # _prefill reads all but each row's last token, which the decode feeds.
-                cache = self._prefill(
-                    torch.tensor(layout, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
-                )
-                cached = len(layout[0]) - 1
-            if cache is not None:
-                cache.batch_repeat_interleave(samples)
-            layout = [row for row in layout for _ in range(samples)]
-            mask = [row for row in mask for _ in range(samples)]
-        if cache is not None and cache.get_seq_length() != cached:
-            raise RuntimeError(f"KV cache holds {cache.get_seq_length()} positions, not {cached}")
+        input_ids, mask, cache = self._batch_inputs(prompts, samples)
+        layout = input_ids.tolist()
         decoded = decode_constrained(
             self._model,
             layout=layout,
-            mask=mask,
+            mask=mask.tolist(),
             cache=cache,
-            cached=cached,
             cache_kwarg=self._cache_kwarg,
             matchers=[self._grammars.matcher(regex) for _ in layout],
             max_new_tokens=max_new_tokens,
             temperature=temperature,
-            pad_id=pad_id,
+            pad_id=self._tokenizer.pad_token_id,
             eos_ids=self._eos_ids,
         )
         if decoded.errors:
@@ -249,17 +226,16 @@ class TransformersBackend(ServedModel):
             self._tokenizer.decode(tokens, skip_special_tokens=True) for tokens in decoded.tokens
         ]
 
-    def _generate_batch(
-        self,
-        prompts: list[str],
-        max_new_tokens: int,
-        stop: tuple[str, ...],
-        temperature: float,
-        samples: int = 1,
-    ) -> list[str]:
+    def _batch_inputs(
+        self, prompts: list[str], samples: int
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Token ids and attention mask of the prompts (left-padded, each repeated for its
+        ``samples``), with the KV cache that already holds their start (``_reuse``, or the
+        prompts read once and copied for their samples) or None. Whatever decodes next
+        extends that cache in place, so the previous generation's is forgotten here."""
         rows = [self._token_ids(prompt) for prompt in prompts]
         reuse = self._reuse(rows)
-        self._last = None  # generate extends the cache in place: stale if it fails midway
+        self._last = None  # stale if the decode that extends the cache fails midway
         if reuse is None:
             input_ids, mask = _pad(
                 rows, self._tokenizer.pad_token_id, left=True, device=torch.device("cpu")
@@ -275,6 +251,17 @@ class TransformersBackend(ServedModel):
                 cache.batch_repeat_interleave(samples)
             input_ids = input_ids.repeat_interleave(samples, dim=0)
             mask = mask.repeat_interleave(samples, dim=0)
+        return input_ids, mask, cache
+
+    def _generate_batch(
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        stop: tuple[str, ...],
+        temperature: float,
+        samples: int = 1,
+    ) -> list[str]:
+        input_ids, mask, cache = self._batch_inputs(prompts, samples)
         prompt_length = input_ids.shape[1]
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
@@ -299,7 +286,7 @@ class TransformersBackend(ServedModel):
                 **({self._cache_kwarg: cache} if cache is not None else {}),
             )
         sequences = output.sequences
-        new_cache = _output_cache(output)
+        new_cache = output_cache(output)
         if new_cache is not None:
             # The cache holds every position but the last one generated (never fed back);
             # generate attends to every generated position, padding after a row's end too.
@@ -393,7 +380,7 @@ class TransformersBackend(ServedModel):
                 position_ids=_positions(mask[:, :-1]).to(self._model.device),
                 use_cache=True,
             )
-        return _output_cache(output)
+        return output_cache(output)
 
     def continuation_logprobs(
         self, prompts: list[str], continuations: list[str]
@@ -419,12 +406,8 @@ class TransformersBackend(ServedModel):
         prefixes: list[list[int]] = []
         tails: list[list[int]] = []  # row i * n_cont + j: tokens scored for (prompt i, cont j)
         for prompt in prompts:
-            prompt_ids = self._token_ids(prompt)
-            joints = [self._token_ids(prompt + continuation) for continuation in continuations]
-            shared = min(common_prefix_length(prompt_ids, joint) for joint in joints)
-            if shared == 0:
-                raise ValueError("prompt too short: no token precedes the continuation")
-            prefixes.append(prompt_ids[:shared])
+            shared, joints = joint_encodings(self._token_ids, prompt, continuations)
+            prefixes.append(joints[0][:shared])
             tails.extend(joint[shared:] for joint in joints)
 
         device = self._model.device
@@ -447,7 +430,7 @@ class TransformersBackend(ServedModel):
                 tail_ids, tail_mask = _pad(
                     [tail[:-1] for tail in tails], pad_id, left=False, device=device
                 )
-                cache = _output_cache(output)
+                cache = output_cache(output)
                 cache.batch_repeat_interleave(n_cont)
                 full_mask = torch.cat([prefix_mask.repeat_interleave(n_cont, dim=0), tail_mask], 1)
                 offsets = prefix_mask.sum(-1, keepdim=True).repeat_interleave(n_cont, dim=0)
@@ -506,11 +489,6 @@ class _StopOnText(StoppingCriteria):
         )
         done = [any(stop in text for stop in self._stop) for text in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-def _output_cache(output: Any) -> Any:
-    cache = getattr(output, "cache", None)  # transformers >= 5
-    return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,7 @@ from services.common.checkpoints import CheckpointRef, served_model_name
 from services.common.contracts import ModelInfo
 from services.common.errors import BackendError, ModelUnavailable
 from services.common.serving_profile import ServingProfile
-from services.describer.backends.common import (
-    ServedModel,
-    common_prefix_length,
-    model_version,
-)
+from services.describer.backends.common import ServedModel, joint_encodings, model_version
 from services.describer.settings import DescriberSettings
 
 logger = logging.getLogger(__name__)
@@ -123,7 +119,7 @@ class VllmBackend(ServedModel):
         )
         served = backend.served_models()
         if checkpoint is None:
-            backend._model = _base_model_name(backend._served_roots(), settings)
+            backend._model = _base_model_name(served, settings)
             backend._info = ModelInfo(name=backend._model, version=base_version)
             return backend
         name = served_model_name(checkpoint)
@@ -191,13 +187,8 @@ class VllmBackend(ServedModel):
         joints: list[list[int]] = []
         starts: list[int] = []
         for prompt in prompts:
-            prompt_ids = self._token_ids(prompt)
-            encoded = [self._token_ids(prompt + continuation) for continuation in continuations]
-            # As in the transformers backend: every continuation is scored from the prefix
-            # all of them share with the prompt, so a merged boundary token is compared too.
-            shared = min(common_prefix_length(prompt_ids, joint) for joint in encoded)
-            if shared == 0:
-                raise ValueError("prompt too short: no token precedes the continuation")
+            # As in the transformers backend: the same joint encodings and shared prefix.
+            shared, encoded = joint_encodings(self._token_ids, prompt, continuations)
             joints.extend(encoded)
             starts.extend([shared] * len(encoded))
         choices = self._completions(
@@ -224,24 +215,20 @@ class VllmBackend(ServedModel):
 
     # --- the server -------------------------------------------------------------------
 
-    def served_models(self) -> list[str]:
-        """The model names the server answers to (base model and loaded adapters)."""
-        data = self._request("GET", "/v1/models").get("data")
-        names = [str(entry["id"]) for entry in data or [] if isinstance(entry, dict)]
-        if not names:
-            raise ModelUnavailable("the vLLM server serves no model")
-        return names
-
-    def _served_roots(self) -> dict[str, str]:
-        """Served name -> the weights behind it (vLLM's ``root``: a path or an adapter's)."""
+    def served_models(self) -> dict[str, str]:
+        """The model names the server answers to (base model and loaded adapters), each
+        with the weights behind it (vLLM's ``root``: a folder, or an adapter's)."""
         data = self._request("GET", "/v1/models").get("data") or []
-        return {
+        served = {
             str(entry["id"]): str(entry.get("root") or "")
             for entry in data
             if isinstance(entry, dict)
         }
+        if not served:
+            raise ModelUnavailable("the vLLM server serves no model")
+        return served
 
-    def load_adapter(self, name: str, path: str, served: Sequence[str] = ()) -> None:
+    def load_adapter(self, name: str, path: str, served: Collection[str] = ()) -> None:
         """Load the LoRA folder at ``path`` (as the server sees it) under ``name``; a name
         the server already serves (``served``) is not loaded again, and a server that
         answers that it has it already (a retried load) counts as loaded."""

@@ -133,7 +133,9 @@ class FakeBackend:
         stop: Sequence[str] = (),
         temperature: float = 0.0,
         samples: int = 1,
+        regex: str | None = None,
     ) -> list[str]:
+        assert regex is None, "the scripted fake cannot decode under a grammar"
         self._called()
         self.generate_calls.append(list(prompts))
         results = []
