@@ -17,7 +17,7 @@ colour coverages summing past 100% and box corners out of order (x0 > x1).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from services.common.colour_names import BASIC_COLORS
 from services.common.contracts import TONE_AXES
@@ -32,6 +32,13 @@ MAX_OBJECTS = 4
 objects on 92% of the synthetic world's 2,000 creatives, 4 on 6%, 5-7 on 2%), few enough
 that a model stuck repeating one object stops early: the 100-step BoigLLM writes
 "circle 0.99 [0.99,0.99,0.99,0.99]" again and again, ~27 tokens and forward passes each."""
+OPTIONAL_FIELDS = frozenset({"objects"})
+"""Lines a description may leave out. ``verbalization.render`` writes no line for an empty
+field, and of the fields a model writes only objects are ever empty: the featurizer always
+reports colours and a warmth tone, while an image may show no object (227 of world v3 seed
+0's 1,600 training descriptions have no objects line). A grammar that required the line
+would make a model that ends its description there write one it never saw: the 100-step
+BoigLLM then repeated "circle 0.99 [0.99,0.99,0.99,0.99]" up to MAX_OBJECTS times."""
 CAPTION_CHARACTERS = 160
 """Longest caption, in characters."""
 
@@ -57,21 +64,49 @@ most 12 letters ("refrigerator"), not a list."""
 
 
 def description_regex(
-    fields: Sequence[str], *, colour_names: Iterable[str] = BASIC_COLORS, more: bool = False
+    fields: Sequence[str],
+    *,
+    colour_names: Iterable[str] = BASIC_COLORS,
+    pinned_rgb: Mapping[str, tuple[int, int, int]] | None = None,
+    continues: bool = False,
 ) -> str:
-    """The expression a description with exactly these ``fields`` (in this order, each on its
-    own ``key: value`` line, as ``verbalization.render`` writes them) matches in full.
-    ``more``: further lines follow, so the last one ends in its newline (a segment of a
-    description decoded in parts must be able to end its line where the model ends it)."""
+    """The expression a description with these ``fields`` (in this order, each on its own
+    ``key: value`` line, as ``verbalization.render`` writes them) matches in full; the lines
+    of ``OPTIONAL_FIELDS`` may be left out. ``pinned_rgb``: colour names whose RGB is given,
+    so that a colour of that name can only be written at it: the digits become forced
+    tokens, which cost no sampling (the describer pins what the prompt's history line shows,
+    where it answers with the history's RGB anyway: ``palette_history_rgb``).
+    ``continues``: the lines continue a description begun before them (a description
+    decoded in segments), so each starts with its newline, and where all of them are
+    optional the segment may be empty: the model ends the description there."""
     if not fields:
         raise ValueError("a description needs at least one field")
     unknown = [field for field in fields if field not in _FIELD_VALUES]
     if unknown:
         raise ValueError(f"no grammar for the description fields {unknown}")
     names = sorted(set(colour_names), key=lambda name: (-len(name), name))
-    values = dict(_FIELD_VALUES, colors=_colors_value(names))
-    lines = r"\n".join(f"{field}: {values[field]}" for field in fields)
-    return lines + r"\n" if more else lines
+    values = dict(_FIELD_VALUES, colors=_colors_value(names, pinned_rgb or {}))
+    lines = [f"{field}: {values[field]}" for field in fields]
+    optional = [field in OPTIONAL_FIELDS for field in fields]
+
+    def following(start: int) -> str:
+        return "".join(
+            rf"(\n{line})?" if skip else rf"\n{line}"
+            for line, skip in zip(lines[start:], optional[start:], strict=True)
+        )
+
+    if continues:
+        return following(0)
+    # Without a line before them, the first line written has no newline: one alternative
+    # per line that may come first (every line before it optional).
+    alternatives = []
+    for first, line in enumerate(lines):
+        alternatives.append(line + following(first + 1))
+        if not optional[first]:
+            break
+    else:
+        alternatives.append("")  # all optional: a description may be empty
+    return alternatives[0] if len(alternatives) == 1 else "(" + "|".join(alternatives) + ")"
 
 
 def max_tokens(fields: Sequence[str]) -> int:
@@ -79,12 +114,29 @@ def max_tokens(fields: Sequence[str]) -> int:
     return sum(MAX_TOKENS[field] for field in fields)
 
 
-def _colors_value(names: Sequence[str]) -> str:
+def _colors_value(names: Sequence[str], pinned: Mapping[str, tuple[int, int, int]]) -> str:
     if not names:
         raise ValueError("the colors grammar needs at least one colour name")
-    name = "(" + "|".join(re.escape(name) for name in names) + ")"
-    colour = rf"{name} \({_CHANNEL},{_CHANNEL},{_CHANNEL}\) {_PERCENT}%"
+    unknown = sorted(set(pinned) - set(names))
+    if unknown:
+        raise ValueError(f"pinned colours outside the colour names: {unknown}")
+    alternatives = []
+    for name in names:  # longest first, as the free names below
+        if name in pinned:
+            r, g, b = (_channel(value) for value in pinned[name])
+            alternatives.append(rf"{re.escape(name)} \({r},{g},{b}\)")
+    free = [name for name in names if name not in pinned]
+    if free:
+        name = "(" + "|".join(re.escape(name) for name in free) + ")"
+        alternatives.append(rf"{name} \({_CHANNEL},{_CHANNEL},{_CHANNEL}\)")
+    colour = "(" + "|".join(alternatives) + rf") {_PERCENT}%"
     return rf"{colour}(; {colour}){{0,{MAX_COLORS - 1}}}"
+
+
+def _channel(value: int) -> int:
+    if not 0 <= value <= 255:
+        raise ValueError(f"an RGB channel is 0-255, not {value}")
+    return value
 
 
 def _tones_value() -> str:
@@ -104,8 +156,7 @@ def _tones_value() -> str:
 def _objects_value() -> str:
     box = rf"\[{_FRACTION},{_FRACTION},{_FRACTION},{_FRACTION}\]"
     detected = rf"{_LABEL} {_FRACTION} {box}"
-    # An image may show no object: the line is then empty, as the featurizer's would be.
-    return rf"({detected}(; {detected}){{0,{MAX_OBJECTS - 1}}})?"
+    return rf"{detected}(; {detected}){{0,{MAX_OBJECTS - 1}}}"
 
 
 _FIELD_VALUES: dict[str, str] = {

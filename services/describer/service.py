@@ -13,15 +13,15 @@ import json
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from services.common import metrics, prompts
+from services.common.colour_names import BASIC_COLORS
 from services.common.contracts import (
     KPI_LEVELS,
     Context,
@@ -48,6 +48,7 @@ from services.common.history import (
     line_palette,
     with_history_rgb,
 )
+from services.common.lru import LruCache
 from services.common.verbalization import Repaired, read_colors, render, render_colors, repair
 from services.describer import grammar
 from services.describer.backends.base import LlmBackend
@@ -72,31 +73,6 @@ T = TypeVar("T")
 
 DescribeJob = tuple[Context, KpiTarget, str | None]
 """What one description is decoded from: the context, the target and the history line."""
-
-
-class LruCache(Generic[T]):
-    """A bounded mapping that forgets the least recently used entry first; size 0 keeps nothing."""
-
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._entries: OrderedDict[str, T] = OrderedDict()
-
-    def get(self, key: str) -> T | None:
-        value = self._entries.get(key)
-        if value is not None:
-            self._entries.move_to_end(key)
-        return value
-
-    def put(self, key: str, value: T) -> None:
-        if self.max_entries <= 0:
-            return
-        self._entries[key] = value
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 def _readable(raw: str) -> Repaired:
@@ -336,32 +312,52 @@ class Describer:
     ) -> list[str]:
         """'structured': the whole description in one constrained decode (``grammar``): the
         keys and every other forced token cost no sampling, and nothing off the format can
-        be written. With palette averaging (greedy decoding, ``palette_samples`` > 1) the
-        colors line is its own sampled segment, and the lines before and after it are one
-        greedy segment each, continuing from it."""
+        be written. A greedy description (temperature 0) is decoded in segments where
+        settings ask for sampling: with palette averaging (``palette_samples`` > 1) the
+        colors line is sampled and averaged, and with ``objects_temperature`` > 0 the
+        objects line, last, is sampled; the lines between are greedy, each segment
+        continuing the one before."""
         fields = self._fields()
-        average = self._settings.palette_samples > 1 and temperature == 0 and "colors" in fields
-        if not average:
-            return self._structured_segment(
-                chat_prompts, [""] * len(chat_prompts), fields, temperature
-            )
-        split = fields.index("colors")
-        after = fields[split + 1 :]
-        heads = [""] * len(chat_prompts)
-        if split:
-            heads = self._structured_segment(
-                chat_prompts, heads, fields[:split], temperature, more=True
-            )
-        colors = self._average_colors(
-            [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)],
-            grammar.max_tokens(("colors",)),
-            histories,
-            regex=grammar.description_regex(("colors",), more=bool(after)),
+        settings = self._settings
+        average = settings.palette_samples > 1 and temperature == 0 and "colors" in fields
+        sample_objects = (
+            settings.objects_temperature > 0 and temperature == 0 and fields[-1:] == ("objects",)
         )
-        heads = [f"{head}colors: {line.strip()}" for head, line in zip(heads, colors, strict=True)]
-        if after:
-            heads = [head + "\n" for head in heads]
-            heads = self._structured_segment(chat_prompts, heads, after, temperature)
+        greedy = fields[:-1] if sample_objects else fields
+        heads = [""] * len(chat_prompts)
+        if average:
+            split = greedy.index("colors")
+            if split:
+                heads = self._structured_segment(chat_prompts, heads, greedy[:split], temperature)
+            colors = self._average_colors(
+                [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)],
+                grammar.max_tokens(("colors",)),
+                histories,
+                regexes=[
+                    self._colors_regex(history, continues=bool(split)) for history in histories
+                ],
+            )
+            newline = "\n" if split else ""
+            heads = [
+                f"{head}{newline}colors: {line.strip()}"
+                for head, line in zip(heads, colors, strict=True)
+            ]
+            greedy, continues = greedy[split + 1 :], True
+        else:
+            continues = False
+        if greedy:
+            heads = self._structured_segment(
+                chat_prompts, heads, greedy, temperature, continues=continues
+            )
+            continues = True
+        if sample_objects:
+            heads = self._structured_segment(
+                chat_prompts,
+                heads,
+                ("objects",),
+                settings.objects_temperature,
+                continues=continues,
+            )
         return heads
 
     def _structured_segment(
@@ -371,22 +367,34 @@ class Describer:
         fields: tuple[str, ...],
         temperature: float,
         *,
-        more: bool = False,
+        continues: bool = False,
     ) -> list[str]:
         """``heads`` continued by the lines ``fields`` in one constrained decode; with
-        ``more``, the last line ends in its newline (lines follow). The budget is the most
+        ``continues``, each line starts with its newline (``grammar.description_regex``), so
+        a line before them cut by its token budget still ends where they begin, and lines
+        that may be left out cost nothing when the model ends there. The budget is the most
         the grammar admits, so no line the grammar would finish is cut."""
         values = self._backend.generate(
             [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)],
             max_new_tokens=grammar.max_tokens(fields),
             temperature=temperature,
-            regex=grammar.description_regex(fields, more=more),
+            regex=grammar.description_regex(fields, continues=continues),
         )
-        if more:
-            # A line cut by the token budget (a runaway caption) still ends here, so the
-            # next segment starts its own line rather than continuing this one.
-            values = [value if value.endswith("\n") else value + "\n" for value in values]
         return [head + value for head, value in zip(heads, values, strict=True)]
+
+    def _colors_regex(self, history: str | None, *, continues: bool) -> str:
+        """The colors line's expression for a prompt with this history line: with
+        ``palette_history_rgb`` the colours the history shows are pinned at its RGB, which
+        the averaged palette takes for them anyway, so samples spend no forward pass on
+        digits that would be replaced (and read on from the RGB they will be shown with)."""
+        pinned = {}
+        if self._settings.palette_history_rgb and history:
+            pinned = {
+                color.name: color.rgb
+                for color in line_palette(history)
+                if color.name in BASIC_COLORS  # a hand-made history may name others
+            }
+        return grammar.description_regex(("colors",), pinned_rgb=pinned, continues=continues)
 
     def _average_colors(
         self,
@@ -394,26 +402,27 @@ class Describer:
         max_new_tokens: int,
         histories: list[str | None],
         *,
-        regex: str | None = None,
+        regexes: list[str] | None = None,
     ) -> list[str]:
         """Each prompt's colors line (its value) as the average palette of ``palette_samples``
         sampled lines (settings.palette_samples says why), with the palette of the prompt's
         history line counted as ``palette_history_weight`` more samples and, with
         ``palette_history_rgb``, each colour the history names at the history's RGB. A prompt
         none of whose samples reads as a colour keeps its first sample, for the repairing
-        parser to report. With ``regex`` (structured decoding), the prompts end before the
-        key and each sample is a whole ``colors: ...`` line under that expression."""
+        parser to report. With ``regexes`` (structured decoding, one per prompt), the prompts
+        end before the key and each sample is a whole ``colors: ...`` line under its
+        prompt's expression."""
         settings = self._settings
         samples = settings.palette_samples
         drawn = self._backend.generate(
             line_prompts,
             max_new_tokens=max_new_tokens,
-            stop=prompts.FIELD_STOPS["colors"] if regex is None else (),
+            stop=prompts.FIELD_STOPS["colors"] if regexes is None else (),
             temperature=settings.palette_temperature,
             samples=samples,
-            regex=regex,
+            regex=regexes,
         )
-        if regex is not None:
+        if regexes is not None:
             drawn = [line.strip().removeprefix("colors:") for line in drawn]
         lines = []
         for index, history in enumerate(histories):

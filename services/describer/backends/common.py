@@ -69,6 +69,18 @@ def joint_encodings(
     return shared, joints
 
 
+def regex_per_prompt(regex: str | Sequence[str] | None, prompts: int) -> list[str] | None:
+    """``generate``'s ``regex`` as one expression per prompt (None: unconstrained)."""
+    if regex is None:
+        return None
+    if isinstance(regex, str):
+        return [regex] * prompts
+    expressions = list(regex)
+    if len(expressions) != prompts:
+        raise ValueError(f"{len(expressions)} expressions for {prompts} prompts")
+    return expressions
+
+
 def output_cache(output: Any) -> Any:
     """The KV cache a transformers forward pass or generate returned, under either name."""
     cache = getattr(output, "cache", None)  # transformers >= 5

@@ -22,6 +22,7 @@ import llguidance.numpy
 import numpy as np
 import torch
 
+from services.common.lru import LruCache
 from services.describer.backends.common import output_cache
 
 
@@ -30,7 +31,12 @@ class GrammarError(ValueError):
 
 
 class GrammarCompiler:
-    """Matchers for one tokenizer; each expression is compiled once and copied per row."""
+    """Matchers for one tokenizer; an expression is compiled once while it stays among the
+    ``MAX_TEMPLATES`` most recently used, and copied per row."""
+
+    MAX_TEMPLATES = 256
+    """Compiled expressions kept: the description grammar comes in one form per field set
+    and one per history palette pinned into it (``grammar.description_regex``)."""
 
     def __init__(self, hf_tokenizer: Any, *, vocab_size: int, eos_ids: Sequence[int]) -> None:
         # Wrapping the tokenizer costs ~1 s (llguidance reads the whole vocabulary): once.
@@ -38,7 +44,7 @@ class GrammarCompiler:
             hf_tokenizer, n_vocab=vocab_size, eos_token=list(eos_ids)
         )
         self.vocab_size = vocab_size
-        self._templates: dict[str, llguidance.LLMatcher] = {}
+        self._templates: LruCache[llguidance.LLMatcher] = LruCache(self.MAX_TEMPLATES)
 
     def matcher(self, regex: str) -> llguidance.LLMatcher:
         template = self._templates.get(regex)
@@ -47,7 +53,7 @@ class GrammarCompiler:
             template = llguidance.LLMatcher(self._tokenizer, grammar, log_level=0)
             if template.is_error():
                 raise GrammarError(f"the expression does not compile: {template.get_error()}")
-            self._templates[regex] = template
+            self._templates.put(regex, template)
         return template.deep_copy()
 
 

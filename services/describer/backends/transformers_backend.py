@@ -29,6 +29,7 @@ from services.describer.backends.common import (
     joint_encodings,
     model_version,
     output_cache,
+    regex_per_prompt,
 )
 from services.describer.model_prep import MANIFEST
 from services.describer.settings import DescriberSettings
@@ -163,34 +164,42 @@ class TransformersBackend(ServedModel):
         stop: Sequence[str] = (),
         temperature: float = 0.0,
         samples: int = 1,
-        regex: str | None = None,
+        regex: str | Sequence[str] | None = None,
     ) -> list[str]:
         if samples < 1:
             raise ValueError(f"samples must be at least 1, not {samples}")
+        expressions = regex_per_prompt(regex, len(prompts))
         results: list[str] = []
         # max_batch_size bounds the distinct prompts of a pass; their samples share each
         # prompt's cache, so a batch of samples costs decoding, not more prompt reading.
-        for chunk in _chunks(prompts, self._max_batch_size):
-            if regex is not None:
-                results.extend(
-                    self._generate_constrained(chunk, max_new_tokens, regex, temperature, samples)
-                )
-            else:
+        chunks = _chunks(prompts, self._max_batch_size)
+        if expressions is None:
+            for chunk in chunks:
                 results.extend(
                     self._generate_batch(chunk, max_new_tokens, tuple(stop), temperature, samples)
                 )
+            return results
+        for chunk, chunk_expressions in zip(
+            chunks, _chunks(expressions, self._max_batch_size), strict=True
+        ):
+            results.extend(
+                self._generate_constrained(
+                    chunk, max_new_tokens, chunk_expressions, temperature, samples
+                )
+            )
         return results
 
     def _generate_constrained(
         self,
         prompts: list[str],
         max_new_tokens: int,
-        regex: str,
+        regexes: list[str],
         temperature: float,
         samples: int,
     ) -> list[str]:
-        """Decode each prompt's continuation under ``regex`` (``constrained``: llguidance
-        masks, forced tokens fed together). The KV cache is reused as in ``_generate_batch``."""
+        """Decode each prompt's continuation under its expression (``constrained``:
+        llguidance masks, forced tokens fed together). The KV cache is reused as in
+        ``_generate_batch``."""
         from services.describer.backends.constrained import (
             GrammarCompiler,
             decode_constrained,
@@ -209,7 +218,9 @@ class TransformersBackend(ServedModel):
             mask=mask.tolist(),
             cache=cache,
             cache_kwarg=self._cache_kwarg,
-            matchers=[self._grammars.matcher(regex) for _ in layout],
+            matchers=[
+                self._grammars.matcher(regexes[row // samples]) for row in range(len(layout))
+            ],
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             pad_id=self._tokenizer.pad_token_id,

@@ -5,7 +5,8 @@ the tokenizer locally, so prompts travel as token ids: the server reads exactly 
 transformers backend would, and continuations are scored over the same joint encoding.
 
 - ``generate``: ``POST /v1/completions``; ``samples`` is the request's ``n``; ``regex`` goes to
-  vLLM's ``structured_outputs`` (the grammar engine runs in the server).
+  vLLM's ``structured_outputs`` (the grammar engine runs in the server); prompts with
+  different expressions go as concurrent requests, one per expression.
 - ``continuation_logprobs``: the joint encodings of prompt and continuation with
   ``prompt_logprobs``; a continuation's score is the sum over its tokens (each encoding is
   read in full: vLLM does not use its prefix cache for requests asking for prompt
@@ -22,9 +23,11 @@ left is a ``ModelUnavailable`` (503) for callers, never a bare exception.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +37,22 @@ from services.common.checkpoints import CheckpointRef, served_model_name
 from services.common.contracts import ModelInfo
 from services.common.errors import BackendError, ModelUnavailable
 from services.common.serving_profile import ServingProfile
-from services.describer.backends.common import ServedModel, joint_encodings, model_version
+from services.describer.backends.common import (
+    ServedModel,
+    joint_encodings,
+    model_version,
+    regex_per_prompt,
+)
 from services.describer.settings import DescriberSettings
 
 logger = logging.getLogger(__name__)
 
 RETRY_BACKOFF_SECONDS = 0.5
 """First wait before a retry; doubled for each further one."""
+MAX_PARALLEL_REQUESTS = 8
+"""Most requests one ``generate`` has in flight (one per distinct expression: the describer
+pins each history's colours into the colors line's grammar). Requests of several concurrent
+calls share the pool, so at most this many are in flight for the fan-out as a whole."""
 RETRIED_STATUSES = frozenset({502, 503, 504})
 """Answers that say the server (or a proxy before it) could not take the request now."""
 
@@ -70,6 +82,10 @@ class VllmBackend(ServedModel):
         self._few_shot_prompt = few_shot_prompt
         self._serving = serving or ServingProfile()
         self._retries = retries
+        self._fan_out = ThreadPoolExecutor(
+            max_workers=MAX_PARALLEL_REQUESTS, thread_name_prefix="describer-vllm"
+        )
+        """Sends the requests of one generate call that needs several (one per expression)."""
         self._adapter: tuple[str, str] | None = None
         """(name, path) of the LoRA adapter loaded at run time, to load again after a
         server restart."""
@@ -151,15 +167,15 @@ class VllmBackend(ServedModel):
         stop: Sequence[str] = (),
         temperature: float = 0.0,
         samples: int = 1,
-        regex: str | None = None,
+        regex: str | Sequence[str] | None = None,
     ) -> list[str]:
         if samples < 1:
             raise ValueError(f"samples must be at least 1, not {samples}")
         if not prompts:
             return []
+        expressions = regex_per_prompt(regex, len(prompts))
         body: dict[str, Any] = {
             "model": self._model,
-            "prompt": [self._token_ids(prompt) for prompt in prompts],
             "max_tokens": max_new_tokens,
             "temperature": temperature,
             "n": samples,
@@ -167,13 +183,44 @@ class VllmBackend(ServedModel):
         }
         if stop:
             body["stop"] = list(stop)
-        if regex is not None:
-            body["structured_outputs"] = {"regex": regex}
+        # A request carries one expression: prompts that share one travel together, and the
+        # groups go out at once, so the server batches them as it would one request.
+        groups: dict[str | None, list[int]] = {}
+        for index in range(len(prompts)):
+            groups.setdefault(None if expressions is None else expressions[index], []).append(index)
+        bodies = []
+        for expression, members in groups.items():
+            group_body = dict(body, prompt=[self._token_ids(prompts[i]) for i in members])
+            if expression is not None:
+                group_body["structured_outputs"] = {"regex": expression}
+            bodies.append(group_body)
+        if len(bodies) == 1:
+            answers = [self._group_texts(bodies[0], len(prompts), samples)]
+        else:
+            # Each task runs in a copy of this context, so its log lines keep the request id.
+            futures = [
+                self._fan_out.submit(
+                    contextvars.copy_context().run,
+                    self._group_texts,
+                    group_body,
+                    len(members),
+                    samples,
+                )
+                for group_body, members in zip(bodies, groups.values(), strict=True)
+            ]
+            answers = [future.result() for future in futures]
+        results: list[str] = [""] * (len(prompts) * samples)
+        for members, texts in zip(groups.values(), answers, strict=True):
+            for position, index in enumerate(members):
+                results[index * samples : (index + 1) * samples] = texts[
+                    position * samples : (position + 1) * samples
+                ]
+        return results
+
+    def _group_texts(self, body: dict[str, Any], prompts: int, samples: int) -> list[str]:
         choices = self._completions(body)
-        if len(choices) != len(prompts) * samples:
-            raise BackendError(
-                f"vLLM answered {len(choices)} completions for {len(prompts) * samples}"
-            )
+        if len(choices) != prompts * samples:
+            raise BackendError(f"vLLM answered {len(choices)} completions for {prompts * samples}")
         # Choice i * n + j is prompt i's j-th sample; order by index, whatever the wire order.
         return [str(choice["text"]) for choice in sorted(choices, key=lambda c: int(c["index"]))]
 
@@ -243,6 +290,7 @@ class VllmBackend(ServedModel):
         logger.info("vLLM loaded adapter %s from %s", name, path)
 
     def close(self) -> None:
+        self._fan_out.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
     def _completions(self, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,7 +134,7 @@ class FakeBackend:
         stop: Sequence[str] = (),
         temperature: float = 0.0,
         samples: int = 1,
-        regex: str | None = None,
+        regex: str | Sequence[str] | None = None,
     ) -> list[str]:
         assert regex is None, "the scripted fake cannot decode under a grammar"
         self._called()
@@ -162,3 +163,37 @@ class FakeBackend:
 def fake_backend() -> type[FakeBackend]:
     """The FakeBackend class, to build one per test with its own script."""
     return FakeBackend
+
+
+class GrammarBackend:
+    """A backend that decodes under a regex: answers each prompt with the lines its expression
+    asks for (the scripted fake's values), and logs (prompt, regex, temperature, samples)."""
+
+    supports_regex = True
+
+    def __init__(self, fake_backend: type[FakeBackend], serving: ServingProfile | None = None):
+        self.inner = fake_backend(serving=serving)
+        self.calls: list[tuple[str, str, float, int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def generate(self, texts: list[str], **options: Any) -> list[str]:
+        regex = options["regex"]
+        regexes = [regex] * len(texts) if isinstance(regex, str) else list(regex)
+        samples = options.get("samples", 1)
+        answers = []
+        for text, expression in zip(texts, regexes, strict=True):
+            keys = [key for key in prompts.DESCRIBE_FIELDS if f"{key}: " in expression]
+            answer = "\n".join(f"{key}:{self.inner.lines[key]}" for key in keys)
+            if expression.lstrip("(").startswith(r"\n"):  # lines continuing a description
+                answer = "\n" + answer
+            self.calls.append((text, expression, options.get("temperature", 0.0), samples))
+            answers += [answer] * samples
+        return answers
+
+
+@pytest.fixture
+def grammar_backend() -> type[GrammarBackend]:
+    """The GrammarBackend class: a scripted backend that decodes 'under a grammar'."""
+    return GrammarBackend

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from services.common import prompts
+from services.common.colour_names import BASIC_COLORS
 from services.common.contracts import Context, KpiLevel, KpiTarget
 from services.common.verbalization import repair
-from services.describer.backends.constrained import GrammarCompiler, GrammarError
+from services.describer.backends.constrained import GrammarCompiler, GrammarError, vocab_size
 from services.describer.backends.transformers_backend import TransformersBackend
 from services.describer.grammar import description_regex
 
@@ -100,34 +101,78 @@ def test_jump_forward_batching_and_cache_reuse_match_a_step_by_step_decode(
     assert alone == expected
 
 
+def test_each_prompt_decodes_under_its_own_expression(
+    tiny: TransformersBackend, context: Context
+) -> None:
+    pinned = description_regex(("colors",), pinned_rgb={name: (1, 2, 3) for name in BASIC_COLORS})
+    free = description_regex(("colors",))
+    # Five prompts: two chunks of max_batch_size 4, so the expressions must follow the chunks.
+    contexts = [context, Context(account="x")]
+    prompts_ = [describe_prompt(tiny, c, level) for c in contexts for level in KpiLevel][:5]
+    regexes = [pinned, free, pinned, free, pinned]
+
+    texts = tiny.generate(prompts_, max_new_tokens=120, temperature=1.0, samples=2, regex=regexes)
+
+    for index, text in enumerate(texts):
+        assert re.fullmatch(regexes[index // 2], text), text
+        channels = re.findall(r"\(([0-9,]+)\)", text)
+        pinned_row = regexes[index // 2] is pinned
+        assert (set(channels) == {"1,2,3"}) == pinned_row, text
+    expected = [reference_decode(tiny, p, r, 120) for p, r in zip(prompts_, regexes, strict=True)]
+    assert tiny.generate(prompts_, max_new_tokens=120, regex=regexes) == expected
+
+
+def test_compiled_expressions_are_kept_while_recently_used(
+    tiny: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled: list[str] = []
+    compile_regex = llguidance.LLMatcher.grammar_from_regex
+
+    def counting(regex: str) -> str:
+        compiled.append(regex)
+        return compile_regex(regex)
+
+    monkeypatch.setattr(GrammarCompiler, "MAX_TEMPLATES", 2)
+    monkeypatch.setattr(llguidance.LLMatcher, "grammar_from_regex", staticmethod(counting))
+    compiler = GrammarCompiler(
+        tiny._tokenizer, vocab_size=vocab_size(tiny._model), eos_ids=tiny._eos_ids
+    )
+
+    for regex in ["a+", "b+", "a+", "c+", "a+", "b+"]:
+        compiler.matcher(regex)
+
+    # "a+" stayed recent; "b+" was the least recently used when "c+" came, so it is compiled again.
+    assert compiled == ["a+", "b+", "c+", "b+"]
+
+
 def test_samples_read_their_prompt_once_and_decode_as_that_prompt_alone(
     tiny: TransformersBackend, context: Context
 ) -> None:
     # At a temperature this low a sample is the greedy choice at every step: each of the
     # samples, and the segment that continues the first one's cache, must be the reference.
-    regex = description_regex(("colors",), more=True)
+    regex = description_regex(("colors",))
     prompt = describe_prompt(tiny, context, KpiLevel.HIGH)
     expected = reference_decode(tiny, prompt, regex, 120)
 
     tiny._last = None
     samples = tiny.generate([prompt], max_new_tokens=120, regex=regex, temperature=1e-6, samples=3)
-    rest_regex = description_regex(("tones", "objects"))
+    rest_regex = description_regex(("tones", "objects"), continues=True)
     continued = tiny.generate([prompt + samples[0]], max_new_tokens=120, regex=rest_regex)[0]
     tiny._last = None
     fresh = tiny.generate([prompt + samples[0]], max_new_tokens=120, regex=rest_regex)[0]
 
     assert samples == [expected] * 3
-    assert samples[0].endswith("\n")
     assert continued == fresh
+    assert continued.startswith("\ntones: ")
 
 
 def test_a_segment_continues_from_the_cache_of_the_one_before(
     tiny: TransformersBackend, context: Context
 ) -> None:
     prompt = describe_prompt(tiny, context, KpiLevel.LOW)
-    colors_regex = description_regex(("colors",), more=True)
+    colors_regex = description_regex(("colors",))
     first = tiny.generate([prompt], max_new_tokens=120, regex=colors_regex)[0]
-    rest_regex = description_regex(("tones", "objects"))
+    rest_regex = description_regex(("tones", "objects"), continues=True)
     continued = tiny.generate([prompt + first], max_new_tokens=120, regex=rest_regex)[0]
     tiny._last = None  # the same prompt read from scratch
     fresh = tiny.generate([prompt + first], max_new_tokens=120, regex=rest_regex)[0]

@@ -47,7 +47,7 @@ tones = st.tuples(*(st.sampled_from(list(axis)) for axis in TONE_AXES.values()))
 @given(
     colors=st.lists(swatches, min_size=1, max_size=MAX_COLORS),
     tone_words=tones,
-    detected=st.lists(objects, min_size=1, max_size=MAX_OBJECTS),
+    detected=st.lists(objects, max_size=MAX_OBJECTS),
 )
 def test_every_rendered_description_matches(
     colors: list[ColorSwatch], tone_words: list[object], detected: list[DetectedObject]
@@ -59,23 +59,35 @@ def test_every_rendered_description_matches(
 @pytest.mark.parametrize(
     "text",
     [
-        "colors: plumperadio (1,2,3) 40%\ntones: warm\nobjects: ",  # an invented colour name
-        "colors: navy (256,0,0) 40%\ntones: warm\nobjects: ",  # a channel past 255
-        "colors: navy (1,2,3) 101%\ntones: warm\nobjects: ",
-        "colors: navy (1,2,3) 40%\ntones: dark, warm\nobjects: ",  # axes out of order
-        "colors: navy (1,2,3) 40%\ntones: warm, cool\nobjects: ",  # two words on one axis
+        "colors: plumperadio (1,2,3) 40%\ntones: warm",  # an invented colour name
+        "colors: navy (256,0,0) 40%\ntones: warm",  # a channel past 255
+        "colors: navy (1,2,3) 101%\ntones: warm",
+        "colors: navy (1,2,3) 40%\ntones: dark, warm",  # axes out of order
+        "colors: navy (1,2,3) 40%\ntones: warm, cool",  # two words on one axis
         "colors: navy (1,2,3) 40%\ntones: warm\nobjects: star 0.99 [0.99,0.99,1.20,0.99]",
         "colors: navy (1,2,3) 40%\ntones: warm\nobjects: star 0.99 [0.99,0.99,0.99,0.99,0.9]",
-        "tones: warm\ncolors: navy (1,2,3) 40%\nobjects: ",  # lines out of order
-        "colors: navy (1,2,3) 40%\ntones: warm",  # a line missing
+        "tones: warm\ncolors: navy (1,2,3) 40%",  # lines out of order
+        "colors: navy (1,2,3) 40%\nobjects: star 0.99 [0.1,0.2,0.3,0.4]",  # no tones line
+        "colors: navy (1,2,3) 40%\ntones: warm\nobjects: ",  # render writes no empty line
     ],
 )
 def test_what_a_model_must_not_write_does_not_match(text: str) -> None:
     assert REGEX.fullmatch(text) is None
 
 
-def test_an_image_without_objects_has_an_empty_objects_line() -> None:
-    assert REGEX.fullmatch("colors: navy (1,2,3) 40%\ntones: warm, dark\nobjects: ")
+def test_an_image_without_objects_has_no_objects_line() -> None:
+    assert REGEX.fullmatch("colors: navy (1,2,3) 40%\ntones: warm, dark")
+
+
+def test_continuing_lines_start_with_their_newline_and_optional_ones_may_all_be_absent() -> None:
+    rest = re.compile(description_regex(("tones", "objects"), continues=True))
+    assert rest.fullmatch("\ntones: warm")
+    assert rest.fullmatch("\ntones: warm\nobjects: star 0.99 [0.10,0.20,0.30,0.40]")
+    assert rest.fullmatch("tones: warm") is None
+    assert rest.fullmatch("") is None  # tones are never left out
+    objects = re.compile(description_regex(("objects",), continues=True))
+    assert objects.fullmatch("")  # the model may end the description before the line
+    assert re.fullmatch(description_regex(("objects",)), "")
 
 
 def test_a_caption_line_comes_first_where_the_fields_say_so() -> None:
@@ -89,3 +101,24 @@ def test_unknown_fields_are_refused() -> None:
         description_regex(("colors", "smell"))
     with pytest.raises(ValueError, match="at least one"):
         description_regex(())
+
+
+def test_a_pinned_colour_is_written_only_at_its_rgb() -> None:
+    regex = re.compile(description_regex(("colors",), pinned_rgb={"navy": (20, 40, 80)}))
+    assert regex.fullmatch("colors: navy (20,40,80) 60%; white (250,250,250) 40%")
+    assert regex.fullmatch("colors: navy (21,40,80) 60%") is None
+    assert regex.fullmatch("colors: white (250,250,250) 40%; navy (20,40,80) 60%")
+
+
+def test_pinning_a_name_leaves_the_longer_names_that_end_in_it_free() -> None:
+    regex = re.compile(description_regex(("colors",), pinned_rgb={"gray": (128, 128, 128)}))
+    assert regex.fullmatch("colors: slate gray (112,128,144) 40%")
+    assert regex.fullmatch("colors: gray (128,128,128) 40%")
+    assert regex.fullmatch("colors: gray (112,128,144) 40%") is None
+
+
+def test_pinning_needs_a_known_name_and_a_real_channel() -> None:
+    with pytest.raises(ValueError, match="outside the colour names"):
+        description_regex(("colors",), pinned_rgb={"plumperadio": (1, 2, 3)})
+    with pytest.raises(ValueError, match="0-255"):
+        description_regex(("colors",), pinned_rgb={"navy": (1, 2, 300)})

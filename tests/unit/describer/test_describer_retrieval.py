@@ -4,6 +4,7 @@ content direction) for a checkpoint trained so."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 from pathlib import Path
@@ -23,6 +24,7 @@ from services.common.contracts import (
 from services.common.history import HistoryStore
 from services.common.serving_profile import ServingProfile
 from services.common.verbalization import render
+from services.describer.grammar import description_regex
 from services.describer.service import Describer
 from services.describer.settings import DescriberSettings
 
@@ -251,3 +253,65 @@ async def test_averaged_colours_lean_on_the_history_line_in_the_prompt(
 
     colors = response.verbalization.colors
     assert [(c.name, c.rgb, c.coverage) for c in colors] == expected
+
+
+async def test_structured_samples_write_the_history_colours_at_the_history_rgb(
+    fake_backend: Any, grammar_backend: Any, context: Context, history: Path
+) -> None:
+    backend = grammar_backend(fake_backend, TUNED)
+    describer = Describer(backend, settings(history, palette_samples=4))
+
+    await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
+
+    [colors] = [call for call in backend.calls if call[3] == 4]
+    assert colors[1] == description_regex(
+        ("colors",), pinned_rgb={"navy": (20, 40, 80)}, continues=True
+    )
+
+
+async def test_each_prompt_of_a_batch_pins_its_own_history(
+    fake_backend: Any, grammar_backend: Any, context: Context, history: Path
+) -> None:
+    backend = grammar_backend(fake_backend, TUNED)
+    describer = Describer(backend, settings(history, palette_samples=4))
+
+    await asyncio.gather(
+        *(
+            describer.describe(context=context, target=KpiTarget(level=level))
+            for level in (KpiLevel.HIGH, KpiLevel.LOW)
+        )
+    )
+
+    sampled = [(prompt, regex) for prompt, regex, _, samples in backend.calls if samples == 4]
+    assert len(sampled) == 2
+    pinned = {"high": {"navy": (20, 40, 80)}, "low": {"gold": (230, 190, 40)}}
+    for prompt, regex in sampled:
+        level = prompt.rsplit("goal: ", 1)[-1].split()[0]
+        assert regex == description_regex(("colors",), pinned_rgb=pinned[level], continues=True)
+    assert {prompt.rsplit("goal: ", 1)[-1].split()[0] for prompt, _ in sampled} == set(pinned)
+
+
+async def test_a_history_colour_outside_the_grammars_names_is_not_pinned(
+    fake_backend: Any, grammar_backend: Any, context: Context, tmp_path: Path
+) -> None:
+    odd = Verbalization(colors=[ColorSwatch(name="plumperadio", rgb=(1, 2, 3), coverage=0.7)])
+    history = write_history(tmp_path / "history.json", [(KpiLevel.HIGH, odd)])
+    backend = grammar_backend(fake_backend, TUNED)
+    describer = Describer(backend, settings(history, palette_samples=4))
+
+    await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
+
+    [colors] = [call for call in backend.calls if call[3] == 4]
+    assert colors[1] == description_regex(("colors",), continues=True)
+
+
+async def test_without_history_rgb_the_samples_choose_their_digits(
+    fake_backend: Any, grammar_backend: Any, context: Context, history: Path
+) -> None:
+    backend = grammar_backend(fake_backend, TUNED)
+    describer = Describer(backend, settings(history, palette_samples=4, palette_history_rgb=False))
+
+    await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
+
+    [colors] = [call for call in backend.calls if call[3] == 4]
+    assert colors[1] == description_regex(("colors",), continues=True)

@@ -16,9 +16,10 @@ import pytest
 from services.common import metrics, prompts
 from services.common.contracts import KPI_LEVELS, Context, KpiLevel, KpiTarget, Verbalization
 from services.common.errors import BackendError, InvalidInput, ModelOutputError, Overloaded
+from services.common.lru import LruCache
 from services.describer.backends.transformers_backend import TransformersBackend
 from services.describer.grammar import description_regex
-from services.describer.service import Describer, LruCache
+from services.describer.service import Describer
 from services.describer.settings import DescriberSettings
 
 
@@ -558,35 +559,10 @@ async def test_tiny_model_under_the_grammar_describes_without_format_repairs(
     assert response.verbalization.colors and response.verbalization.tones
 
 
-class GrammarBackend:
-    """A backend that decodes under a regex: answers each call with the lines its expression
-    asks for (the scripted fake's values), and logs (prompt, regex, temperature, samples)."""
-
-    supports_regex = True
-
-    def __init__(self, fake_backend: Any, serving: Any = None) -> None:
-        self.inner = fake_backend(serving=serving)
-        self.calls: list[tuple[str, str, float, int]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def generate(self, texts: list[str], **options: Any) -> list[str]:
-        regex = options["regex"]
-        samples = options.get("samples", 1)
-        keys = [key for key in prompts.DESCRIBE_FIELDS if f"{key}: " in regex]
-        answer = "\n".join(f"{key}:{self.inner.lines[key]}" for key in keys)
-        if regex.endswith(r"\n"):  # a segment that more lines follow ends its line
-            answer += "\n"
-        for text in texts:
-            self.calls.append((text, regex, options.get("temperature", 0.0), samples))
-        return [answer for _ in texts for _ in range(samples)]
-
-
 async def test_structured_decoding_writes_the_description_in_one_constrained_call(
-    fake_backend: Any, context: Context
+    fake_backend: Any, grammar_backend: Any, context: Context
 ) -> None:
-    backend = GrammarBackend(fake_backend)
+    backend = grammar_backend(fake_backend)
     describer = Describer(backend, make_settings(palette_samples=1))  # auto -> structured
 
     response = await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
@@ -600,22 +576,40 @@ async def test_structured_decoding_writes_the_description_in_one_constrained_cal
 
 
 async def test_structured_palette_averaging_samples_the_colors_line_between_greedy_segments(
-    fake_backend: Any, context: Context
+    fake_backend: Any, grammar_backend: Any, context: Context
 ) -> None:
-    backend = GrammarBackend(fake_backend)
+    backend = grammar_backend(fake_backend)
     describer = Describer(backend, make_settings(palette_samples=4, palette_temperature=0.6))
 
     response = await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
 
     caption, colors, rest = backend.calls
-    assert caption[1] == description_regex(("caption",), more=True)
+    assert caption[1] == description_regex(("caption",))
     assert caption[2:] == (0.0, 1)
-    assert colors[1] == description_regex(("colors",), more=True) and colors[2:] == (0.6, 4)
-    assert colors[0] == caption[0] + "caption: a red shoe on a white floor\n"
-    assert rest[1] == description_regex(("tones", "objects")) and rest[2:] == (0.0, 1)
-    assert rest[0].startswith(colors[0] + "colors: ")
+    assert colors[1] == description_regex(("colors",), continues=True) and colors[2:] == (0.6, 4)
+    assert colors[0] == caption[0] + "caption: a red shoe on a white floor"
+    assert rest[1] == description_regex(("tones", "objects"), continues=True)
+    assert rest[2:] == (0.0, 1)
+    assert rest[0].startswith(colors[0] + "\ncolors: ")
+    assert response.text.endswith("\nobjects: shoe 0.80 [0.20,0.30,0.70,0.90]")
     assert [c.name for c in response.verbalization.colors] == ["white", "red"]
     assert [t.value for t in response.verbalization.tones] == ["warm", "bright"]
+
+
+async def test_a_greedy_description_samples_only_its_objects_line(
+    fake_backend: Any, grammar_backend: Any, context: Context
+) -> None:
+    backend = grammar_backend(fake_backend)
+    describer = Describer(backend, make_settings(palette_samples=1, objects_temperature=0.8))
+
+    await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
+
+    head, objects = backend.calls
+    assert head[1] == description_regex(("caption", "colors", "tones")) and head[2] == 0.0
+    assert objects[1] == description_regex(("objects",), continues=True)
+    assert objects[2] == 0.8
+    assert objects[0].startswith(head[0] + "caption: a red shoe on a white floor\ncolors: ")
+    assert objects[0].endswith("\ntones: warm, bright")
 
 
 async def test_structured_decoding_on_a_backend_without_a_grammar_is_refused(

@@ -95,6 +95,39 @@ def test_generate_sends_token_ids_and_the_grammar_and_orders_choices_by_index(
     assert body["prompt"][0] == llm._token_ids("colors:")  # token ids, read as we read them
 
 
+def test_prompts_with_different_expressions_go_as_one_request_per_expression(
+    tiny_model_dir: Path,
+) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        tag = body["structured_outputs"]["regex"]
+        choices = [
+            {"index": i * 2 + j, "text": f"{tag}{i}{j}"}
+            for i in range(len(body["prompt"]))
+            for j in range(2)
+        ]
+        return httpx.Response(200, json={"choices": choices})
+
+    server = Server(answer)
+    llm = backend(tiny_model_dir, server)
+
+    texts = llm.generate(["p", "q", "r"], max_new_tokens=9, samples=2, regex=["a", "b", "a"])
+
+    # Each prompt's samples in place, from the request that carried its expression.
+    assert texts == ["a00", "a01", "b00", "b01", "a10", "a11"]
+    sent = sorted(
+        (body["structured_outputs"]["regex"], body["prompt"])
+        for path, body in server.requests
+        if path == "/v1/completions" and body is not None
+    )
+    assert sent == [
+        ("a", [llm._token_ids("p"), llm._token_ids("r")]),
+        ("b", [llm._token_ids("q")]),
+    ]
+    with pytest.raises(ValueError, match="2 expressions for 3 prompts"):
+        llm.generate(["p", "q", "r"], max_new_tokens=9, regex=["a", "b"])
+
+
 def test_continuation_logprobs_sum_the_prompt_logprobs_of_each_continuation(
     tiny_model_dir: Path,
 ) -> None:
