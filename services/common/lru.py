@@ -30,8 +30,5 @@ class LruCache(Generic[T]):
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._entries
-
     def __len__(self) -> int:
         return len(self._entries)

@@ -333,9 +333,8 @@ class Describer:
                 [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)],
                 grammar.max_tokens(("colors",)),
                 histories,
-                regexes=[
-                    self._colors_regex(history, continues=bool(split)) for history in histories
-                ],
+                structured=True,
+                continues=bool(split),
             )
             newline = "\n" if split else ""
             heads = [
@@ -382,53 +381,58 @@ class Describer:
         )
         return [head + value for head, value in zip(heads, values, strict=True)]
 
-    def _colors_regex(self, history: str | None, *, continues: bool) -> str:
-        """The colors line's expression for a prompt with this history line: with
-        ``palette_history_rgb`` the colours the history shows are pinned at its RGB, which
-        the averaged palette takes for them anyway, so samples spend no forward pass on
-        digits that would be replaced (and read on from the RGB they will be shown with)."""
-        pinned = {}
-        if self._settings.palette_history_rgb and history:
-            pinned = {
-                color.name: color.rgb
-                for color in line_palette(history)
-                if color.name in BASIC_COLORS  # a hand-made history may name others
-            }
-        return grammar.description_regex(("colors",), pinned_rgb=pinned, continues=continues)
-
     def _average_colors(
         self,
         line_prompts: list[str],
         max_new_tokens: int,
         histories: list[str | None],
         *,
-        regexes: list[str] | None = None,
+        structured: bool = False,
+        continues: bool = False,
     ) -> list[str]:
         """Each prompt's colors line (its value) as the average palette of ``palette_samples``
         sampled lines (settings.palette_samples says why), with the palette of the prompt's
         history line counted as ``palette_history_weight`` more samples and, with
         ``palette_history_rgb``, each colour the history names at the history's RGB. A prompt
         none of whose samples reads as a colour keeps its first sample, for the repairing
-        parser to report. With ``regexes`` (structured decoding, one per prompt), the prompts
-        end before the key and each sample is a whole ``colors: ...`` line under its
-        prompt's expression."""
+        parser to report. ``structured``: the prompts end before the key and each sample is
+        a whole ``colors: ...`` line under the colours grammar (``continues``: starting with
+        its newline), in which, with ``palette_history_rgb``, the colours the history shows
+        are pinned at its RGB: the average takes that RGB for them anyway, so the samples
+        spend no forward pass on digits that would be replaced (and read on from the RGB
+        they will be shown with)."""
         settings = self._settings
         samples = settings.palette_samples
+        evidences = [line_palette(history) if history else [] for history in histories]
+        regexes = None
+        if structured:
+            pin = settings.palette_history_rgb
+            regexes = [
+                grammar.description_regex(
+                    ("colors",),
+                    pinned_rgb={
+                        color.name: color.rgb
+                        for color in evidence
+                        if pin and color.name in BASIC_COLORS  # a hand-made history may not
+                    },
+                    continues=continues,
+                )
+                for evidence in evidences
+            ]
         drawn = self._backend.generate(
             line_prompts,
             max_new_tokens=max_new_tokens,
-            stop=prompts.FIELD_STOPS["colors"] if regexes is None else (),
+            stop=() if structured else prompts.FIELD_STOPS["colors"],
             temperature=settings.palette_temperature,
             samples=samples,
             regex=regexes,
         )
-        if regexes is not None:
+        if structured:
             drawn = [line.strip().removeprefix("colors:") for line in drawn]
         lines = []
-        for index, history in enumerate(histories):
+        for index, evidence in enumerate(evidences):
             group = drawn[index * samples : (index + 1) * samples]
             palettes = [read_colors(line) for line in group]
-            evidence = line_palette(history) if history else []
             weight = settings.palette_history_weight if evidence else 0
             palette = average_palette(palettes + [evidence] * weight)
             if settings.palette_history_rgb:

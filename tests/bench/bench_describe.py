@@ -102,6 +102,16 @@ async def timed_one_by_one(
     return seconds, texts
 
 
+def warm_then_timed(service: Describer, count: int, tag: str) -> tuple[list[float], list[str]]:
+    """One description to warm the model up, then ``count`` fresh ones timed one by one."""
+    asyncio.run(timed_one_by_one(service, fresh_requests(1, "warm-up")))
+    return asyncio.run(timed_one_by_one(service, fresh_requests(count, tag)))
+
+
+def palette_label(palette_samples: int) -> str:
+    return f"{palette_samples} draws" if palette_samples > 1 else "greedy"
+
+
 async def burst(
     service: Describer, work: Sequence[tuple[Context, KpiTarget]]
 ) -> tuple[float, list[str]]:
@@ -125,13 +135,9 @@ def single_description_table(checkpoint: CheckpointRef | None, count: int) -> An
             settings = base_settings(describe_decoding=decoding, palette_samples=palette)
             service = describer(settings, checkpoint)
             tokenizer = service._backend._tokenizer  # type: ignore[attr-defined]
-            asyncio.run(timed_one_by_one(service, fresh_requests(1, "warm-up")))
-            seconds, texts = asyncio.run(
-                timed_one_by_one(service, fresh_requests(count, f"{decoding}{palette}"))
-            )
-            label = f"{palette} draws" if palette > 1 else "greedy"
+            seconds, texts = warm_then_timed(service, count, f"{decoding}{palette}")
             print(
-                f"   {decoding:<11} {label:<9} {statistics.median(seconds):9.2f} "
+                f"   {decoding:<11} {palette_label(palette):<9} {statistics.median(seconds):9.2f} "
                 f"{min(seconds):7.2f} {token_count(tokenizer, texts) / count:7.0f}"
             )
     return tokenizer
@@ -161,13 +167,9 @@ def vllm_figures(checkpoint: CheckpointRef | None, single: int, concurrent: int)
                 service = describer(
                     settings.model_copy(update={"palette_samples": palette}), checkpoint
                 )
-                asyncio.run(timed_one_by_one(service, fresh_requests(1, "warm-up")))
-                seconds, _ = asyncio.run(
-                    timed_one_by_one(service, fresh_requests(single, f"vllm{palette}"))
-                )
-                label = f"{palette} draws" if palette > 1 else "greedy"
+                seconds, _ = warm_then_timed(service, single, f"vllm{palette}")
                 print(
-                    f"   one description, structured, {label}: median "
+                    f"   one description, structured, {palette_label(palette)}: median "
                     f"{statistics.median(seconds):.2f} s (min {min(seconds):.2f})"
                 )
             concurrent_burst(settings, checkpoint, server.url, concurrent)
