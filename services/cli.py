@@ -159,7 +159,7 @@ def probe_llm(
     )
 
 
-ABLATIONS = ("no-history", "greedy-colors")
+ABLATIONS = ("no-history", "sampled-colors")
 """llm_recipe.Ablation's names, here so that the CLI starts without importing torch."""
 
 
@@ -186,8 +186,8 @@ def evaluate_llm(
             callback=_known_ablations,
             help="Also evaluate a variant of BoigLLM (repeatable): 'no-history', without its "
             "history lines (~30 s a row on 2 cores: without them its descriptions often run "
-            "to the token limit); 'greedy-colors', greedy colours lines instead of the "
-            "average of sampled ones (descriptions only).",
+            "to the token limit); 'sampled-colors', colours lines averaged over 4 sampled "
+            "draws instead of the greedy line (descriptions only).",
         ),
     ] = None,
     holdout_account: Annotated[

@@ -19,6 +19,7 @@ from services.common.contracts import (
     KPI_LEVELS,
     TONE_AXES,
     ColorSwatch,
+    DetectedObject,
     KpiLevel,
     Tone,
     Verbalization,
@@ -26,7 +27,10 @@ from services.common.contracts import (
 from services.common.verbalization import read_colors
 
 HISTORY_FILE = "history.json"
-HISTORY_FORMAT = 1
+HISTORY_FORMAT = 2
+"""2 adds each level's object detections (``LevelTally.object_sums``); a format 1 file reads
+as a store without them (``HistoryStore.format`` says which was read)."""
+_READABLE_FORMATS = (1, 2)
 
 SUMMARY_COLORS = 4
 """Colours a history line names: the level's average palette by colour name, largest mean
@@ -52,6 +56,10 @@ class LevelTally:
     tones: Counter[str] = field(default_factory=Counter)
     objects: Counter[str] = field(default_factory=Counter)
     """Posts that show at least one object of this label."""
+    object_sums: dict[str, list[float]] = field(default_factory=dict)
+    """Label -> [confidence, x0, y0, x1, y1, count] summed over every object of that label:
+    the label's typical detection at the level (``typical_objects``). Files written before
+    it was kept lack it, and read as no typical detections."""
 
     def add(self, look: Verbalization, sign: int = 1) -> None:
         self.posts += sign
@@ -65,6 +73,10 @@ class LevelTally:
             self.tones[tone.value] += sign
         for label in {obj.label for obj in look.objects}:
             self.objects[label] += sign
+        for obj in look.objects:
+            sums = self.object_sums.setdefault(obj.label, [0.0] * 6)
+            for index, value in enumerate((obj.confidence, *obj.box, 1.0)):
+                sums[index] += sign * value
 
     def without(self, look: Verbalization) -> LevelTally:
         """This tally with one of its posts taken out."""
@@ -102,7 +114,32 @@ class LevelTally:
             for label, count in _ranked(self.objects)
             if count > 0 and count >= OBJECT_SHARE * self.posts
         ][:SUMMARY_OBJECTS]
-        return LevelSummary(posts=self.posts, colors=colors, tones=tones, objects=objects)
+        return LevelSummary(
+            posts=self.posts,
+            colors=colors,
+            tones=tones,
+            objects=objects,
+            typical_objects=self.typical_objects(),
+        )
+
+    def typical_objects(self) -> dict[str, DetectedObject]:
+        """Per label shown at the level, commonest first (posts that show it), its mean
+        detection: mean confidence and mean box corners over every object of that label (a
+        mean of ordered boxes is ordered, and rounding to the description's two decimals
+        keeps it so)."""
+        typical = {}
+        for label, _ in _ranked(self.objects):
+            sums = self.object_sums.get(label)
+            if sums is None or sums[5] < 0.5:  # an older file, or every object left out
+                continue
+            count = sums[5]
+            confidence, x0, y0, x1, y1 = (min(1.0, max(0.0, s / count)) for s in sums[:5])
+            typical[label] = DetectedObject(
+                label=label,
+                confidence=round(confidence, 2),
+                box=(round(x0, 2), round(y0, 2), round(x1, 2), round(y1, 2)),
+            )
+        return typical
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +147,7 @@ class LevelTally:
             "rgb_sums": self.rgb_sums,
             "tones": dict(self.tones),
             "objects": dict(self.objects),
+            "object_sums": self.object_sums,
         }
 
     @classmethod
@@ -121,6 +159,7 @@ class LevelTally:
             rgb_sums={k: [float(x) for x in v] for k, v in data["rgb_sums"].items()},
             tones=Counter({k: int(v) for k, v in data["tones"].items()}),
             objects=Counter({k: int(v) for k, v in data["objects"].items()}),
+            object_sums={k: [float(x) for x in v] for k, v in data.get("object_sums", {}).items()},
         )
 
 
@@ -153,6 +192,9 @@ class LevelSummary:
     colors: list[SummaryColor]
     tones: list[str]
     objects: list[str]
+    typical_objects: dict[str, DetectedObject] = field(default_factory=dict)
+    """Every label shown at the level with its mean detection (``LevelTally``); not part of
+    the line, which names the commonest labels only."""
 
     def line(self, level: KpiLevel | None = None) -> str:
         """``history at this level: colors navy (28,40,86) 45%, white (...) 30%; tones cool,
@@ -216,8 +258,10 @@ Key = tuple[str, str, KpiLevel]
 class HistoryStore:
     """Level tallies per (account, KPI, level); JSON on disk."""
 
-    def __init__(self, tallies: dict[Key, LevelTally] | None = None) -> None:
+    def __init__(self, tallies: dict[Key, LevelTally] | None = None, *, format: int = 0) -> None:
         self.tallies: dict[Key, LevelTally] = tallies or {}
+        self.format = format or HISTORY_FORMAT
+        """The format it was read in: below HISTORY_FORMAT, it lacks what that format adds."""
 
     @classmethod
     def from_looks(cls, posts: Iterable[tuple[str, str, KpiLevel, Verbalization]]) -> HistoryStore:
@@ -281,7 +325,7 @@ class HistoryStore:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> HistoryStore:
-        if data.get("format") != HISTORY_FORMAT:
+        if data.get("format") not in _READABLE_FORMATS:
             raise ValueError(f"history format {data.get('format')!r}, not {HISTORY_FORMAT}")
         tallies = {
             (account, kpi, KpiLevel(level)): LevelTally.from_json(tally)
@@ -289,7 +333,7 @@ class HistoryStore:
             for kpi, by_level in by_kpi.items()
             for level, tally in by_level.items()
         }
-        return cls(tallies)
+        return cls(tallies, format=int(data["format"]))
 
     def write(self, path: Path) -> Path:
         """Write atomically: a reader never sees half a file."""

@@ -80,7 +80,7 @@ def render(verbalization: Verbalization) -> str:
     if verbalization.tones:
         lines.append("tones: " + ", ".join(tone.value for tone in verbalization.tones))
     if verbalization.objects:
-        lines.append("objects: " + "; ".join(_render_object(o) for o in verbalization.objects))
+        lines.append("objects: " + "; ".join(render_object(o) for o in verbalization.objects))
     if verbalization.text is not None:
         lines.append("text: " + _quote(verbalization.text))
     return "\n".join(lines)
@@ -110,9 +110,20 @@ def _render_color(color: ColorSwatch) -> str:
     return f"{color.name} ({r},{g},{b}) {round(color.coverage * 100)}%"
 
 
-def _render_object(obj: DetectedObject) -> str:
+def render_object(obj: DetectedObject) -> str:
+    """An objects line's item: ``person 0.91 [0.10,0.20,0.45,0.95]``."""
     box = ",".join(f"{value:.2f}" for value in obj.box)
     return f"{obj.label} {obj.confidence:.2f} [{box}]"
+
+
+def merge_repeated_objects(verbalization: Verbalization) -> Verbalization:
+    """The description with each identical object (label, confidence and box) kept once: two
+    detections of one box are one object, and a model held to typical detections repeats
+    the one it means rather than stopping (``describer.grammar``)."""
+    unique = list(dict.fromkeys(verbalization.objects))
+    if len(unique) == len(verbalization.objects):
+        return verbalization
+    return verbalization.model_copy(update={"objects": unique})
 
 
 def parse(text: str) -> Verbalization:

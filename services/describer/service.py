@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -24,9 +24,11 @@ from services.common import metrics, prompts
 from services.common.colour_names import BASIC_COLORS
 from services.common.contracts import (
     KPI_LEVELS,
+    ColorSwatch,
     Context,
     DescribeRequest,
     DescribeResponse,
+    DetectedObject,
     KpiLevel,
     KpiTarget,
     LevelDistribution,
@@ -44,12 +46,21 @@ from services.common.errors import (
 )
 from services.common.history import (
     HistoryStore,
+    LevelSummary,
     average_palette,
     line_palette,
     with_history_rgb,
 )
 from services.common.lru import LruCache
-from services.common.verbalization import Repaired, read_colors, render, render_colors, repair
+from services.common.verbalization import (
+    Repaired,
+    merge_repeated_objects,
+    read_colors,
+    render,
+    render_colors,
+    render_object,
+    repair,
+)
 from services.describer import grammar
 from services.describer.backends.base import LlmBackend
 from services.describer.batching import MicroBatcher
@@ -71,8 +82,17 @@ again, or it could be refused after its own first half was done."""
 
 T = TypeVar("T")
 
-DescribeJob = tuple[Context, KpiTarget, str | None]
-"""What one description is decoded from: the context, the target and the history line."""
+
+class DescribeJob(NamedTuple):
+    """What one description is decoded from."""
+
+    context: Context
+    target: KpiTarget
+    history: str | None
+    """The account's history line at the target level (retrieval), if any."""
+    typical_objects: tuple[DetectedObject, ...] = ()
+    """The account's typical detection of each label it showed at the level, to pin on the
+    objects line (``object_history_boxes``)."""
 
 
 def _readable(raw: str) -> Repaired:
@@ -89,6 +109,13 @@ def _readable(raw: str) -> Repaired:
             f"{len(repaired.repairs)} parts were unreadable"
         )
     return repaired
+
+
+def _pinned_rgb(history: list[ColorSwatch]) -> dict[str, tuple[int, int, int]]:
+    """The RGB a history line shows per colour name, to pin in the colors grammar: the
+    account's mean colour of that name at the level, which the served line takes anyway
+    (``palette_history_rgb``). A hand-made history may name colours off the grammar's list."""
+    return {color.name: color.rgb for color in history if color.name in BASIC_COLORS}
 
 
 class HistoryReader:
@@ -176,40 +203,49 @@ class Describer:
     async def describe(self, *, context: Context, target: KpiTarget) -> DescribeResponse:
         """How an image for ``context`` should look to reach ``target`` (design §1, BoigLLM)."""
         request = DescribeRequest(context=context, target=target)
-        history = self._history_line(context.account, target.name, target.level)
+        job = self._describe_job(context, target)
         # Sampled descriptions are meant to differ between calls: only greedy ones are cached.
         cacheable = self._settings.temperature == 0 and self._settings.describe_candidates == 1
+        typical = "; ".join(render_object(obj) for obj in job.typical_objects)
         response, cached = await self._single_flight(
-            self._cache_key("describe", request, [history]) if cacheable else None,
-            lambda: self._describe_uncached(context, target, history),
+            self._cache_key("describe", request, [job.history, typical]) if cacheable else None,
+            lambda: self._describe_uncached(job),
         )
         assert isinstance(response, DescribeResponse)
         return response.model_copy(update={"cached": True}) if cached else response
+
+    def _describe_job(self, context: Context, target: KpiTarget) -> DescribeJob:
+        summary = self._history_summary(context.account, target.name, target.level)
+        if summary is None:
+            return DescribeJob(context, target, None)
+        typical: tuple[DetectedObject, ...] = ()
+        if self._settings.object_history_boxes:
+            typical = tuple(summary.typical_objects.values())[: grammar.MAX_OBJECTS]
+        return DescribeJob(context, target, summary.line(), typical)
 
     def _history_line(
         self, account: str, kpi_name: str, level: KpiLevel, *, name_level: bool = False
     ) -> str | None:
         """The account's past look at the level, for a checkpoint trained to read it (the
         content prompt's "this level", or the behaviour prompt's named level)."""
+        summary = self._history_summary(account, kpi_name, level)
+        return summary.line(level if name_level else None) if summary is not None else None
+
+    def _history_summary(self, account: str, kpi_name: str, level: KpiLevel) -> LevelSummary | None:
         if not self._retrieval():
             return None
         store = self._history.store()
-        summary = store.summary(account, kpi_name, level) if store is not None else None
-        if summary is None:
-            return None
-        return summary.line(level if name_level else None)
+        return store.summary(account, kpi_name, level) if store is not None else None
 
     def _retrieval(self) -> bool:
         setting = self._settings.retrieval
         return setting == "on" or (setting == "auto" and self._backend.serving.retrieval)
 
-    async def _describe_uncached(
-        self, context: Context, target: KpiTarget, history: str | None
-    ) -> DescribeResponse:
+    async def _describe_uncached(self, job: DescribeJob) -> DescribeResponse:
         candidates = self._settings.describe_candidates
         if candidates > 1:
-            return await self._describe_best_of(context, target, history, candidates)
-        raw, info = await self._describe_queue.submit((context, target, history))
+            return await self._describe_best_of(job, candidates)
+        raw, info = await self._describe_queue.submit(job)
         return self._described(_readable(raw), info)
 
     async def _describe_batch(self, jobs: list[DescribeJob]) -> list[tuple[str, ModelInfo]]:
@@ -222,16 +258,14 @@ class Describer:
         )
         return [(raw, info) for raw in raws]
 
-    async def _describe_best_of(
-        self, context: Context, target: KpiTarget, history: str | None, count: int
-    ) -> DescribeResponse:
+    async def _describe_best_of(self, job: DescribeJob, count: int) -> DescribeResponse:
         """``count`` sampled descriptions; the one the model's own behaviour reading rates
         most likely to reach the target level (unreadable samples are dropped)."""
         temperature = self._settings.candidate_temperature
         raws, info = await self._run_model(
             "describe",
             self._generate_descriptions,
-            [(context, target, history)] * count,
+            [job] * count,
             temperature,
         )
         readable = []
@@ -243,16 +277,16 @@ class Describer:
         if not readable:
             raise ModelOutputError(f"none of {count} sampled descriptions was readable")
         rated = await self.likelihood(
-            context=context,
-            kpi_name=target.name,
+            context=job.context,
+            kpi_name=job.target.name,
             verbalizations=[r.verbalization for r in readable],
         )
-        chances = [result.probabilities[target.level] for result in rated.results]
+        chances = [result.probabilities[job.target.level] for result in rated.results]
         best = max(range(len(readable)), key=chances.__getitem__)
         return self._described(readable[best], info)
 
     def _described(self, repaired: Repaired, info: ModelInfo) -> DescribeResponse:
-        verbalization = repaired.verbalization
+        verbalization = merge_repeated_objects(repaired.verbalization)
         if repaired.repairs:
             metrics.REPAIRS.labels(SERVICE).inc()
             logger.info("describe output needed %d repairs", len(repaired.repairs))
@@ -273,12 +307,12 @@ class Describer:
             self._backend.chat_prompt(
                 prompts.describe_messages(context, target, few_shot=few_shot, history=history)
             )
-            for context, target, history in jobs
+            for context, target, history, _ in jobs
         ]
-        histories = [job[2] for job in jobs]
+        histories = [job.history for job in jobs]
         decoding = self._decoding(few_shot)
         if decoding == "structured":
-            return self._generate_structured(chat_prompts, histories, temperature)
+            return self._generate_structured(chat_prompts, jobs, temperature)
         max_new_tokens = self._settings.max_new_tokens
         if decoding == "free":
             return self._backend.generate(
@@ -287,7 +321,7 @@ class Describer:
         # 'fields': we write each key and the model fills one line, so an untuned model cannot
         # skip, reorder or invent fields, and a looping line ends at its own token budget.
         heads = [""] * len(jobs)
-        average = self._settings.palette_samples > 1 and temperature == 0
+        average = temperature == 0 and self._averages_palettes(histories)
         for key in self._fields():
             heads = [f"{head}{key}:" for head in heads]
             line_prompts = [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)]
@@ -304,11 +338,19 @@ class Describer:
             heads = [f"{head} {value.strip()}\n" for head, value in zip(heads, values, strict=True)]
         return [head.rstrip("\n") for head in heads]
 
+    def _averages_palettes(self, histories: list[str | None]) -> bool:
+        """Whether the colors line is an average (``_average_colors``): of several draws, or
+        of one greedy line and the palette of a history line."""
+        settings = self._settings
+        if settings.palette_samples > 1:
+            return True
+        return settings.palette_history_weight > 0 and any(histories)
+
     def _fields(self) -> tuple[str, ...]:
         return self._backend.serving.fields or prompts.DESCRIBE_FIELDS
 
     def _generate_structured(
-        self, chat_prompts: list[str], histories: list[str | None], temperature: float
+        self, chat_prompts: list[str], jobs: list[DescribeJob], temperature: float
     ) -> list[str]:
         """'structured': the whole description in one constrained decode (``grammar``): the
         keys and every other forced token cost no sampling, and nothing off the format can
@@ -316,10 +358,15 @@ class Describer:
         settings ask for sampling: with palette averaging (``palette_samples`` > 1) the
         colors line is sampled and averaged, and with ``objects_temperature`` > 0 the
         objects line, last, is sampled; the lines between are greedy, each segment
-        continuing the one before."""
+        continuing the one before. Each segment pins what the job's history gives
+        (``_segment_regex``)."""
         fields = self._fields()
         settings = self._settings
-        average = settings.palette_samples > 1 and temperature == 0 and "colors" in fields
+        average = (
+            temperature == 0
+            and "colors" in fields
+            and self._averages_palettes([job.history for job in jobs])
+        )
         sample_objects = (
             settings.objects_temperature > 0 and temperature == 0 and fields[-1:] == ("objects",)
         )
@@ -328,11 +375,13 @@ class Describer:
         if average:
             split = greedy.index("colors")
             if split:
-                heads = self._structured_segment(chat_prompts, heads, greedy[:split], temperature)
+                heads = self._structured_segment(
+                    chat_prompts, jobs, heads, greedy[:split], temperature
+                )
             colors = self._average_colors(
                 [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)],
                 grammar.max_tokens(("colors",)),
-                histories,
+                [job.history for job in jobs],
                 structured=True,
                 continues=bool(split),
             )
@@ -346,12 +395,13 @@ class Describer:
             continues = False
         if greedy:
             heads = self._structured_segment(
-                chat_prompts, heads, greedy, temperature, continues=continues
+                chat_prompts, jobs, heads, greedy, temperature, continues=continues
             )
             continues = True
         if sample_objects:
             heads = self._structured_segment(
                 chat_prompts,
+                jobs,
                 heads,
                 ("objects",),
                 settings.objects_temperature,
@@ -362,6 +412,7 @@ class Describer:
     def _structured_segment(
         self,
         chat_prompts: list[str],
+        jobs: list[DescribeJob],
         heads: list[str],
         fields: tuple[str, ...],
         temperature: float,
@@ -373,13 +424,29 @@ class Describer:
         a line before them cut by its token budget still ends where they begin, and lines
         that may be left out cost nothing when the model ends there. The budget is the most
         the grammar admits, so no line the grammar would finish is cut."""
+        regexes = [self._segment_regex(fields, job, continues=continues) for job in jobs]
         values = self._backend.generate(
             [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)],
             max_new_tokens=grammar.max_tokens(fields),
             temperature=temperature,
-            regex=grammar.description_regex(fields, continues=continues),
+            regex=regexes[0] if len(set(regexes)) == 1 else regexes,
         )
         return [head + value for head, value in zip(heads, values, strict=True)]
+
+    def _segment_regex(self, fields: tuple[str, ...], job: DescribeJob, *, continues: bool) -> str:
+        """The grammar of a segment for one job: with its history, the colours the history
+        shows pinned at its RGB (``palette_history_rgb``) and the objects line held to the
+        labels the account showed at the level, each at its typical detection
+        (``object_history_boxes``, already applied to ``job.typical_objects``)."""
+        pinned_rgb = None
+        if "colors" in fields and job.history and self._settings.palette_history_rgb:
+            pinned_rgb = _pinned_rgb(line_palette(job.history))
+        return grammar.description_regex(
+            fields,
+            pinned_rgb=pinned_rgb,
+            pinned_objects=job.typical_objects if "objects" in fields else (),
+            continues=continues,
+        )
 
     def _average_colors(
         self,
@@ -391,30 +458,25 @@ class Describer:
         continues: bool = False,
     ) -> list[str]:
         """Each prompt's colors line (its value) as the average palette of ``palette_samples``
-        sampled lines (settings.palette_samples says why), with the palette of the prompt's
-        history line counted as ``palette_history_weight`` more samples and, with
-        ``palette_history_rgb``, each colour the history names at the history's RGB. A prompt
-        none of whose samples reads as a colour keeps its first sample, for the repairing
-        parser to report. ``structured``: the prompts end before the key and each sample is
-        a whole ``colors: ...`` line under the colours grammar (``continues``: starting with
-        its newline), in which, with ``palette_history_rgb``, the colours the history shows
-        are pinned at its RGB: the average takes that RGB for them anyway, so the samples
-        spend no forward pass on digits that would be replaced (and read on from the RGB
-        they will be shown with)."""
+        sampled lines (settings.palette_samples says why; one draw is the greedy line), with
+        the palette of the prompt's history line counted as ``palette_history_weight`` more
+        samples and, with ``palette_history_rgb``, each colour the history names at the
+        history's RGB. A prompt none of whose samples reads as a colour keeps its first
+        sample, for the repairing parser to report. ``structured``: the prompts end before
+        the key and each sample is a whole ``colors: ...`` line under the colours grammar
+        (``continues``: starting with its newline), in which, with ``palette_history_rgb``,
+        the colours the history shows are pinned at its RGB: the average takes that RGB for
+        them anyway, so the samples spend no forward pass on digits that would be replaced
+        (and read on from the RGB they will be shown with)."""
         settings = self._settings
         samples = settings.palette_samples
         evidences = [line_palette(history) if history else [] for history in histories]
         regexes = None
         if structured:
-            pin = settings.palette_history_rgb
             regexes = [
                 grammar.description_regex(
                     ("colors",),
-                    pinned_rgb={
-                        color.name: color.rgb
-                        for color in evidence
-                        if pin and color.name in BASIC_COLORS  # a hand-made history may not
-                    },
+                    pinned_rgb=_pinned_rgb(evidence) if settings.palette_history_rgb else None,
                     continues=continues,
                 )
                 for evidence in evidences
@@ -423,7 +485,8 @@ class Describer:
             line_prompts,
             max_new_tokens=max_new_tokens,
             stop=() if structured else prompts.FIELD_STOPS["colors"],
-            temperature=settings.palette_temperature,
+            # One draw is the greedy line: the likeliest palette, not a random one.
+            temperature=settings.palette_temperature if samples > 1 else 0.0,
             samples=samples,
             regex=regexes,
         )

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from services.common.checkpoints import BOIGLLM_CHECKPOINT, current_checkpoint, load_manifest
 from services.common.clients import DescriberClient
-from services.common.history import HistoryStore
+from services.common.history import HISTORY_FORMAT, HistoryStore
 from services.common.prompts import PROMPT_VERSION
 from services.common.serving_profile import ServingProfile
 from services.common.settings import boig_home, checkpoint_registry, default_history_path
@@ -40,7 +40,7 @@ from services.trainer.evaluate.results import EvaluationResult
 from services.trainer.evaluate.run import (
     BASE_MODEL,
     BOIGLLM,
-    BOIGLLM_GREEDY_COLORS,
+    BOIGLLM_SAMPLED_COLORS,
     BOIGLLM_WITHOUT_RETRIEVAL,
     EvaluationSettings,
     OtherConfiguration,
@@ -171,7 +171,7 @@ def training_history(dataset: Path) -> Path:
     a describer reads when its answers train or are judged against held-out posts, which the
     serving store also holds and which would leak the future into its prompts."""
     path = dataset / TRAIN_HISTORY_FILE
-    if not path.is_file():
+    if not path.is_file() or HistoryStore.read(path).format < HISTORY_FORMAT:
         history_of(load_examples(dataset, "train")[Direction.CONTENT]).write(path)
     return path
 
@@ -182,7 +182,8 @@ def ensure_histories(dataset: Path, serving_history: Path) -> None:
     train = load_examples(dataset, "train")[Direction.CONTENT]
     training_history(dataset)
     store = HistoryStore.read(serving_history) if serving_history.is_file() else HistoryStore()
-    if not {e.context.account for e in train} <= store.accounts():
+    outdated = store.format < HISTORY_FORMAT
+    if outdated or not {e.context.account for e in train} <= store.accounts():
         everything = train + load_examples(dataset, "test")[Direction.CONTENT]
         store.merge(history_of(everything)).write(serving_history)
 
@@ -322,16 +323,17 @@ class Ablation(StrEnum):
 
     NO_HISTORY = "no-history"
     """Without its history lines: what the weights alone learned."""
-    GREEDY_COLORS = "greedy-colors"
-    """Greedy colours lines instead of the average of sampled ones (descriptions only)."""
+    SAMPLED_COLORS = "sampled-colors"
+    """Colours lines averaged over 4 sampled draws (and the history) instead of the greedy
+    line and the history (descriptions only)."""
 
 
 ABLATIONS = {
     Ablation.NO_HISTORY: ServedConfiguration(
         BOIGLLM_WITHOUT_RETRIEVAL, checkpoint=True, retrieval="off"
     ),
-    Ablation.GREEDY_COLORS: ServedConfiguration(
-        BOIGLLM_GREEDY_COLORS, checkpoint=True, palette_samples=1, levels=False
+    Ablation.SAMPLED_COLORS: ServedConfiguration(
+        BOIGLLM_SAMPLED_COLORS, checkpoint=True, palette_samples=4, levels=False
     ),
 }
 

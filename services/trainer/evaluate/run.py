@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 BOIGLLM = "BoigLLM"
 BASE_MODEL = "base model (few-shot)"
 BOIGLLM_WITHOUT_RETRIEVAL = "BoigLLM without history"
-BOIGLLM_GREEDY_COLORS = "BoigLLM, greedy colors"
+BOIGLLM_SAMPLED_COLORS = "BoigLLM, 4 sampled colors lines"
 
 
 @dataclass(frozen=True)

@@ -159,3 +159,39 @@ def test_with_history_rgb_replaces_only_the_colours_the_history_names() -> None:
         ("red", (200, 20, 30), 0.3),
     ]
     assert with_history_rgb(palette, []) == palette
+
+
+def test_typical_objects_are_each_labels_mean_detection_commonest_first(tmp_path: Path) -> None:
+    def shapes(*objects: tuple[str, float, tuple[float, float, float, float]]) -> Verbalization:
+        return Verbalization(
+            objects=[DetectedObject(label=name, confidence=c, box=b) for name, c, b in objects]
+        )
+
+    posts = [
+        shapes(("circle", 0.6, (0.5, 0.5, 0.9, 0.9))),
+        shapes(("star", 0.9, (0.1, 0.1, 0.3, 0.3)), ("star", 0.8, (0.2, 0.2, 0.4, 0.4))),
+        shapes(("star", 0.7, (0.3, 0.3, 0.5, 0.55))),
+    ]
+    full = HistoryStore.from_looks(("acme", "likes", HIGH, post) for post in posts)
+    summary = full.summary("acme", "likes", HIGH)
+    assert summary is not None
+    # Two posts show a star (three stars in all), one a circle.
+    assert list(summary.typical_objects) == ["star", "circle"]
+    star = summary.typical_objects["star"]
+    assert (star.confidence, star.box) == (0.8, (0.2, 0.2, 0.4, 0.42))
+    # Leaving a post out takes its objects out of the means; a store round-trips them.
+    left = full.summary("acme", "likes", HIGH, leave_out=posts[0])
+    assert left is not None and list(left.typical_objects) == ["star"]
+    path = full.write(tmp_path / "history.json")
+    assert HistoryStore.read(path).summary("acme", "likes", HIGH) == summary
+
+
+def test_a_file_written_before_typical_objects_reads_as_none() -> None:
+    data = store().to_json()
+    data["format"] = 1
+    del data["accounts"]["acme"]["likes"]["high"]["object_sums"]
+    old = HistoryStore.from_json(data)
+    assert old.format == 1  # what the trainer's backfill rebuilds
+    summary = old.summary("acme", "likes", HIGH)
+    assert summary is not None and summary.typical_objects == {}
+    assert summary.line() == store().line("acme", "likes", HIGH)

@@ -7,7 +7,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.contracts import TONE_AXES, ColorSwatch, DetectedObject, Tone, Verbalization
-from services.common.verbalization import VerbalizationSyntaxError, parse, render, repair
+from services.common.verbalization import (
+    VerbalizationSyntaxError,
+    merge_repeated_objects,
+    parse,
+    render,
+    repair,
+)
 
 EXAMPLE = """\
 caption: a runner on a city street at dusk
@@ -158,3 +164,13 @@ def test_repair_keeps_the_label_of_an_object_whose_box_runs_on() -> None:
     assert any("first four numbers" in r for r in repaired.repairs)
     assert any("whole image" in r for r in repaired.repairs)
     assert any("unreadable object 'none'" in r for r in repaired.repairs)  # no confidence: text
+
+
+def test_repeated_identical_objects_are_merged_and_nothing_else_changes() -> None:
+    star = DetectedObject(label="star", confidence=0.74, box=(0.38, 0.45, 0.66, 0.72))
+    other_star = star.model_copy(update={"box": (0.1, 0.1, 0.2, 0.2)})
+    look = Verbalization(tones=[Tone.WARM], objects=[star, other_star, star, star])
+    assert merge_repeated_objects(look) == Verbalization(
+        tones=[Tone.WARM], objects=[star, other_star]
+    )
+    assert merge_repeated_objects(look.model_copy(update={"objects": [star]})).objects == [star]

@@ -122,3 +122,32 @@ def test_pinning_needs_a_known_name_and_a_real_channel() -> None:
         description_regex(("colors",), pinned_rgb={"plumperadio": (1, 2, 3)})
     with pytest.raises(ValueError, match="0-255"):
         description_regex(("colors",), pinned_rgb={"navy": (1, 2, 300)})
+
+
+STAR = DetectedObject(label="star", confidence=0.74, box=(0.38, 0.45, 0.66, 0.72))
+CIRCLE = DetectedObject(label="circle", confidence=0.84, box=(0.34, 0.35, 0.65, 0.66))
+SQUARE = DetectedObject(label="square", confidence=0.41, box=(0.6, 0.5, 0.8, 0.68))
+
+
+def test_pinned_objects_are_written_only_at_their_detection() -> None:
+    regex = re.compile(description_regex(("objects",), pinned_objects=(STAR, CIRCLE, SQUARE)))
+    star = "star 0.74 [0.38,0.45,0.66,0.72]"
+    circle = "circle 0.84 [0.34,0.35,0.65,0.66]"
+    square = "square 0.41 [0.60,0.50,0.80,0.68]"
+    for line in (star, f"{square}; {star}", f"{star}; {circle}; {star}; {square}"):
+        assert regex.fullmatch(f"objects: {line}"), line
+    for line in (
+        "; ".join([star] * (MAX_OBJECTS + 1)),
+        "star 0.74 [0.38,0.45,0.66,0.73]",  # another box
+        "triangle 0.80 [0.10,0.10,0.20,0.20]",  # a label not pinned
+    ):
+        assert regex.fullmatch(f"objects: {line}") is None, line
+    # The line stays optional.
+    assert re.fullmatch(
+        description_regex(("tones", "objects"), pinned_objects=(STAR,)), "tones: warm"
+    )
+
+
+def test_a_label_is_pinned_once() -> None:
+    with pytest.raises(ValueError, match="once"):
+        description_regex(("objects",), pinned_objects=(STAR, STAR))

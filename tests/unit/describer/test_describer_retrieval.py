@@ -16,6 +16,7 @@ from services.common.contracts import (
     KPI_LEVELS,
     ColorSwatch,
     Context,
+    DetectedObject,
     KpiLevel,
     KpiTarget,
     Tone,
@@ -315,3 +316,85 @@ async def test_without_history_rgb_the_samples_choose_their_digits(
 
     [colors] = [call for call in backend.calls if call[3] == 4]
     assert colors[1] == description_regex(("colors",), continues=True)
+
+
+async def test_one_greedy_colors_line_is_averaged_with_the_history_line(
+    fake_backend: Any, grammar_backend: Any, context: Context, history: Path
+) -> None:
+    backend = grammar_backend(fake_backend, TUNED)
+    backend.inner.lines["colors"] = " navy (20,40,80) 60%; red (200,20,30) 40%"
+    describer = Describer(backend, settings(history, palette_samples=1))
+
+    response = await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
+
+    [colors] = [call for call in backend.calls if r"\ncolors: " in call[1]]
+    assert colors[1:] == (
+        description_regex(("colors",), pinned_rgb={"navy": (20, 40, 80)}, continues=True),
+        0.0,  # the one draw is the greedy line
+        1,
+    )
+    # The greedy line and the history's navy 70%, one each.
+    palette = [(c.name, c.rgb, c.coverage) for c in response.verbalization.colors]
+    assert palette == [("navy", (20, 40, 80), 0.65), ("red", (200, 20, 30), 0.2)]
+
+
+async def test_without_history_weight_the_greedy_description_is_one_decode(
+    fake_backend: Any, grammar_backend: Any, context: Context, history: Path
+) -> None:
+    backend = grammar_backend(fake_backend, TUNED)
+    describer = Describer(backend, settings(history, palette_samples=1, palette_history_weight=0))
+
+    await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
+
+    [(_, regex, temperature, samples)] = backend.calls
+    assert (temperature, samples) == (0.0, 1)
+    assert regex == description_regex(
+        ("caption", "colors", "tones", "objects"), pinned_rgb={"navy": (20, 40, 80)}
+    )
+
+
+async def test_a_greedy_description_without_history_rgb_chooses_its_digits(
+    fake_backend: Any, grammar_backend: Any, context: Context, history: Path
+) -> None:
+    backend = grammar_backend(fake_backend, TUNED)
+    describer = Describer(
+        backend,
+        settings(history, palette_samples=1, palette_history_weight=0, palette_history_rgb=False),
+    )
+
+    await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
+
+    [(_, regex, _, _)] = backend.calls
+    assert regex == description_regex(("caption", "colors", "tones", "objects"))
+
+
+def shapes(*objects: tuple[str, float, tuple[float, float, float, float]]) -> Verbalization:
+    return Verbalization(
+        colors=NAVY.colors,
+        objects=[DetectedObject(label=label, confidence=c, box=box) for label, c, box in objects],
+    )
+
+
+@pytest.mark.parametrize("pin", [True, False])
+async def test_the_objects_line_names_the_accounts_labels_at_their_typical_boxes(
+    fake_backend: Any, grammar_backend: Any, context: Context, tmp_path: Path, pin: bool
+) -> None:
+    posts = [
+        shapes(("star", 0.9, (0.1, 0.1, 0.3, 0.3)), ("circle", 0.6, (0.5, 0.5, 0.9, 0.9))),
+        shapes(("star", 0.7, (0.3, 0.3, 0.5, 0.5))),
+    ]
+    history = write_history(tmp_path / "history.json", [(KpiLevel.HIGH, post) for post in posts])
+    backend = grammar_backend(fake_backend, TUNED)
+    backend.inner.lines["objects"] = " star 0.80 [0.20,0.20,0.40,0.40]"
+    describer = Describer(backend, settings(history, palette_samples=1, object_history_boxes=pin))
+
+    response = await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
+
+    [objects] = [call[1] for call in backend.calls if "objects: " in call[1]]
+    star = DetectedObject(label="star", confidence=0.8, box=(0.2, 0.2, 0.4, 0.4))
+    circle = DetectedObject(label="circle", confidence=0.6, box=(0.5, 0.5, 0.9, 0.9))
+    typical = (star, circle) if pin else ()  # the commonest label first
+    assert objects == description_regex(
+        ("tones", "objects"), pinned_objects=typical, continues=True
+    )
+    assert response.verbalization.objects == [star]

@@ -22,7 +22,7 @@ from services.tooling.llm_recipe import (
 from services.trainer.evaluate.run import (
     BASE_MODEL,
     BOIGLLM,
-    BOIGLLM_GREEDY_COLORS,
+    BOIGLLM_SAMPLED_COLORS,
     EvaluationSettings,
 )
 from services.trainer.finetune.publish import dataset_ref
@@ -90,12 +90,12 @@ def test_evaluation_without_a_trained_model_says_what_to_run(tmp_path: Path) -> 
 
 def test_each_ablation_is_served_once_between_boigllm_and_the_base_model() -> None:
     configurations = llm_recipe.evaluation_configurations(
-        with_base=True, ablations=[Ablation.GREEDY_COLORS, Ablation.GREEDY_COLORS]
+        with_base=True, ablations=[Ablation.SAMPLED_COLORS, Ablation.SAMPLED_COLORS]
     )
 
-    assert [c.label for c in configurations] == [BOIGLLM, BOIGLLM_GREEDY_COLORS, BASE_MODEL]
-    greedy = configurations[1]
-    assert greedy.palette_samples == 1 and not greedy.levels
+    assert [c.label for c in configurations] == [BOIGLLM, BOIGLLM_SAMPLED_COLORS, BASE_MODEL]
+    sampled = configurations[1]
+    assert sampled.palette_samples == 4 and not sampled.levels
     # Without its history the checkpoint reads levels differently: it is asked for them.
     assert llm_recipe.ABLATIONS[Ablation.NO_HISTORY].levels
 
