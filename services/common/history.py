@@ -279,7 +279,8 @@ class HistoryStore:
         fresh ingest of an account is its whole history, not an increment."""
         replaced = {(account, kpi) for account, kpi, _ in other.tallies}
         kept = {key: t for key, t in self.tallies.items() if key[:2] not in replaced}
-        return HistoryStore({**kept, **other.tallies})
+        # Kept tallies of an older format still lack what the newer one adds.
+        return HistoryStore({**kept, **other.tallies}, format=min(self.format, other.format))
 
     def summary(
         self,
@@ -321,7 +322,7 @@ class HistoryStore:
         accounts: dict[str, dict[str, dict[str, Any]]] = {}
         for (account, kpi, level), tally in sorted(self.tallies.items()):
             accounts.setdefault(account, {}).setdefault(kpi, {})[level.value] = tally.to_json()
-        return {"format": HISTORY_FORMAT, "accounts": accounts}
+        return {"format": self.format, "accounts": accounts}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> HistoryStore:

@@ -355,8 +355,9 @@ class Describer:
         """'structured': the whole description in one constrained decode (``grammar``): the
         keys and every other forced token cost no sampling, and nothing off the format can
         be written. A greedy description (temperature 0) is decoded in segments where
-        settings ask for sampling: with palette averaging (``palette_samples`` > 1) the
-        colors line is sampled and averaged, and with ``objects_temperature`` > 0 the
+        settings ask for it: with palette averaging (``palette_samples`` > 1, or a history
+        line to average with: ``_averages_palettes``) the colors line is drawn and averaged,
+        and with ``objects_temperature`` > 0 the
         objects line, last, is sampled; the lines between are greedy, each segment
         continuing the one before. Each segment pins what the job's history gives
         (``_segment_regex``)."""
@@ -497,6 +498,11 @@ class Describer:
             group = drawn[index * samples : (index + 1) * samples]
             palettes = [read_colors(line) for line in group]
             weight = settings.palette_history_weight if evidence else 0
+            if samples == 1 and not weight:
+                # Nothing to average (no history; it may share the batch with prompts that
+                # have one): the greedy line as written, as a one-decode description has it.
+                lines.append(group[0])
+                continue
             palette = average_palette(palettes + [evidence] * weight)
             if settings.palette_history_rgb:
                 palette = with_history_rgb(palette, evidence)

@@ -302,8 +302,9 @@ class DescriberSettings(ServiceSettings):
     palette_history_rgb: bool = Field(
         default=True,
         description=(
-            "Each colour whose name the prompt's history line shows takes the history's RGB "
-            "for it; the model chooses the colours and their "
+            "In the colors line's average (palette_samples, palette_history_weight), each "
+            "colour whose name the prompt's history line shows takes the history's RGB for "
+            "it; the model chooses the colours and their "
             "shares. Sampled RGB digits are loose (see palette_temperature) while the "
             "history's are the account's mean colour of that name at the level: on world v3 "
             "seed 0's 60 evaluation rows, 8 averaged samples scored 71 sRGB units of palette "

@@ -195,3 +195,16 @@ def test_a_file_written_before_typical_objects_reads_as_none() -> None:
     summary = old.summary("acme", "likes", HIGH)
     assert summary is not None and summary.typical_objects == {}
     assert summary.line() == store().line("acme", "likes", HIGH)
+
+
+def test_a_merged_or_rewritten_older_store_keeps_its_format(tmp_path: Path) -> None:
+    data = store().to_json()
+    data["format"] = 1
+    older = HistoryStore.from_json(data)
+    fresh = HistoryStore.from_looks([("beta", "likes", HIGH, POSTS[0])])
+    assert fresh.format == 2
+    # acme's tallies still lack object sums: the merged store must not claim format 2.
+    merged = older.merge(fresh)
+    assert merged.format == 1
+    assert HistoryStore.read(merged.write(tmp_path / "history.json")).format == 1
+    assert fresh.merge(HistoryStore()).format == 2

@@ -318,12 +318,18 @@ async def test_without_history_rgb_the_samples_choose_their_digits(
     assert colors[1] == description_regex(("colors",), continues=True)
 
 
+def one_draw_describer(backend: Any, history: Path, colors: str) -> tuple[Any, Describer]:
+    """A describer of one colours draw over ``backend``, whose colours line reads ``colors``."""
+    backend.inner.lines["colors"] = colors
+    return backend, Describer(backend, settings(history, palette_samples=1))
+
+
 async def test_one_greedy_colors_line_is_averaged_with_the_history_line(
     fake_backend: Any, grammar_backend: Any, context: Context, history: Path
 ) -> None:
-    backend = grammar_backend(fake_backend, TUNED)
-    backend.inner.lines["colors"] = " navy (20,40,80) 60%; red (200,20,30) 40%"
-    describer = Describer(backend, settings(history, palette_samples=1))
+    backend, describer = one_draw_describer(
+        grammar_backend(fake_backend, TUNED), history, " navy (20,40,80) 60%; red (200,20,30) 40%"
+    )
 
     response = await describer.describe(context=context, target=KpiTarget(level=KpiLevel.HIGH))
 
@@ -398,3 +404,22 @@ async def test_the_objects_line_names_the_accounts_labels_at_their_typical_boxes
         ("tones", "objects"), pinned_objects=typical, continues=True
     )
     assert response.verbalization.objects == [star]
+
+
+async def test_a_prompt_without_history_keeps_its_greedy_line_beside_one_with_history(
+    fake_backend: Any, grammar_backend: Any, context: Context, history: Path
+) -> None:
+    # Not in the order an average writes (largest share first): an average would reorder it.
+    _, describer = one_draw_describer(
+        grammar_backend(fake_backend, TUNED), history, " red (200,20,30) 39%; navy (90,90,90) 61%"
+    )
+    high = KpiTarget(level=KpiLevel.HIGH)
+    stranger = context.model_copy(update={"account": "adidas"})  # no history
+    jobs = [describer._describe_job(context, high), describer._describe_job(stranger, high)]
+    assert jobs[0].history and not jobs[1].history
+
+    # One batch, as the micro-batcher may form it.
+    with_history, without = describer._generate_descriptions(jobs, 0.0)
+
+    assert "colors: navy (20,40,80) 66%; red (200,20,30) 20%" in with_history
+    assert "colors: red (200,20,30) 39%; navy (90,90,90) 61%" in without
