@@ -430,7 +430,7 @@ class Describer:
             [prompt + head for prompt, head in zip(chat_prompts, heads, strict=True)],
             max_new_tokens=grammar.max_tokens(fields),
             temperature=temperature,
-            regex=regexes[0] if len(set(regexes)) == 1 else regexes,
+            regex=regexes,
         )
         return [head + value for head, value in zip(heads, values, strict=True)]
 
