@@ -318,6 +318,14 @@ def train_sd(
         Path | None, typer.Option(help="Diffusers folder to align; default: the world SD.")
     ] = None,
     publish: Annotated[bool, typer.Option(help="Publish the LoRA to the registry.")] = True,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Training processes, one per GPU (torch.distributed.run); gradients are "
+            "averaged across them.",
+        ),
+    ] = 1,
     seed: Seed = 0,
     enqueue: Annotated[
         bool,
@@ -343,6 +351,7 @@ def train_sd(
             guidance_scale=guidance,
             seed=seed,
             publish=publish,
+            processes=processes,
         )
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from exc

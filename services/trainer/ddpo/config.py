@@ -24,7 +24,8 @@ class DdpoConfig:
     guidance_scale: float = 5.0
     """Classifier-free guidance, the same in sampling and training (1 disables it)."""
     sample_batch_size: int = 8
-    """Images drawn per sampling pass."""
+    """Images drawn per sampling pass, per process: launched on several GPUs, an epoch judges
+    processes x sample_batch_size x sample_batches images."""
     sample_batches: int = 2
     """Sampling passes per epoch: an epoch judges sample_batch_size x sample_batches images."""
     images_per_prompt: int = 1
@@ -63,6 +64,12 @@ class DdpoConfig:
     # --- the LoRA ---
     lora_rank: int = 4
     lora_alpha: int = 4
+    # --- the hardware ---
+    mixed_precision: str = "no"
+    """"no", "fp16" or "bf16": autocast of the UNet's forward and the precision the frozen
+    weights (UNet, VAE, text encoder) are loaded in; the LoRA, its gradients and the optimizer
+    stay float32, and fp16 scales the loss (accelerate's GradScaler). A GPU setting: CPUs
+    here compute bf16 no faster than float32."""
     # --- the run ---
     epochs: int = 10
     seed: int = 0
@@ -81,6 +88,10 @@ class DdpoConfig:
             raise ValueError("kl_coef and patience must be >= 0")
         if self.patience and not self.eval_every:
             raise ValueError("early stopping (patience) needs evaluations (eval_every > 0)")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(
+                f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}"
+            )
         if self.resolution % 8:
             raise ValueError(f"resolution must be a multiple of 8, got {self.resolution}")
         if self.eta <= 0:
@@ -143,15 +154,25 @@ def cpu_preset() -> DdpoConfig:
 
 
 def gpu_preset() -> DdpoConfig:
-    """SD 1.5 at 512 px on a GPU, close to the paper's and ddpo-pytorch's settings."""
+    """SD 1.5 at 512 px on GPUs, after ddpo-pytorch's per-GPU settings (sampling batches of 8,
+    4 per epoch, train batch 4 with accumulation 2, lr 3e-4, an fp16 pipeline under a float32
+    LoRA).
+
+    Per process (GPU): 4 x 8 images an epoch in 4 optimizer steps; launched on N GPUs
+    (``BoigsdJob.processes``) an epoch judges 32 N images and gradients are averaged across
+    them. 4 images per prompt as on the CPU; held-out evaluation every 10 epochs."""
     return DdpoConfig(
         resolution=512,
         sample_steps=50,
-        sample_batch_size=16,
+        sample_batch_size=8,
         sample_batches=4,
+        images_per_prompt=4,
         train_batch_size=4,
-        gradient_accumulation_steps=4,
+        gradient_accumulation_steps=2,
+        mixed_precision="fp16",
         epochs=100,
+        eval_every=10,
+        patience=3,
     )
 
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel, Field, model_validator
 
 from services.common.checkpoints import (
@@ -34,9 +38,12 @@ from services.trainer.ddpo.run import (
     EVAL_TASKS_FILE,
     TASKS_FILE,
     DdpoRun,
+    finished_run,
+    pin_tasks,
     publish_boigsd,
     train_boigsd,
 )
+from services.trainer.ddpo.state import checkpoints, read_metrics
 from services.trainer.ddpo.tasks import Task, build_tasks, training_contexts
 from services.trainer.ddpo.train import EpochStats
 from services.trainer.finetune.publish import dataset_ref
@@ -45,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 PUBLISHED_FILE = "published.json"
 JOB_FILE = "job.json"
+LAUNCH_POLL_SECONDS = 2.0
+"""How often a multi-process run's launcher reads the epochs its main process logged."""
 
 
 class BoigsdJob(BaseModel):
@@ -84,6 +93,16 @@ class BoigsdJob(BaseModel):
     )
     seed: int = Field(default=0, ge=0)
     publish: bool = True
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Training processes, one per GPU (or CPU process in tests): more than 1 launches "
+            "them with torch.distributed.run (services.trainer.ddpo.launch); each samples its "
+            "share of an epoch and their gradients are averaged."
+        ),
+    )
 
     @model_validator(mode="after")
     def _faithfulness_needs_another_reward(self) -> BoigsdJob:
@@ -128,10 +147,17 @@ def read_job(run_dir: Path) -> BoigsdJob | None:
     return BoigsdJob.model_validate_json(path.read_text(encoding="utf-8"))
 
 
-def load_pipeline(model: Path, device: str = "auto") -> Any:
-    """A diffusers SD pipeline from local safetensors only, in float32 (training)."""
+PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_pipeline(
+    model: Path, device: str | torch.device = "auto", *, mixed_precision: str = "no"
+) -> Any:
+    """A diffusers SD pipeline from local safetensors only, its frozen weights in the dtype
+    of ``mixed_precision`` (float32 without: training on a CPU)."""
     from diffusers import StableDiffusionPipeline
 
+    target = device if isinstance(device, torch.device) else resolve_device(device)
     pipe: Any = StableDiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
         model,
         local_files_only=True,
@@ -139,7 +165,8 @@ def load_pipeline(model: Path, device: str = "auto") -> Any:
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
-    ).to(resolve_device(device))
+        torch_dtype=PRECISION_DTYPES[mixed_precision],
+    ).to(target)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -181,20 +208,24 @@ def run_boigsd_job(
             job.holdout,
             tasks[0].prompt,
         )
-    reward = _reward(job, services.scorer_url)
-    try:
-        run = train_boigsd(
-            load_pipeline(model, device),
-            config,
-            tasks,
-            reward,
-            run_dir,
-            base_model=model.name,
-            on_epoch=on_epoch,
-            eval_tasks=eval_tasks,
-        )
-    finally:
-        reward.close()
+    if job.processes > 1:
+        pin_tasks(run_dir, tasks, eval_tasks)
+        run = _launch(job, config, model, run_dir, services.scorer_url, device, on_epoch)
+    else:
+        reward = make_reward(job, services.scorer_url)
+        try:
+            run = train_boigsd(
+                load_pipeline(model, device, mixed_precision=config.mixed_precision),
+                config,
+                tasks,
+                reward,
+                run_dir,
+                base_model=model.name,
+                on_epoch=on_epoch,
+                eval_tasks=eval_tasks,
+            )
+        finally:
+            reward.close()
     checkpoint = None
     if job.publish and run.best_epoch == 0:
         # Nothing beat the untrained adapter on the held-out prompts: publishing it would move
@@ -205,7 +236,61 @@ def run_boigsd_job(
     return BoigsdOutcome(run=run, checkpoint=checkpoint)
 
 
-def _reward(job: BoigsdJob, scorer_url: str) -> ScorerReward | MixedReward:
+def _launch(
+    job: BoigsdJob,
+    config: DdpoConfig,
+    model: Path,
+    run_dir: Path,
+    scorer_url: str,
+    device: str,
+    on_epoch: Callable[[EpochStats], None] | None,
+) -> DdpoRun:
+    """Train on ``job.processes`` processes (``services.trainer.ddpo.launch`` under
+    ``torch.distributed.run``) and wait, reporting each epoch the main one logs. Whatever
+    stops the wait (a cancel raised by ``on_epoch``, a lost lease) stops the processes too;
+    the run folder's last checkpoint is where a next attempt resumes."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={job.processes}",
+        "-m",
+        "services.trainer.ddpo.launch",
+        f"--run-dir={run_dir}",
+        f"--model={model}",
+        f"--scorer-url={scorer_url}",
+        f"--device={device}",
+    ]
+    found = checkpoints(run_dir)
+    reported = int(found[-1].name.split("-")[1]) if found else 0
+    logger.info("boigsd: launching %d training processes", job.processes)
+    process = subprocess.Popen(command)
+    try:
+        while True:
+            finished = process.poll() is not None
+            for row in read_metrics(run_dir):
+                if row["epoch"] > reported:
+                    reported = row["epoch"]
+                    if on_epoch is not None:
+                        on_epoch(EpochStats(**row))
+            if finished:
+                break
+            time.sleep(LAUNCH_POLL_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    if process.returncode:
+        raise RuntimeError(f"the {job.processes} DDPO processes exited with {process.returncode}")
+    return finished_run(run_dir, config, trained_epochs=len(read_metrics(run_dir)))
+
+
+def make_reward(job: BoigsdJob, scorer_url: str) -> ScorerReward | MixedReward:
     kpi = ScorerReward(scorer_url, reward=job.reward)
     if not job.faithfulness:
         return kpi

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from accelerate import Accelerator
+
 from services.common.boigsd_lora import save_boigsd_lora
 from services.common.checkpoints import (
     KIND_BOIGSD_LORA,
@@ -69,6 +71,7 @@ def train_boigsd(
     base_model: str,
     on_epoch: Callable[[EpochStats], None] | None = None,
     eval_tasks: Sequence[Task] | None = None,
+    accelerator: Accelerator | None = None,
 ) -> DdpoRun:
     """Train, or resume the run in ``run_dir``, until ``config.epochs`` or early stopping;
     save the LoRA.
@@ -80,60 +83,100 @@ def train_boigsd(
     evaluated epoch is kept in ``snapshots/epoch-<n>`` (the efficacy report's curves). With
     ``config.patience``, the run stops that many evaluations after its best held-out reward
     and its LoRA is the best epoch's.
+
+    Launched on several processes (``accelerator``), every process trains; the main one alone
+    writes the run folder, and the others wait for it before they read it.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tasks = _pinned_tasks(run_dir / TASKS_FILE, tasks)
+    trainer = DdpoTrainer(pipe, config, reward, accelerator=accelerator)
+    main = trainer.is_main_process
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        pin_tasks(run_dir, tasks, eval_tasks)
+    trainer.accelerator.wait_for_everyone()
+    tasks = read_tasks(run_dir / TASKS_FILE)
     judged = (
-        _pinned_tasks(run_dir / EVAL_TASKS_FILE, eval_tasks) if eval_tasks is not None else tasks
+        read_tasks(run_dir / EVAL_TASKS_FILE) if (run_dir / EVAL_TASKS_FILE).is_file() else tasks
     )
-    trainer = DdpoTrainer(pipe, config, reward)
     found = checkpoints(run_dir)
     if found:
         load_checkpoint(trainer, found[-1])
         logger.info("resuming %s from epoch %d", run_dir, trainer.epoch)
-    truncate_metrics(run_dir, trainer.epoch)
-    _forget_evaluations_after(run_dir, trainer.epoch)
+    trainer.accelerator.wait_for_everyone()  # every process read the checkpoint first
+    if main:
+        truncate_metrics(run_dir, trainer.epoch)
+        _forget_evaluations_after(run_dir, trainer.epoch)
     started_at = trainer.epoch
     seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + config.eval_seeds))
 
     def evaluate() -> None:
-        append_evaluation(
-            run_dir, trainer.epoch, trainer.evaluate(judged, seeds=seeds), judged, seeds
-        )
-        _snapshot(pipe, run_dir / SNAPSHOTS_DIR / f"epoch-{trainer.epoch}", base_model)
+        rewards = trainer.evaluate(judged, seeds=seeds)
+        if main:
+            append_evaluation(run_dir, trainer.epoch, rewards, judged, seeds)
+            _snapshot(pipe, run_dir / SNAPSHOTS_DIR / f"epoch-{trainer.epoch}", base_model)
 
     if trainer.epoch == 0 and config.eval_every:
         evaluate()
+    trainer.accelerator.wait_for_everyone()
     while trainer.epoch < config.epochs and not _patience_spent(run_dir, config):
         stats = trainer.run_epoch(tasks)
-        append_metrics(run_dir, stats)
+        if main:
+            append_metrics(run_dir, stats)
         if config.eval_every and (
             trainer.epoch % config.eval_every == 0 or trainer.epoch == config.epochs
         ):
             evaluate()
-        save_checkpoint(trainer, run_dir)
-        if on_epoch is not None:
-            on_epoch(stats)
+        if main:
+            save_checkpoint(trainer, run_dir)
+            if on_epoch is not None:
+                on_epoch(stats)
+        # The others read evaluation.jsonl (patience) only once the main process wrote it.
+        trainer.accelerator.wait_for_everyone()
     best = best_evaluated_epoch(run_dir) if config.patience else None
     lora_dir = run_dir / LORA_DIR
-    if trainer.epoch > started_at and lora_dir.exists():
-        shutil.rmtree(lora_dir)  # a finished run extended: its LoRA is rebuilt below
-    if not lora_dir.exists():
-        if best is not None:
-            # Copied whole under a temporary name: a kill mid-copy leaves no half LoRA.
-            with staged_folder(lora_dir) as staging:
-                shutil.copytree(
-                    run_dir / SNAPSHOTS_DIR / f"epoch-{best}", staging, dirs_exist_ok=True
-                )
-        else:
-            save_boigsd_lora(pipe.unet, lora_dir, base_model=base_model)
+    if main:
+        if trainer.epoch > started_at and lora_dir.exists():
+            shutil.rmtree(lora_dir)  # a finished run extended: its LoRA is rebuilt below
+        if not lora_dir.exists():
+            if best is not None:
+                # Copied whole under a temporary name: a kill mid-copy leaves no half LoRA.
+                with staged_folder(lora_dir) as staging:
+                    shutil.copytree(
+                        run_dir / SNAPSHOTS_DIR / f"epoch-{best}", staging, dirs_exist_ok=True
+                    )
+            else:
+                save_boigsd_lora(pipe.unet, lora_dir, base_model=base_model)
+    trainer.accelerator.wait_for_everyone()
+    return finished_run(run_dir, config, trained_epochs=trainer.epoch)
+
+
+def finished_run(run_dir: Path, config: DdpoConfig, *, trained_epochs: int) -> DdpoRun:
+    """What a run folder holds once its run ended (read back by whoever launched it)."""
     return DdpoRun(
         run_dir=run_dir,
-        lora_dir=lora_dir,
+        lora_dir=run_dir / LORA_DIR,
         history=read_metrics(run_dir),
-        best_epoch=best,
-        stopped_early=trainer.epoch < config.epochs,
+        best_epoch=best_evaluated_epoch(run_dir) if config.patience else None,
+        stopped_early=trained_epochs < config.epochs,
     )
+
+
+def pin_tasks(run_dir: Path, tasks: Sequence[Task], eval_tasks: Sequence[Task] | None) -> None:
+    """Write ``tasks.json`` (and ``eval_tasks.json``) unless a first start did already."""
+    for path, pinned in ((run_dir / TASKS_FILE, tasks), (run_dir / EVAL_TASKS_FILE, eval_tasks)):
+        if pinned is None or path.is_file():
+            continue
+        rows = [
+            {**asdict(task), "context": task.context.model_dump(mode="json")} for task in pinned
+        ]
+        path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+
+
+def read_tasks(path: Path) -> list[Task]:
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    return [
+        Task(key=row["key"], prompt=row["prompt"], context=Context.model_validate(row["context"]))
+        for row in rows
+    ]
 
 
 def best_evaluated_epoch(run_dir: Path) -> int | None:
@@ -246,17 +289,3 @@ def append_evaluation(
 
 def read_evaluation(run_dir: Path) -> list[dict[str, Any]]:
     return read_jsonl(run_dir / EVALUATION_FILE)
-
-
-def _pinned_tasks(path: Path, tasks: Sequence[Task]) -> list[Task]:
-    if path.is_file():
-        rows = json.loads(path.read_text(encoding="utf-8"))
-        return [
-            Task(
-                key=row["key"], prompt=row["prompt"], context=Context.model_validate(row["context"])
-            )
-            for row in rows
-        ]
-    rows = [{**asdict(task), "context": task.context.model_dump(mode="json")} for task in tasks]
-    path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    return list(tasks)

@@ -1,5 +1,6 @@
-"""DDPO checkpoints for resuming a run: the LoRA, the optimizer, the sampling RNG and the
-advantage buffers, as safetensors and JSON (never pickle).
+"""DDPO checkpoints for resuming a run: the LoRA, the optimizer and the advantage buffers, as
+safetensors and JSON (never pickle). The sampling randomness needs no state: each epoch's is
+drawn from (seed, epoch, process).
 
 A run folder holds ``checkpoints/epoch-<n>`` (each written whole under a temporary name, then
 renamed) and ``metrics.jsonl`` (one line per epoch). A run that is killed and started again
@@ -28,7 +29,9 @@ _LORA_FILE = "lora.safetensors"
 _OPTIMIZER_FILE = "optimizer.safetensors"
 _STATE_FILE = "state.json"
 EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+"""2: no sampling RNG state (format 1 kept one generator's, which a resumed run of this code
+would not follow)."""
 
 
 def save_checkpoint(trainer: DdpoTrainer, run_dir: Path, *, keep: int = 2) -> Path:
@@ -44,7 +47,6 @@ def save_checkpoint(trainer: DdpoTrainer, run_dir: Path, *, keep: int = 2) -> Pa
         "format": STATE_FORMAT,
         "epoch": trainer.epoch,
         "config": trainer.config.hyperparameters(),
-        "rng": trainer.rng_state(),
         "advantages": trainer.advantages.state(),
         "optimizer_groups": groups,
     }
@@ -70,7 +72,10 @@ def load_checkpoint(trainer: DdpoTrainer, checkpoint: Path) -> None:
     """Put ``trainer`` back where it was when ``checkpoint`` was written."""
     state: dict[str, Any] = json.loads((checkpoint / _STATE_FILE).read_text(encoding="utf-8"))
     if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{checkpoint}: unsupported DDPO state format {state.get('format')}")
+        raise ValueError(
+            f"{checkpoint}: DDPO state format {state.get('format')}, this code resumes "
+            f"{STATE_FORMAT} only; start a new run folder"
+        )
     # The number of epochs may change: a finished run can be extended, a long one cut short.
     if _without_epochs(state["config"]) != _without_epochs(trainer.config.hyperparameters()):
         raise ValueError(
@@ -86,7 +91,6 @@ def load_checkpoint(trainer: DdpoTrainer, checkpoint: Path) -> None:
         optimizer_from_safe(load_file(str(checkpoint / _OPTIMIZER_FILE)), state["optimizer_groups"])
     )
     trainer.epoch = int(state["epoch"])
-    trainer.restore_rng(state["rng"])
     trainer.advantages.restore(state["advantages"])
 
 

@@ -99,7 +99,7 @@ def test_several_images_per_prompt_are_drawn_and_judged_among_siblings(
         return np.arange(len(tasks), dtype=np.float64)  # every image scored apart
 
     trainer = DdpoTrainer(load(tiny_sd_dir), config, InProcessReward(ordinal))
-    drawn, rewards = trainer.sample(TASKS)
+    drawn, rewards = trainer.sample(TASKS, np.random.default_rng(0))
     keys = [task.key for task in drawn.tasks]
     assert keys[0] == keys[1] and keys[2] == keys[3]  # two prompts, two images each
     advantages = trainer.advantages(keys, rewards)
@@ -116,6 +116,8 @@ def test_configurations_that_cannot_work_are_refused() -> None:
         DdpoConfig(sample_batch_size=3, sample_batches=1, train_batch_size=2)
     with pytest.raises(ValueError, match="images_per_prompt"):
         DdpoConfig(sample_batch_size=8, images_per_prompt=3)
+    with pytest.raises(ValueError, match="mixed_precision"):
+        DdpoConfig(mixed_precision="fp8")
     with pytest.raises(ValueError, match="unknown DDPO preset"):
         preset("huge")
     assert preset("cpu").trained_steps == 10
