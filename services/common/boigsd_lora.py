@@ -22,6 +22,22 @@ LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 LORA_CONFIG_FILE = "boigsd_lora.json"
 ADAPTER_NAME = "boigsd"
 DEFAULT_TARGET_MODULES: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "attention": DEFAULT_TARGET_MODULES,
+    # Also the transformer blocks' projections and feed-forward and every ResNet convolution:
+    # what draws shapes and colours in a small UNet (6x the attention LoRA's weights on the
+    # world SD). diffusers loads LoRAs on convolutions too (a round trip is tested).
+    "all": (
+        *DEFAULT_TARGET_MODULES,
+        "proj_in",
+        "proj_out",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "conv1",
+        "conv2",
+    ),
+}
+"""Named sets of UNet modules a BoigSD LoRA adapts."""
 FORMAT_VERSION = 1
 
 

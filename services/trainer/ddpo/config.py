@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from services.common.boigsd_lora import LORA_TARGETS
 from services.common.checkpoints import JsonScalar
 
 
@@ -64,6 +65,10 @@ class DdpoConfig:
     # --- the LoRA ---
     lora_rank: int = 4
     lora_alpha: int = 4
+    lora_targets: str = "attention"
+    """Which UNet modules the LoRA adapts (``boigsd_lora.LORA_TARGETS``): "attention" (the
+    public DDPO default) or "all" (also the transformer projections, feed-forward and ResNet
+    convolutions)."""
     # --- the hardware ---
     mixed_precision: str = "no"
     """"no", "fp16" or "bf16": autocast of the UNet's forward and the precision the frozen
@@ -91,6 +96,10 @@ class DdpoConfig:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(
                 f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}"
+            )
+        if self.lora_targets not in LORA_TARGETS:
+            raise ValueError(
+                f"lora_targets must be one of {sorted(LORA_TARGETS)}, got {self.lora_targets!r}"
             )
         if self.resolution % 8:
             raise ValueError(f"resolution must be a multiple of 8, got {self.resolution}")

@@ -26,7 +26,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from services.common.boigsd_lora import add_boigsd_lora
+from services.common.boigsd_lora import LORA_TARGETS, add_boigsd_lora
 from services.trainer.ddpo.config import DdpoConfig
 from services.trainer.ddpo.logprob import ddim_step_with_logprob
 from services.trainer.ddpo.ppo import PerPromptAdvantages, PpoStats, ppo_loss
@@ -90,7 +90,10 @@ class DdpoTrainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.parameters = add_boigsd_lora(
-                pipe.unet, rank=config.lora_rank, alpha=config.lora_alpha
+                pipe.unet,
+                rank=config.lora_rank,
+                alpha=config.lora_alpha,
+                target_modules=LORA_TARGETS[config.lora_targets],
             )
         optimizer = torch.optim.AdamW(
             self.parameters,

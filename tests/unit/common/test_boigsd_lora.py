@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from services.common.boigsd_lora import (
     LORA_CONFIG_FILE,
+    LORA_TARGETS,
     LORA_WEIGHTS_FILE,
     add_boigsd_lora,
     read_boigsd_lora_config,
@@ -63,13 +64,23 @@ def pixels(pipeline: ImagePipeline) -> NDArray[np.int16]:
     return np.stack([np.asarray(image, dtype=np.int16) for image in images])
 
 
-def train(tiny_sd_dir: Path, out_dir: Path, *, seed: int, rank: int, alpha: int) -> TrainedLora:
+def train(
+    tiny_sd_dir: Path,
+    out_dir: Path,
+    *,
+    seed: int,
+    rank: int,
+    alpha: int,
+    targets: str = "attention",
+) -> TrainedLora:
     """Stand-in for the DDPO trainer: a LoRA whose B matrices are random (nonzero)."""
     import torch
 
     trainer = ImagePipeline(tiny_sd_dir)
     base = pixels(trainer)
-    parameters = add_boigsd_lora(trainer.pipe.unet, rank=rank, alpha=alpha)
+    parameters = add_boigsd_lora(
+        trainer.pipe.unet, rank=rank, alpha=alpha, target_modules=LORA_TARGETS[targets]
+    )
     assert parameters and all(p.requires_grad for p in parameters)
     names = [name for name, p in trainer.pipe.unet.named_parameters() if p.requires_grad]
     assert names and all(".lora_A." in name or ".lora_B." in name for name in names)
@@ -157,6 +168,19 @@ def test_published_lora_serves_what_the_trainer_drew(
     served = pixels(pipeline)
     assert np.abs(served - base).max() > 20
     assert_same_drawing(served, first.pixels)
+
+
+def test_a_lora_on_convolutions_too_serves_what_the_trainer_drew(
+    pipeline: ImagePipeline, base: NDArray[np.int16], tiny_sd_dir: Path, tmp_path: Path
+) -> None:
+    every = train(tiny_sd_dir, tmp_path / "all", seed=3, rank=2, alpha=4, targets="all")
+    config = read_boigsd_lora_config(every.folder)
+    assert config is not None and "conv1" in config.target_modules
+    pipeline.load_lora(every.folder, "all")
+    served = pixels(pipeline)
+    assert np.abs(served - base).max() > 20
+    assert_same_drawing(served, every.pixels)
+    pipeline.unload_lora()
 
 
 def test_unload_restores_the_base_bit_for_bit(
