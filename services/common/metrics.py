@@ -108,3 +108,11 @@ JOB_QUEUE_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+CHECKPOINT_PUBLISHED = Gauge(
+    "boig_checkpoint_published_timestamp_seconds",
+    "Publish time (Unix seconds) of the registry checkpoint this process serves; 0 while a "
+    "registry is configured but the base model serves alone (nothing published yet, or the "
+    "published version was refused). Absent where no registry is configured.",
+    ["service"],
+    registry=REGISTRY,
+)

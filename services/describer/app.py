@@ -8,10 +8,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
 
+from services.common import metrics
 from services.common.app import cancel_on_disconnect, create_service_app
 from services.common.checkpoints import (
     KIND_BOIGLLM_LORA,
@@ -141,12 +143,13 @@ async def _load(app: FastAPI, settings: DescriberSettings) -> Describer | None:
         checkpoint = _poll(app, watcher)
         if checkpoint is not None:
             try:
-                loaded = await asyncio.to_thread(_load_checkpoint, settings, checkpoint)
+                loaded, published = await asyncio.to_thread(_load_checkpoint, settings, checkpoint)
             except Exception as exc:  # serve the base model rather than nothing
                 _refused(app, checkpoint, exc)
             else:
                 app.state.load_error = None
                 app.state.checkpoint = checkpoint.version
+                _export_checkpoint(published)
                 return Describer(loaded, settings)
     try:
         loaded = await asyncio.to_thread(create_backend, settings)
@@ -158,18 +161,29 @@ async def _load(app: FastAPI, settings: DescriberSettings) -> Describer | None:
         )
         return None
     app.state.load_error = None
+    if settings.checkpoint_registry is not None:
+        _export_checkpoint(None)  # a registry, yet the base model alone: alerts.yml warns
     return Describer(loaded, settings)
 
 
-def _load_checkpoint(settings: DescriberSettings, checkpoint: CheckpointRef) -> LlmBackend:
-    """Blocking: verify every file of ``checkpoint`` against its manifest, then load it."""
+def _load_checkpoint(
+    settings: DescriberSettings, checkpoint: CheckpointRef
+) -> tuple[LlmBackend, datetime]:
+    """Blocking: verify every file of ``checkpoint`` against its manifest, then load it;
+    returned with its publish time."""
     manifest = load_manifest(checkpoint, verify=True)
     if manifest.kind != KIND_BOIGLLM_LORA:
         raise CheckpointError(
             f"checkpoint {checkpoint.name}/{checkpoint.version} is a {manifest.kind!r}, "
             f"not a {KIND_BOIGLLM_LORA!r}"
         )
-    return create_backend(settings, checkpoint)
+    return create_backend(settings, checkpoint), manifest.created_at
+
+
+def _export_checkpoint(published: datetime | None) -> None:
+    """The served checkpoint's publish time for the staleness alerts; 0 for the base model."""
+    value = 0.0 if published is None else published.timestamp()
+    metrics.CHECKPOINT_PUBLISHED.labels(SERVICE).set(value)
 
 
 def _poll(app: FastAPI, watcher: CheckpointWatcher) -> CheckpointRef | None:
@@ -207,13 +221,14 @@ async def _watch_checkpoints(
             continue
         logger.info("checkpoint pointer moved to %s; loading it", checkpoint.version)
         try:
-            loaded = await asyncio.to_thread(_load_checkpoint, settings, checkpoint)
+            loaded, published = await asyncio.to_thread(_load_checkpoint, settings, checkpoint)
         except Exception as exc:  # a bad checkpoint never takes the service down
             _refused(app, checkpoint, exc)
             continue
         await describer.swap_backend(loaded)
         app.state.checkpoint = checkpoint.version
         app.state.checkpoint_error = None
+        _export_checkpoint(published)
         logger.info("now serving %s (%s)", loaded.info.name, loaded.info.version)
 
 

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common import metrics
 from services.common.checkpoints import (
     KIND_BOIGSD_LORA,
     CheckpointError,
@@ -21,6 +22,8 @@ from services.common.contracts import ModelInfo
 from services.generator.pipeline import ImagePipeline
 
 logger = logging.getLogger(__name__)
+
+SERVICE = "generator"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class BoigsdLoras:
         ref = current_checkpoint(self._registry, self._name)
         if ref is None:
             self._unload()
+            metrics.CHECKPOINT_PUBLISHED.labels(SERVICE).set(0.0)
             return LoraChoice(
                 model=None,
                 notes=[
@@ -70,6 +74,7 @@ class BoigsdLoras:
                 )
             logger.info("loading BoigSD LoRA %s", ref.version)
             self._pipeline.load_lora(ref.path, ref.version)
+            metrics.CHECKPOINT_PUBLISHED.labels(SERVICE).set(manifest.created_at.timestamp())
         return LoraChoice(model=ModelInfo(name=self._name, version=ref.version))
 
     def _unload(self) -> None:

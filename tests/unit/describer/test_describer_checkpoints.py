@@ -1,5 +1,6 @@
 """Hot reload from the checkpoint registry: the describer serves the published LoRA adapter,
-picks up a new version without a restart, and refuses a tampered one while it keeps serving."""
+picks up a new version without a restart, and refuses a tampered one while it keeps serving;
+the served version's publish time is exported for the staleness alerts."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from services.common import metrics
 from services.common.checkpoints import (
     KIND_BOIGLLM_LORA,
     POINTER_FILE,
     BaseModelRef,
     CheckpointRef,
     DatasetRef,
+    load_manifest,
     publish_checkpoint,
 )
 from services.common.contracts import Context, Verbalization
@@ -53,6 +56,16 @@ def _publish(registry: Path, adapter: Path, *, make_current: bool = True) -> Che
         metrics={"train_loss": 1.0},
         make_current=make_current,
     )
+
+
+def _exported_publish_time() -> float | None:
+    return metrics.REGISTRY.get_sample_value(
+        "boig_checkpoint_published_timestamp_seconds", {"service": "describer"}
+    )
+
+
+def _publish_time(ref: CheckpointRef) -> float:
+    return load_manifest(ref, verify=False).created_at.timestamp()
 
 
 def _wait_for(client: TestClient, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
@@ -118,6 +131,7 @@ def test_hot_reload_from_the_registry(
         health = client.get("/health").json()
         assert health["checkpoint"] == first.version
         assert health["model"]["version"].startswith(first.version + "+")
+        assert _exported_publish_time() == _publish_time(first)
         on_first = _likelihood(client, context, verbalizations)
         assert on_first["model"]["version"].startswith(first.version + "+")
 
@@ -125,6 +139,7 @@ def test_hot_reload_from_the_registry(
         second = _publish(registry, adapters[1])
         health = _wait_for(client, lambda h: h["checkpoint"] == second.version)
         assert health["checkpoint"] == second.version
+        assert _exported_publish_time() == _publish_time(second)
         on_second = _likelihood(client, context, verbalizations)
         assert on_second["model"]["version"].startswith(second.version + "+")
         assert on_second["results"] != on_first["results"]
@@ -137,6 +152,7 @@ def test_hot_reload_from_the_registry(
         health = _wait_for(client, lambda h: h["checkpoint_error"] is not None)
         assert third.version in health["checkpoint_error"]
         assert health["checkpoint"] == second.version
+        assert _exported_publish_time() == _publish_time(second)
         still = _likelihood(client, context, verbalizations)
         assert still["model"]["version"] == on_second["model"]["version"]
         assert still["results"] == on_second["results"]
@@ -151,18 +167,23 @@ def test_a_tampered_checkpoint_at_start_serves_the_base_model(
     settings = DescriberSettings(
         model_path=tiny_model_dir, device="cpu", checkpoint_registry=registry
     )
+    metrics.CHECKPOINT_PUBLISHED.labels("describer").set(1.0)  # what an earlier test left
     with TestClient(create_app(settings)) as client:
         health = client.get("/health").json()
         assert health["status"] == "ok"
         assert health["checkpoint"] is None
         assert ref.version in health["checkpoint_error"]
         assert "+" not in health["model"]["version"]
+        assert _exported_publish_time() == 0.0  # BoigNoCheckpointLoaded's signal
 
 
 def test_without_a_registry_the_base_model_serves(tiny_model_dir: Path) -> None:
     settings = DescriberSettings(model_path=tiny_model_dir, device="cpu")
+    metrics.CHECKPOINT_PUBLISHED.labels("describer").set(1.0)
     with TestClient(create_app(settings)) as client:
         health = client.get("/health").json()
         assert health["status"] == "ok"
         assert health["checkpoint"] is None
         assert health["checkpoint_error"] is None
+    # No registry, no checkpoint to miss: the figure is left alone (absent in a fresh process).
+    assert _exported_publish_time() == 1.0

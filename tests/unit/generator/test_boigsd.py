@@ -1,5 +1,6 @@
 """Which LoRA a task runs with: the registry's current BoigSD, loaded when the pointer moves,
-the base pipeline (said so) while none is published, and never for the other strategies."""
+the base pipeline (said so) while none is published, and never for the other strategies; the
+served version's publish time is exported for the staleness alerts."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from services.common import metrics
 from services.common.checkpoints import (
     KIND_BOIGLLM_LORA,
     KIND_BOIGSD_LORA,
     BaseModelRef,
     CheckpointError,
     DatasetRef,
+    current_checkpoint,
+    load_manifest,
     publish_checkpoint,
 )
 from services.generator.boigsd import BoigsdLoras
@@ -39,6 +43,18 @@ def publish(registry: Path, folder: Path, kind: str = KIND_BOIGSD_LORA) -> str:
     return ref.version
 
 
+def exported_publish_time() -> float | None:
+    return metrics.REGISTRY.get_sample_value(
+        "boig_checkpoint_published_timestamp_seconds", {"service": "generator"}
+    )
+
+
+def publish_time(registry: Path) -> float:
+    ref = current_checkpoint(registry, "boigsd")
+    assert ref is not None
+    return load_manifest(ref, verify=False).created_at.timestamp()
+
+
 def test_without_a_registry_boigsd_falls_back_and_says_so(pipeline: ImagePipeline) -> None:
     choice = BoigsdLoras(pipeline, None, "boigsd").choose(use_boigsd=True)
     assert choice.model is None
@@ -48,8 +64,10 @@ def test_without_a_registry_boigsd_falls_back_and_says_so(pipeline: ImagePipelin
 def test_nothing_published_yet_falls_back_and_says_so(
     pipeline: ImagePipeline, tmp_path: Path
 ) -> None:
+    metrics.CHECKPOINT_PUBLISHED.labels("generator").set(1.0)  # what an earlier test left
     choice = BoigsdLoras(pipeline, tmp_path, "boigsd").choose(use_boigsd=True)
     assert choice.model is None and "no 'boigsd' checkpoint" in choice.notes[0]
+    assert exported_publish_time() == 0.0  # BoigNoCheckpointLoaded's signal
 
 
 def test_the_next_task_loads_a_moved_pointer_and_other_strategies_run_without_it(
@@ -61,6 +79,7 @@ def test_the_next_task_loads_a_moved_pointer_and_other_strategies_run_without_it
     choice = loras.choose(use_boigsd=True)
     assert choice.model is not None and choice.model.version == first
     assert pipeline.lora_version == first and choice.notes == []
+    assert exported_publish_time() == publish_time(registry)
     # The prompt and best_of_n strategies are the base pipeline's.
     assert loras.choose(use_boigsd=False).model is None and pipeline.lora_version is None
     second = publish(registry, make_boigsd_lora(tiny_sd_dir, tmp_path / "b", 2))
@@ -68,6 +87,7 @@ def test_the_next_task_loads_a_moved_pointer_and_other_strategies_run_without_it
     moved = loras.choose(use_boigsd=True)
     assert moved.model is not None and moved.model.version == second
     assert pipeline.lora_version == second
+    assert exported_publish_time() == publish_time(registry)
     loras.choose(use_boigsd=False)
 
 
