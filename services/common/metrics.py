@@ -11,6 +11,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Rewards lie in [0, 1] (match, likelihood) or [-1, 1] (contrastive): coarse below 0, where
+# only contrastive goes, and a tenth wide above it.
+_REWARD_BUCKETS = (-1, -0.5, -0.25, 0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1)
 
 HTTP_REQUESTS = Counter(
     "boig_http_requests_total",
@@ -77,9 +80,10 @@ REPAIRS = Counter(
 )
 REWARD = Histogram(
     "boig_reward_value",
-    "Distribution of reward totals computed by the scorer.",
+    "Distribution of reward totals computed by the scorer: every creative scored, "
+    "best-of-n candidates the generator then discards included.",
     ["reward"],
-    buckets=(-1, -0.5, -0.25, 0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1),
+    buckets=_REWARD_BUCKETS,
     registry=REGISTRY,
 )
 RATE_LIMITED = Counter(
@@ -100,6 +104,36 @@ JOB_SECONDS = Histogram(
     "Time a worker spent on one job, by strategy and how it ended.",
     ["strategy", "outcome"],
     buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+SERVED_REWARD = Histogram(
+    "boig_generation_served_reward",
+    "Reward of each image a generation job returned to its client (the kept images of a "
+    "succeeded job; best-of-n candidates left out), by strategy and reward.",
+    ["strategy", "reward"],
+    buckets=_REWARD_BUCKETS,
+    registry=REGISTRY,
+)
+# Its mean: with bucket bounds below 0, prometheus_client exports no _sum, and a sum of
+# contrastive rewards would fall (which increase() reads as a restart). Every reward is at
+# least -1, so the sum of reward + 1 only grows: mean = increase(this) / increase(_count) - 1.
+SERVED_REWARD_PLUS_ONE = Counter(
+    "boig_generation_served_reward_plus_one_total",
+    "Sum of (reward + 1) over the images boig_generation_served_reward counts; the mean "
+    "served reward over a window is increase(this) / increase(its _count) - 1.",
+    ["strategy", "reward"],
+    registry=REGISTRY,
+)
+QUEUED_JOBS = Gauge(
+    "boig_generation_queued_jobs",
+    "Generation jobs waiting in the queue (state queued in the job store), as the generator's "
+    "sweeper last counted them. Every worker exports the same count: take max, not sum.",
+    registry=REGISTRY,
+)
+OLDEST_QUEUED_JOB_AGE = Gauge(
+    "boig_generation_oldest_queued_job_age_seconds",
+    "Time since the oldest queued generation job was submitted (0 while none is queued), as "
+    "the generator's sweeper last measured it. Every worker exports the same age: take max.",
     registry=REGISTRY,
 )
 JOB_QUEUE_SECONDS = Histogram(

@@ -8,6 +8,8 @@ lets exactly one delivery run a job.
 
 A lost Redis is noticed by an epoch key the sweeper keeps there: when it vanishes (or changes),
 the broker started empty, and every queued job is sent again at once.
+
+Each pass also exports the queue's length and the age of its oldest job, for the alerts.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 
 from celery import Celery
 
-from services.common.jobs import DEFAULT_MAX_ATTEMPTS, JobStore
+from services.common import metrics
+from services.common.jobs import DEFAULT_MAX_ATTEMPTS, JobStore, QueueSummary, utcnow
 from services.common.queue import QueueSettings, send_generation_task
 from services.generator.retention import JobRetention
 
@@ -80,6 +83,12 @@ class Sweeper:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            # Apart from the sweep, which needs the broker: a broker that is down is when the
+            # queue stalls, and the gauges must go on saying so.
+            try:
+                self.measure_queue()
+            except Exception as exc:  # the database is down: the gauges keep their last values
+                logger.warning("queue measurement failed: %s: %s", type(exc).__name__, exc)
             try:
                 self.sweep()
             except Exception as exc:  # the broker or the database is down: try next time
@@ -90,6 +99,13 @@ class Sweeper:
                 except Exception as exc:  # the database or the disk: try next time
                     logger.warning("retention failed: %s: %s", type(exc).__name__, exc)
             self._stop.wait(self._interval)
+
+    def measure_queue(self) -> QueueSummary:
+        """Set boig_generation_queued_jobs and boig_generation_oldest_queued_job_age_seconds."""
+        summary = self._store.queue_summary()
+        metrics.QUEUED_JOBS.set(summary.queued)
+        metrics.OLDEST_QUEUED_JOB_AGE.set(summary.oldest_age_seconds(utcnow()))
+        return summary
 
     def sweep(self) -> list[str]:
         """One pass; returns the ids of the jobs whose task was sent again."""

@@ -35,7 +35,7 @@ from services.common.jobs import JobStore, Lease
 from services.common.queue import GENERATE_TASK, PROGRESS_STATE, QueueSettings, create_celery_app
 from services.common.storage import LocalArtifactStore
 from services.generator.retention import JobRetention
-from services.generator.runner import JobRunner
+from services.generator.runner import JobRunner, RunResult
 from services.generator.settings import GeneratorSettings
 from services.generator.sweeper import Sweeper
 
@@ -227,8 +227,22 @@ def run_job(task: Task, job_id: str) -> dict[str, Any]:
     if not state.store.complete(lease, outcome=result.outcome, images=result.images):
         logger.warning("job %s finished but its lease was lost; another delivery owns it", job_id)
         return {"job_id": job_id, "state": "lost-lease", "ran": True}
+    _observe_served_rewards(result, default_reward=state.settings.reward)
     logger.info("job %s succeeded with %d images", job_id, len(result.images))
     return {"job_id": job_id, "state": "succeeded", "ran": True}
+
+
+def _observe_served_rewards(result: RunResult, *, default_reward: str) -> None:
+    """boig_generation_served_reward: once per image the client gets, so after the commit
+    (a lost lease records nothing; the delivery that owns the job observes its images)."""
+    labels = (result.outcome.strategy, result.outcome.reward or default_reward)
+    served = metrics.SERVED_REWARD.labels(*labels)
+    plus_one = metrics.SERVED_REWARD_PLUS_ONE.labels(*labels)
+    for image in result.images:
+        if image.reward is not None:
+            served.observe(image.reward)
+            # Clamped: a counter refuses a negative step, and the job is already recorded.
+            plus_one.inc(max(0.0, image.reward + 1.0))
 
 
 def _retry_or_fail(task: Task, state: Runtime, lease: Lease, exc: Exception) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 
@@ -15,7 +16,7 @@ from services.common.contracts import Context
 from services.common.db import Database
 from services.common.errors import Conflict, NotFound, Overloaded
 from services.common.generation import GenerateRequest, JobError, JobState
-from services.common.jobs import JobStore, request_hash
+from services.common.jobs import JobStore, request_hash, utcnow
 from tests.job_records import images, outcome
 
 BODY = b'{"context": {"account": "acme", "text": "summer sale"}, "count": 2}'
@@ -105,6 +106,31 @@ def test_queue_position_counts_older_queued_jobs(store: JobStore) -> None:
     assert lease is not None
     assert store.queue_position(store.get(jobs[0].id)) is None
     assert store.queue_position(store.get(jobs[2].id)) == 2
+
+
+def test_the_queue_summary_counts_waiting_jobs_and_dates_the_oldest(store: JobStore) -> None:
+    empty = store.queue_summary()
+    assert (empty.queued, empty.oldest_created_at) == (0, None)
+    assert empty.oldest_age_seconds(utcnow()) == 0.0
+    jobs = []
+    for _ in range(3):
+        jobs.append(submit(store)[0])
+        time.sleep(0.002)
+    summary = store.queue_summary()
+    assert summary.queued == 3 and summary.oldest_created_at == jobs[0].created_at
+    later = jobs[0].created_at + timedelta(minutes=20)
+    assert summary.oldest_age_seconds(later) == pytest.approx(1200.0)
+    # A running job and a canceled one no longer wait: the third is now the oldest.
+    lease = store.claim(jobs[0].id, worker="w", lease_seconds=60)
+    assert lease is not None
+    store.request_cancel(jobs[1].id, owner="k1")
+    summary = store.queue_summary()
+    assert summary.queued == 1 and summary.oldest_created_at == jobs[2].created_at
+    # Given back for a retry, a job waits again, dated by its submission: its client has
+    # waited for images since then.
+    assert store.release(lease)
+    summary = store.queue_summary()
+    assert summary.queued == 2 and summary.oldest_created_at == jobs[0].created_at
 
 
 def test_one_claim_wins_and_a_live_lease_blocks_others(store: JobStore) -> None:

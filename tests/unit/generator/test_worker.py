@@ -1,13 +1,24 @@
-"""The task's control of a run: progress throttling, cancellation, the time limit, retries."""
+"""The task's control of a run: progress throttling, cancellation, the time limit, retries;
+and the served-reward histogram, fed by the images a job returns and no others."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from services.common.contracts import Context
+from services.common import metrics
+from services.common.contracts import (
+    Context,
+    CreativeScore,
+    DescribeResponse,
+    ModelInfo,
+    ScoreResponse,
+    Tone,
+    Verbalization,
+)
 from services.common.db import Database
 from services.common.errors import (
     BackendError,
@@ -218,3 +229,101 @@ def test_a_stored_request_beyond_the_limits_fails_before_any_denoising(
     failed = store.get(job.id)
     assert failed.state is JobState.FAILED and failed.error is not None
     assert failed.error.type == "invalid_input" and "80 steps; at most 50" in failed.error.message
+
+
+def test_the_served_reward_counts_the_kept_images_of_a_job_once(
+    store: JobStore, tiny_sd_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.common.queue import QueueSettings
+    from services.common.storage import LocalArtifactStore
+    from services.generator import worker
+    from services.generator.pipeline import ImagePipeline
+    from services.generator.runner import JobRunner
+    from services.generator.settings import GeneratorSettings
+
+    settings = GeneratorSettings(reward="contrastive")
+    runner = JobRunner(settings, ImagePipeline(tiny_sd_dir), LocalArtifactStore(tmp_path))
+    # The upstreams answer at once: the describer any look, the scorer these rewards by
+    # candidate. best_of_n keeps the best 2 of 4, so 0.05 and 0.35 are never served.
+    rewards = [0.05, 0.95, 0.55, 0.35]
+
+    async def describe(*_: object) -> tuple[DescribeResponse, None]:
+        return DescribeResponse(
+            verbalization=Verbalization(tones=[Tone.WARM]),
+            text="warm",
+            repairs=[],
+            model=ModelInfo(name="stub-describer", version="1"),
+            prompt_version="stub",
+            cached=False,
+        ), None
+
+    async def score(_: GenerateRequest, pngs: list[bytes]) -> ScoreResponse:
+        ranked = sorted(range(len(pngs)), key=lambda index: -rewards[index])
+        return ScoreResponse(
+            reward="contrastive",
+            weights={"stub": 1.0},
+            targets=[],
+            results=[
+                CreativeScore(
+                    id=f"candidate-{index}",
+                    rank=rank,
+                    total=rewards[index],
+                    breakdown={"stub": rewards[index]},
+                    verbalization=Verbalization(),
+                )
+                for rank, index in enumerate(ranked, start=1)
+            ],
+            models={"scorer": ModelInfo(name="stub-scorer", version="1")},
+        )
+
+    monkeypatch.setattr(runner, "_describe", describe)
+    monkeypatch.setattr(runner, "_score", score)
+    monkeypatch.setattr(
+        worker,
+        "_runtime",
+        worker.Runtime(settings=settings, queue=QueueSettings(), store=store, runner=runner),
+    )
+    job, _ = store.submit(
+        owner="k",
+        request=GenerateRequest(
+            context=Context(account="acme"),
+            seed=1,
+            steps=2,
+            strategy="best_of_n",
+            count=2,
+            candidates=4,
+        ),
+        body_hash="h",
+        idempotency_key=None,
+        max_queued=10,
+        retry_after_seconds=1,
+    )
+    labels = {"strategy": "best_of_n", "reward": "contrastive"}
+
+    def served(series: str, **extra: str) -> float:
+        name = f"boig_generation_served_reward_{series}"
+        return metrics.REGISTRY.get_sample_value(name, {**labels, **extra}) or 0.0
+
+    def plus_one() -> float:
+        name = "boig_generation_served_reward_plus_one_total"
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (served("count"), plus_one(), served("bucket", le="0.1"), served("bucket", le="0.4"))
+
+    task = JobTask()
+    assert worker.run_job(task, job.id)["state"] == "succeeded"  # type: ignore[arg-type]
+
+    assert [image.reward for image in store.images(job.id)] == [0.95, 0.55]
+    assert served("count") - before[0] == 2
+    assert plus_one() - before[1] == pytest.approx(1.95 + 1.55)  # the mean: 3.5 / 2 - 1 = 0.75
+    assert served("bucket", le="0.1") == before[2]  # 0.05: a discarded candidate
+    assert served("bucket", le="0.4") == before[3]  # 0.35: likewise
+    # A second delivery of the finished job runs nothing and serves nothing new.
+    assert worker.run_job(JobTask(), job.id)["ran"] is False  # type: ignore[arg-type]
+    assert served("count") - before[0] == 2
+
+
+class JobTask(RecordingTask):
+    """A first delivery of a task: progress is recorded, no retries yet."""
+
+    request = type("Request", (), {"retries": 0, "hostname": "w@test"})()
