@@ -1,5 +1,6 @@
 """Test-wide setup: no network model hubs, ever; the tiny-Llama builder model tests share;
-databases for the store tests: SQLite in tmp_path, and the real PostgreSQL and Redis (marked).
+databases for the store tests: SQLite in tmp_path, and the real PostgreSQL and Redis (marked);
+artifact stores: a local folder and an S3 bucket on a loopback moto server.
 
 Each PostgreSQL test gets its own schema (search_path set per connection), dropped
 afterwards, so tests never see or leave rows in anybody else's tables.
@@ -16,6 +17,14 @@ import pytest
 
 from services.common.db import Database
 from services.generator.tiny_pipeline import prepare_tiny_pipeline
+from tests.artifact_stores import (
+    BACKENDS,
+    StoreUnderTest,
+    local_store,
+    moto_server,
+    s3_credentials,
+    s3_store,
+)
 from tests.servers import POSTGRES_URL, REDIS_URL, server_missing
 
 # Set before any test module imports transformers/ultralytics, which read them at import.
@@ -143,6 +152,24 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
     with postgres_database() as db:
         db.create_schema()
         yield db
+
+
+@pytest.fixture(scope="session")
+def moto_s3_endpoint() -> Iterator[str]:
+    """An S3-compatible server on loopback (moto in server mode) for the whole session."""
+    with moto_server() as endpoint_url:
+        yield endpoint_url
+
+
+@pytest.fixture(params=BACKENDS)
+def artifact_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> StoreUnderTest:
+    """Each artifact-store test runs against the local folder and an S3 bucket on loopback."""
+    if request.param == "local":
+        return local_store(tmp_path / "artifacts")
+    s3_credentials(monkeypatch)
+    return s3_store(request.getfixturevalue("moto_s3_endpoint"))
 
 
 @pytest.fixture(scope="session")

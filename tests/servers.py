@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import NoReturn
 
 import pytest
@@ -17,3 +18,11 @@ def server_missing(reason: str) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (CI=true: a missing server is a failure, not a skip)")
     pytest.skip(reason)
+
+
+def promtool() -> str:
+    """Prometheus' promtool (Debian's `prometheus` package): checks rules and PromQL."""
+    path = shutil.which("promtool")
+    if path is None:
+        server_missing("promtool is not installed (apt-get install prometheus provides it)")
+    return path

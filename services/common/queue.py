@@ -10,15 +10,18 @@ file that every process on the machine can share; deployments set Redis URLs.
 
 from __future__ import annotations
 
+from contextvars import Token
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
+from celery.signals import task_postrun, task_prerun
 from kombu.transport.sqlalchemy import Transport as SqlAlchemyTransport
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.logging import request_id_var
 from services.common.settings import boig_home
 
 GENERATE_TASK = "boig.generate"
@@ -94,8 +97,28 @@ class QueueSettings(BaseSettings):
         return urlsplit(self.broker_url).scheme in ("redis", "rediss")
 
 
+_task_tokens: dict[str, Token[str | None]] = {}
+
+
+def _tag_task(task_id: str | None = None, **_: Any) -> None:
+    """While a task runs, its id (the job's or the training run's) is the request id: every
+    line it logs carries it, and every service it calls receives it as X-Request-ID, so the
+    describer's, scorer's and featurizer's lines for a job carry the job id too."""
+    if task_id:
+        _task_tokens[task_id] = request_id_var.set(task_id)
+
+
+def _untag_task(task_id: str | None = None, **_: Any) -> None:
+    token = _task_tokens.pop(task_id or "", None)
+    if token is not None:
+        request_id_var.reset(token)
+
+
 def create_celery_app(settings: QueueSettings, *, name: str) -> Celery:
     """A Celery app configured for durable, at-least-once generation tasks."""
+    # Signals are process-wide; the uid connects them once however many apps a process builds.
+    task_prerun.connect(_tag_task, weak=False, dispatch_uid="boig-tag-task")
+    task_postrun.connect(_untag_task, weak=False, dispatch_uid="boig-untag-task")
     for url in (settings.broker_url, settings.result_backend):
         _make_sqlite_folder(url)
     broker_url = settings.broker_url

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -91,6 +92,81 @@ class ServiceSettings(BaseSettings):
             "checks on every probe."
         ),
     )
+
+
+class ArtifactStoreSettings(BaseSettings):
+    """Where generated images live: fields shared by the services that read or write the
+    artifact store (gateway, generator); each subclass reads them under its own env prefix.
+
+    S3 credentials are not settings: boto3 takes them from its usual chain (AWS_ACCESS_KEY_ID
+    and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a web-identity token, an instance role), so no
+    secret ever sits in a settings dump or in .env.example.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    artifact_backend: Literal["local", "s3"] = Field(
+        default="local",
+        description=(
+            "local: a folder (artifact_root) that every reader and writer mounts, one host or "
+            "a shared volume; s3: an S3-compatible bucket (AWS S3, MinIO, Ceph RGW, R2) that "
+            "several hosts share. Gateway and generator must name the same store."
+        ),
+    )
+    artifact_root: Path = Field(
+        default_factory=lambda: artifact_store_root(boig_home()),
+        description="local backend: the artifact store folder (generator writes, gateway reads).",
+    )
+    artifact_s3_bucket: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="s3 backend: the bucket (it must exist; the services never create it).",
+    )
+    artifact_s3_prefix: str = Field(
+        default="",
+        pattern=r"^([A-Za-z0-9_.-]+/)*$",
+        description=(
+            "s3 backend: key prefix of every blob, empty or ending in '/' (e.g. 'boig/prod/'), "
+            "so several deployments can share one bucket."
+        ),
+    )
+    artifact_s3_endpoint_url: str | None = Field(
+        default=None,
+        description=(
+            "s3 backend: endpoint of an S3-compatible server, e.g. http://minio:9000. Unset: "
+            "AWS S3 of the region."
+        ),
+    )
+    artifact_s3_region: str | None = Field(
+        default=None,
+        description="s3 backend: region name. Unset: boto3's (AWS_REGION, AWS_DEFAULT_REGION).",
+    )
+    artifact_s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto",
+        description=(
+            "s3 backend: bucket in the path (http://host/bucket/key: MinIO and most servers "
+            "without wildcard DNS) or in the host name (virtual, AWS); auto lets boto3 choose."
+        ),
+    )
+    artifact_s3_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "s3 backend: connect and read timeout of one request, in seconds; boto3 retries a "
+            "failed request (standard mode, 3 attempts) before the caller sees an upstream error."
+        ),
+    )
+
+    @field_validator("artifact_s3_endpoint_url")
+    @classmethod
+    def _endpoint_is_http(cls, value: str | None) -> str | None:
+        return None if value is None else http_url(value)
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> ArtifactStoreSettings:
+        if self.artifact_backend == "s3" and not self.artifact_s3_bucket:
+            raise ValueError("artifact_backend 's3' needs artifact_s3_bucket")
+        return self
 
 
 class ImageLimits(BaseSettings):

@@ -1,4 +1,5 @@
-"""The artifact store: content-addressed blobs on a local directory (S3 later, same Protocol)."""
+"""The artifact store: content-addressed blobs in a local folder or, for several hosts, in an
+S3-compatible bucket (``services.common.s3_storage``); both behind one Protocol."""
 
 from __future__ import annotations
 
@@ -12,8 +13,23 @@ from pathlib import Path
 from typing import Protocol
 
 from services.common.errors import InvalidInput, NotFound
+from services.common.settings import ArtifactStoreSettings
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}/[0-9a-f]{64}(\.[a-z0-9]{1,8})?$")
+
+
+def checked_key(key: str) -> str:
+    """The key itself when well formed; keys are validated, never joined raw (no '..', no
+    absolute paths, no odd names) whatever the backend."""
+    if not _KEY.match(key):
+        raise InvalidInput("malformed artifact key")
+    return key
+
+
+def content_key(data: bytes, *, namespace: str, suffix: str) -> tuple[str, str]:
+    """``(key, sha256)``: a blob's address is its namespace and the SHA-256 of its bytes."""
+    digest = hashlib.sha256(data).hexdigest()
+    return checked_key(f"{namespace}/{digest}{suffix}"), digest
 
 
 @dataclass(frozen=True)
@@ -24,6 +40,9 @@ class ArtifactRef:
 
 
 class ArtifactStore(Protocol):
+    """Content-addressed blobs: the same bytes in the same namespace get the same key, and
+    storing them again refreshes their write time (which retention's ``delete`` respects)."""
+
     def put(self, data: bytes, *, namespace: str, suffix: str = "") -> ArtifactRef: ...
 
     def get(self, key: str) -> bytes: ...
@@ -41,8 +60,7 @@ class LocalArtifactStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def put(self, data: bytes, *, namespace: str, suffix: str = "") -> ArtifactRef:
-        digest = hashlib.sha256(data).hexdigest()
-        key = f"{namespace}/{digest}{suffix}"
+        key, digest = content_key(data, namespace=namespace, suffix=suffix)
         path = self._path(key)
         try:
             # Same bytes stored again: a fresh mtime tells retention that it is in use again.
@@ -88,7 +106,13 @@ class LocalArtifactStore:
         return True
 
     def _path(self, key: str) -> Path:
-        # Keys are validated, never joined raw: no '..', no absolute paths, no odd names.
-        if not _KEY.match(key):
-            raise InvalidInput("malformed artifact key")
-        return self.root / key
+        return self.root / checked_key(key)
+
+
+def open_artifact_store(settings: ArtifactStoreSettings) -> ArtifactStore:
+    """The store the settings name; boto3 is imported only for the s3 backend."""
+    if settings.artifact_backend == "s3":
+        from services.common.s3_storage import S3ArtifactStore
+
+        return S3ArtifactStore.from_settings(settings)
+    return LocalArtifactStore(settings.artifact_root)

@@ -29,7 +29,7 @@ from services.common.errors import BoigError, InvalidInput, PayloadTooLarge, Uns
 from services.common.generation import GenerateRequest, JobAccepted, JobStatus
 from services.common.jobs import JobStore
 from services.common.queue import QueueSettings, create_celery_app
-from services.common.storage import LocalArtifactStore
+from services.common.storage import open_artifact_store
 from services.gateway.auth import KeyStore
 from services.gateway.generation import Generation
 from services.gateway.rate_limit import (
@@ -109,7 +109,7 @@ def create_app(
     generation = Generation(
         store=JobStore(db),
         celery=celery or create_celery_app(QueueSettings(), name="boig-gateway"),
-        artifacts=LocalArtifactStore(settings.artifact_root),
+        artifacts=open_artifact_store(settings),
         max_queued_jobs=settings.max_queued_jobs,
         retry_after_seconds=settings.queue_retry_after_seconds,
     )

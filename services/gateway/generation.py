@@ -115,7 +115,10 @@ class Generation:
             raise
         if created:
             await run_in_threadpool(self._publish, job.id)
-        metrics.GENERATION_JOBS.labels("submitted" if created else "replayed").inc()
+        event = "submitted" if created else "replayed"
+        metrics.GENERATION_JOBS.labels(event).inc()
+        # Under this request's id: the worker's lines for the job carry the job id instead.
+        logger.info("job %s %s", job.id, event)
         accepted = JobAccepted(job_id=job.id, status_url=job_url(job.id), state=job.state)
         return accepted, created
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -12,12 +11,12 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.contracts import MAX_BATCH_IMAGES
 from services.common.db import default_database_url
-from services.common.settings import ImageLimits, ServiceSettings, artifact_store_root, boig_home
+from services.common.settings import ArtifactStoreSettings, ImageLimits, ServiceSettings
 
 RATE_LIMIT_STORAGE_SCHEMES = frozenset({"memory", "redis", "rediss", "redis+unix"})
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ArtifactStoreSettings, ServiceSettings):
     """Public-facing limits, where the internal services live, and the key/limit stores."""
 
     model_config = SettingsConfigDict(env_prefix="BOIG_GATEWAY_", extra="ignore", frozen=True)
@@ -131,10 +130,6 @@ class GatewaySettings(ServiceSettings):
     )
     queue_retry_after_seconds: float = Field(
         default=10.0, gt=0, description="The Retry-After given with a full-queue 503, in seconds."
-    )
-    artifact_root: Path = Field(
-        default_factory=lambda: artifact_store_root(boig_home()),
-        description="Folder of the artifact store the generator writes images to.",
     )
     image_limits: ImageLimits = Field(
         default_factory=ImageLimits,

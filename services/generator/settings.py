@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from services.common.checkpoints import BOIGSD_CHECKPOINT
 from services.common.contracts import RewardName
@@ -18,18 +18,13 @@ from services.common.db import default_database_url
 from services.common.generation import MAX_CANDIDATES_PER_JOB, Strategy
 from services.common.jobs import DEFAULT_MAX_ATTEMPTS
 from services.common.model_folders import SAMPLING_FILE
-from services.common.settings import (
-    artifact_store_root,
-    boig_home,
-    default_world_sd_dir,
-    http_url,
-)
+from services.common.settings import ArtifactStoreSettings, default_world_sd_dir, http_url
 
 FALLBACK_STEPS = 20
 FALLBACK_GUIDANCE = 7.5
 
 
-class GeneratorSettings(BaseSettings):
+class GeneratorSettings(ArtifactStoreSettings):
     """Which pipeline, where images and records go, whom to ask, and the per-job defaults."""
 
     model_config = SettingsConfigDict(env_prefix="BOIG_GENERATOR_", extra="ignore", frozen=True)
@@ -68,10 +63,6 @@ class GeneratorSettings(BaseSettings):
     database_url: str = Field(
         default_factory=default_database_url,
         description="SQL store of job records and image metadata; the gateway's database.",
-    )
-    artifact_root: Path = Field(
-        default_factory=lambda: artifact_store_root(boig_home()),
-        description="Artifact store folder the images go to (the gateway serves them from it).",
     )
     describer_url: str = Field(
         default="http://127.0.0.1:8102",

@@ -33,7 +33,7 @@ from services.common.errors import (
 from services.common.generation import GenerationLimits, JobError, JobProgress
 from services.common.jobs import JobStore, Lease
 from services.common.queue import GENERATE_TASK, PROGRESS_STATE, QueueSettings, create_celery_app
-from services.common.storage import LocalArtifactStore
+from services.common.storage import ArtifactStore, open_artifact_store
 from services.generator.retention import JobRetention
 from services.generator.runner import JobRunner, RunResult
 from services.generator.settings import GeneratorSettings
@@ -91,6 +91,19 @@ def job_store(settings: GeneratorSettings) -> JobStore:
         return store
 
 
+_artifact_stores: dict[int, ArtifactStore] = {}
+
+
+def artifact_store(settings: GeneratorSettings) -> ArtifactStore:
+    """This process's artifact store (one S3 client and its connection pool); the sweeper's
+    retention and the tasks share it. Keyed by process like ``job_store``."""
+    with _stores_lock:
+        store = _artifact_stores.get(os.getpid())
+        if store is None:
+            store = _artifact_stores[os.getpid()] = open_artifact_store(settings)
+        return store
+
+
 def runtime() -> Runtime:
     """Load models on first use, in the process that runs tasks (never before a fork)."""
     global _runtime
@@ -117,7 +130,7 @@ def runtime() -> Runtime:
                 settings=settings,
                 queue=QueueSettings(),
                 store=job_store(settings),
-                runner=JobRunner(settings, pipeline, LocalArtifactStore(settings.artifact_root)),
+                runner=JobRunner(settings, pipeline, artifact_store(settings)),
             )
         return _runtime
 
@@ -301,7 +314,7 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
         retention=(
             JobRetention(
                 job_store(settings),
-                LocalArtifactStore(settings.artifact_root),
+                artifact_store(settings),
                 keep_for=timedelta(days=settings.job_retention_days),
                 every=settings.retention_interval_seconds,
             )

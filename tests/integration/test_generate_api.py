@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from PIL import Image
 
 from services.common.db import Database
 from services.common.jobs import JobStore
+from services.common.logging import _RequestIdFilter
 from services.common.queue import GPU_QUEUE, QueueSettings, create_celery_app
 from services.common.storage import LocalArtifactStore
 from services.gateway.app import create_app
@@ -93,6 +95,23 @@ def test_generate_answers_202_with_a_job_and_sends_its_task(api: Api) -> None:
     assert response.headers["location"] == body["status_url"]
     assert api.sent_job_ids() == [body["job_id"]]
     assert api.store.get(body["job_id"]).published_at is not None
+
+
+def test_the_submit_is_logged_under_the_request_id_with_the_job_id(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What ties a request to its job: the worker's lines carry the job id alone."""
+    caplog.handler.addFilter(_RequestIdFilter())  # what configure_logging's handler does
+    with caplog.at_level(logging.INFO, logger="services.gateway.generation"):
+        job_id = api.generate(**{"X-Request-ID": "req-42"}).json()["job_id"]
+        api.generate(**{"X-Request-ID": "req-43", "Idempotency-Key": "k1"})
+        api.generate(**{"X-Request-ID": "req-44", "Idempotency-Key": "k1"})
+    lines = [
+        (r.request_id, r.getMessage()) for r in caplog.records if r.name.endswith("generation")
+    ]
+    assert lines[0] == ("req-42", f"job {job_id} submitted")
+    assert lines[1][0] == "req-43" and lines[1][1].endswith(" submitted")
+    assert lines[2] == ("req-44", lines[1][1].replace("submitted", "replayed"))
 
 
 def test_a_queued_job_shows_its_request_seed_and_queue_position(api: Api) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,15 +13,16 @@ from services.common.db import Database
 from services.common.errors import NotFound
 from services.common.generation import GenerateRequest, JobState
 from services.common.jobs import JobRow, JobStore, NewImage
-from services.common.storage import LocalArtifactStore
+from services.common.storage import ArtifactStore, LocalArtifactStore
 from services.generator.retention import JobRetention
+from tests.artifact_stores import LONG_AGO, StoreUnderTest
 from tests.job_records import outcome
 
 DAY = timedelta(days=1)
 
 
 def finished_job(
-    store: JobStore, artifacts: LocalArtifactStore, pngs: list[bytes], *, key: str | None = None
+    store: JobStore, artifacts: ArtifactStore, pngs: list[bytes], *, key: str | None = None
 ) -> str:
     job, _ = store.submit(
         owner="k",
@@ -63,9 +63,9 @@ def age(database: Database, job_id: str, days: float) -> None:
 
 
 def test_old_finished_jobs_go_with_their_images_and_files(
-    database: Database, tmp_path: Path
+    database: Database, artifact_backend: StoreUnderTest
 ) -> None:
-    store, artifacts = JobStore(database), LocalArtifactStore(tmp_path / "artifacts")
+    store, artifacts = JobStore(database), artifact_backend.store
     old = finished_job(store, artifacts, [b"old-1", b"old-2"], key="idem-old")
     shared = finished_job(store, artifacts, [b"shared"])
     keeper = finished_job(store, artifacts, [b"recent", b"shared"], key="idem-new")
@@ -79,8 +79,8 @@ def test_old_finished_jobs_go_with_their_images_and_files(
     )
     for job_id in (old, shared):
         age(database, job_id, days=40)
-    for path in (tmp_path / "artifacts").rglob("*.png"):
-        os.utime(path, (0, 0))  # written long ago (files written within the hour stay)
+    for name in artifact_backend.names():
+        artifact_backend.backdate(name, LONG_AGO)  # files written within the hour stay
     old_files = [image.artifact_key for image in store.images(old)]
     kept_files = [image.artifact_key for image in store.images(keeper)]
 
@@ -108,27 +108,17 @@ def test_old_finished_jobs_go_with_their_images_and_files(
     assert retention.run().jobs == 0
 
 
-def test_a_file_written_within_the_hour_stays(database: Database, tmp_path: Path) -> None:
+def test_a_file_written_within_the_hour_stays(
+    database: Database, artifact_backend: StoreUnderTest
+) -> None:
     # Its image row may not be committed yet: another job stored the same bytes just now.
-    store, artifacts = JobStore(database), LocalArtifactStore(tmp_path / "artifacts")
+    store, artifacts = JobStore(database), artifact_backend.store
     old = finished_job(store, artifacts, [b"just-written"])
     age(database, old, days=40)
     key = store.images(old)[0].artifact_key
     report = JobRetention(store, artifacts, keep_for=30 * DAY, every=3600).run()
     assert (report.jobs, report.files) == (1, 0)
     assert artifacts.exists(key)
-
-
-def test_a_file_stored_again_during_the_pass_stays(tmp_path: Path) -> None:
-    artifacts = LocalArtifactStore(tmp_path)
-    ref = artifacts.put(b"bytes", namespace="generated", suffix=".png")
-    started = datetime.now(UTC)
-    os.utime(artifacts.root / ref.key, (0, 0))  # written long ago
-    assert artifacts.put(b"bytes", namespace="generated", suffix=".png") == ref  # and again now
-    assert not artifacts.delete(ref.key, unless_written_since=started - timedelta(seconds=5))
-    assert artifacts.exists(ref.key)
-    assert artifacts.delete(ref.key)
-    assert not artifacts.delete(ref.key)
 
 
 def test_retention_runs_once_per_interval(database: Database, tmp_path: Path) -> None:

@@ -1,44 +1,31 @@
 """The Prometheus alert rules: promtool accepts them and the config, their unit tests pass, every
-alert is shown both firing and quiet, and they read only metrics and labels the services export.
-
-The exported names come from the source: every prometheus_client metric built under services/,
-instantiated again here so that prometheus_client itself adds the suffixes (``_total``,
-``_bucket``, ...), never a list kept by hand.
+alert is shown both firing and quiet, and they read only metrics and labels the services export
+(read from the source by tests/metric_names.py, which the dashboard checks share).
 """
 
 from __future__ import annotations
 
-import ast
-import re
-import shutil
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import prometheus_client
 import pytest
 import yaml
 
 from services.common import metrics
-from tests.servers import server_missing
+from tests.metric_names import (
+    PROMETHEUS_SERIES,
+    ROOT,
+    defined_metrics,
+    exported_series,
+    selectors,
+    service_definitions,
+    unknown_series,
+)
+from tests.servers import promtool
 
-ROOT = Path(__file__).resolve().parents[3]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yml"
 RULE_TESTS = sorted((PROMETHEUS / "tests").glob("*_test.yml"))
-
-# Added by Prometheus, not by the services: `up` per target, and job/instance on every series.
-PROMETHEUS_SERIES = {"up": frozenset[str]()}
-TARGET_LABELS = frozenset({"job", "instance"})
-METRIC_CLASSES = ("Counter", "Gauge", "Histogram", "Summary")
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        server_missing("promtool is not installed (apt-get install prometheus provides it)")
-    return path
 
 
 def run_promtool(*args: str) -> None:
@@ -103,88 +90,6 @@ def test_every_alert_has_a_duration_a_severity_and_says_which_service() -> None:
 # --- the metrics the services export ---------------------------------------------------------
 
 
-def _metric_class(call: ast.Call, classes: dict[str, str], modules: set[str]) -> str | None:
-    """The prometheus_client class ``call`` constructs, if it constructs one."""
-    func = call.func
-    if isinstance(func, ast.Name):
-        return classes.get(func.id)
-    if (
-        isinstance(func, ast.Attribute)
-        and isinstance(func.value, ast.Name)
-        and func.value.id in modules
-        and func.attr in METRIC_CLASSES
-    ):
-        return func.attr
-    return None
-
-
-def _label_names(node: ast.expr | None, where: str) -> tuple[str, ...]:
-    if node is None:
-        return ()
-    try:
-        value = ast.literal_eval(node)
-    except ValueError:
-        value = None
-    assert isinstance(value, list | tuple), f"{where}: label names must be a literal list"
-    return tuple(value)
-
-
-def defined_metrics(source: str, where: str) -> Iterator[tuple[str, str, tuple[str, ...]]]:
-    """(class, name, label names) of each prometheus_client metric built in ``source``."""
-    tree = ast.parse(source)
-    classes: dict[str, str] = {}
-    modules: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "prometheus_client":
-            classes.update(
-                {a.asname or a.name: a.name for a in node.names if a.name in METRIC_CLASSES}
-            )
-        elif isinstance(node, ast.Import):
-            modules.update(a.asname or a.name for a in node.names if a.name == "prometheus_client")
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        kind = _metric_class(node, classes, modules)
-        if kind is None:
-            continue
-        here = f"{where}:{node.lineno}"
-        keywords = {k.arg: k.value for k in node.keywords}
-        # The check must be able to read every definition, or it would pass blind.
-        assert not {"namespace", "subsystem", "unit"} & set(keywords), f"{here}: unsupported"
-        name = node.args[0] if node.args else keywords.get("name")
-        assert isinstance(name, ast.Constant) and isinstance(name.value, str), (
-            f"{here}: a metric name must be a string literal for this check to read it"
-        )
-        labels = node.args[2] if len(node.args) > 2 else keywords.get("labelnames")
-        yield kind, name.value, _label_names(labels, here)
-
-
-def exported_series(
-    definitions: list[tuple[str, str, tuple[str, ...]]],
-) -> tuple[dict[str, frozenset[str]], set[str]]:
-    """Each series name prometheus_client exports for ``definitions``, with its label names,
-    and the metric family names."""
-    registry = prometheus_client.CollectorRegistry()
-    for kind, name, labels in definitions:
-        metric = getattr(prometheus_client, kind)(name, "help", labels, registry=registry)
-        if labels:
-            metric.labels(*labels)  # a child, so that the family has samples to read
-    series: dict[str, frozenset[str]] = {}
-    for family in registry.collect():
-        for sample in family.samples:
-            series[sample.name] = series.get(sample.name, frozenset()) | set(sample.labels)
-    return series, {family.name for family in registry.collect()}
-
-
-def service_definitions() -> list[tuple[str, str, tuple[str, ...]]]:
-    found = []
-    for path in sorted((ROOT / "services").rglob("*.py")):
-        source = path.read_text(encoding="utf-8")
-        if "prometheus_client" in source:
-            found.extend(defined_metrics(source, str(path.relative_to(ROOT))))
-    return found
-
-
 @pytest.fixture(scope="module")
 def exported() -> dict[str, frozenset[str]]:
     series, _ = exported_series(service_definitions())
@@ -199,54 +104,37 @@ def test_the_scan_finds_every_metric_of_the_shared_registry() -> None:
     assert {"boig_trainer_epoch", "boig_trainer_reward_mean"} <= families
 
 
+def test_the_scan_exports_the_series_the_shared_registry_does() -> None:
+    # Series, not only families: the buckets are read too, and a histogram with a bound below
+    # 0 (the reward histograms) has no _sum, which an expression must not read.
+    scanned, _ = exported_series(service_definitions())
+    histograms = (metrics.REWARD, metrics.SERVED_REWARD, metrics.HTTP_LATENCY)
+    placeholders = [metric._labelnames for metric in histograms]  # values nobody else uses
+    for metric, values in zip(histograms, placeholders, strict=True):
+        metric.labels(*values)
+    try:
+        live = {s.name for family in metrics.REGISTRY.collect() for s in family.samples}
+    finally:
+        for metric, values in zip(histograms, placeholders, strict=True):
+            metric.remove(*values)
+    assert live and live <= set(scanned)
+    assert "boig_reward_value_sum" not in scanned and "boig_reward_value_count" in scanned
+    assert "boig_http_request_duration_seconds_sum" in scanned
+
+
+def test_the_scan_reads_buckets_from_module_constants() -> None:
+    source = (
+        "from prometheus_client import Histogram\n"
+        "_BOUNDS = (-1, 0, 1)\n"
+        "H = Histogram('h_seconds', 'help', ['a'], buckets=_BOUNDS)\n"
+    )
+    [definition] = defined_metrics(source, "example.py")
+    assert definition.buckets == (-1.0, 0.0, 1.0)
+    series, _ = exported_series([definition])
+    assert "h_seconds_count" in series and "h_seconds_sum" not in series
+
+
 # --- the metrics the rules read -----------------------------------------------------------------
-
-_TOKEN = re.compile(
-    r"""(?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
-      | (?P<range>\[[^\]]*\])
-      | (?P<number>(?:[0-9]*\.)?[0-9]+(?:[eE][-+]?[0-9]+)?[a-z]*)
-      | (?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)
-      | (?P<matchers>\{(?:[^{}"']|"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')*\})
-      | (?P<other>\S)""",
-    re.VERBOSE,
-)
-_LABEL_LISTS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
-_KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan", "atan2"}
-_GROUPING = ("by", "without")  # `sum by (x) (...)`: sum is an aggregation, not a metric
-_MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
-
-
-def selectors(expression: str) -> list[tuple[str, frozenset[str]]]:
-    """(metric name, label names it matches on) of every series selector in a PromQL
-    expression or a promtool series: function names, grouping labels, strings, ranges and
-    numbers are not selectors."""
-    tokens = [(m.lastgroup, m.group()) for m in _TOKEN.finditer(expression)]
-    found: list[tuple[str, frozenset[str]]] = []
-    skip_list = False
-    for index, (kind, text) in enumerate(tokens):
-        following = tokens[index + 1] if index + 1 < len(tokens) else (None, "")
-        if skip_list:
-            skip_list = text != ")"
-            continue
-        if kind == "name" and text in _LABEL_LISTS:
-            skip_list = following[1] == "("
-        elif kind == "name" and text not in _KEYWORDS and following[1] not in ("(", *_GROUPING):
-            labels = following[1] if following[0] == "matchers" else "{}"
-            unquoted = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', labels)
-            found.append((text, frozenset(_MATCHER.findall(unquoted))))
-        elif kind == "matchers" and (index == 0 or tokens[index - 1][0] != "name"):
-            raise AssertionError(f"a selector without a metric name: {text}")
-    return found
-
-
-def unknown_series(expression: str, exported: dict[str, frozenset[str]]) -> list[str]:
-    problems = []
-    for name, labels in selectors(expression):
-        if name not in exported:
-            problems.append(f"{name} is not exported by any service")
-        elif extra := labels - exported[name] - TARGET_LABELS:
-            problems.append(f"{name} has no label {', '.join(sorted(extra))}")
-    return problems
 
 
 def test_the_selector_parser_reads_names_and_matchers() -> None:
