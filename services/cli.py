@@ -311,6 +311,10 @@ def train_sd(
         ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the preset's.")] = None,
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(help="UNet modules the LoRA adapts: attention or all (else the preset's)."),
+    ] = None,
     guidance: Annotated[
         float | None, typer.Option(help="Guidance scale; else what the model recommends.")
     ] = None,
@@ -348,6 +352,7 @@ def train_sd(
             faithfulness=faithfulness,
             kl_coef=kl_coef,
             epochs=epochs,
+            lora_targets=lora_targets,
             guidance_scale=guidance,
             seed=seed,
             publish=publish,

@@ -171,6 +171,29 @@ def exported_series(
     return series, {family.name for family in registry.collect()}
 
 
+def bucket_bounds(
+    definitions: list[MetricDefinition] | tuple[MetricDefinition, ...],
+) -> dict[str, frozenset[str]]:
+    """The ``le`` values, as prometheus_client writes them ("60.0", "+Inf"), of each histogram's
+    ``_bucket`` series: what an ``le="..."`` matcher may name."""
+    registry = prometheus_client.CollectorRegistry()
+    for definition in definitions:
+        if definition.kind != "Histogram":
+            continue
+        options = {} if definition.buckets is None else {"buckets": definition.buckets}
+        metric = prometheus_client.Histogram(
+            definition.name, "help", definition.labels, registry=registry, **options
+        )
+        if definition.labels:
+            metric.labels(*definition.labels)
+    bounds: dict[str, set[str]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                bounds.setdefault(sample.name, set()).add(sample.labels["le"])
+    return {name: frozenset(values) for name, values in bounds.items()}
+
+
 # --- the series a PromQL expression reads -------------------------------------------------------
 
 _TOKEN = re.compile(
@@ -264,3 +287,19 @@ def label_values_query(query: str) -> tuple[str, str] | None:
     """(selector, label) of a Grafana ``label_values(selector, label)`` variable query."""
     match = _LABEL_VALUES.match(query)
     return None if match is None else (match["selector"] or "", match["label"])
+
+
+def served_checkpoint_versions(service: str, model: str) -> list[str]:
+    """The versions ``boig_checkpoint_info`` says ``service`` serves for ``model`` in this
+    process's registry (one once loaded; none when nothing is)."""
+    from services.common import metrics
+
+    return [
+        sample.labels["version"]
+        for family in metrics.REGISTRY.collect()
+        if family.name == "boig_checkpoint_info"
+        for sample in family.samples
+        if sample.labels["service"] == service
+        and sample.labels["model"] == model
+        and sample.value == 1
+    ]

@@ -85,6 +85,7 @@ def stat(
     h: int = 4,
     thresholds: Iterable[tuple[str, float | None]] = (("green", None),),
     mappings: list[dict[str, Any]] | None = None,
+    text_mode: str = "value_and_name",
 ) -> Panel:
     return {
         "type": "stat",
@@ -105,7 +106,7 @@ def stat(
             "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
             "colorMode": "background",
             "graphMode": "none",
-            "textMode": "value_and_name",
+            "textMode": text_mode,
             "justifyMode": "auto",
             "orientation": "auto",
         },
@@ -223,6 +224,16 @@ def error_share(by: str, matchers: str) -> str:
         f'sum by ({by}) (rate(boig_http_requests_total{{{matchers}, status=~"5.."}}{RATE}))\n'
         f"/\nsum by ({by}) (rate(boig_http_requests_total{{{matchers}}}{RATE}))"
     )
+
+
+UPSTREAM = "boig_upstream_request_duration_seconds"
+
+
+def upstream_failures(by: str, matchers: str = "") -> str:
+    """Calls to other services per second that did not end ok (error answers, timeouts,
+    unreachable upstreams, callers that gave up)."""
+    selector = ", ".join(m for m in (matchers, 'outcome!="ok"') if m)
+    return f"sum by ({by}) (rate({UPSTREAM}_count{{{selector}}}{RATE}))"
 
 
 def served_reward_mean(window: str, offset: str = "") -> str:
@@ -348,6 +359,28 @@ def overview() -> dict[str, Any]:
             "Mean reward of the images generation jobs returned, per strategy and reward.",
             query(served_reward_mean("1h"), "{{strategy}} {{reward}}"),
         ),
+        timeseries(
+            "Upstream call p99 by hop",
+            "Time each service waits for the services it calls (gateway -> scorer, scorer -> "
+            "featurizer and describer, generator -> describer and scorer, trainer -> describer "
+            "and scorer): the slow hop is the one to look at.",
+            query(
+                quantile(0.99, f"{UPSTREAM}_bucket", "service, upstream"),
+                "{{service}} -> {{upstream}}",
+            ),
+            unit="s",
+        ),
+        timeseries(
+            "Failed upstream calls by hop",
+            "Calls to another service that did not end ok, per second, by outcome: "
+            "server_error or client_error (the upstream answered one), timeout, unreachable, "
+            "canceled (the caller gave up).",
+            query(
+                upstream_failures("service, upstream, outcome"),
+                "{{service}} -> {{upstream}} {{outcome}}",
+            ),
+            unit="reqps",
+        ),
     ]
     return dashboard(
         "boig-overview",
@@ -414,6 +447,30 @@ def service_red() -> dict[str, Any]:
             ),
             unit="s",
             w=24,
+        ),
+        row("Calls to other services: $service"),
+        timeseries(
+            "Upstream call p50 / p99 by upstream and route",
+            "Time this service waited for each service it calls, answer read (empty for the "
+            "describer and featurizer, which call none).",
+            *(
+                query(
+                    quantile(q, f"{UPSTREAM}_bucket", "upstream, route", this),
+                    f"p{round(q * 100)} {{{{upstream}}}} {{{{route}}}}",
+                )
+                for q in (0.5, 0.99)
+            ),
+            unit="s",
+        ),
+        timeseries(
+            "Upstream calls by outcome",
+            "Calls this service made to each upstream, per second: ok, server_error and "
+            "client_error (the upstream's answer), timeout, unreachable, canceled.",
+            query(
+                f"sum by (upstream, outcome) (rate({UPSTREAM}_count{{{this}}}{RATE}))",
+                "{{upstream}} {{outcome}}",
+            ),
+            unit="reqps",
         ),
         row("Model work: $service"),
         timeseries(
@@ -572,8 +629,19 @@ def queue_and_workers() -> dict[str, Any]:
         ),
         heatmap(
             "Job duration distribution",
-            "Jobs by how long a worker spent on them.",
+            "Jobs by how long a worker spent on them (buckets up to the task time limit, "
+            "600 s, and past it).",
             f"sum by (le) (increase(boig_generation_job_seconds_bucket{RATE}))",
+            unit="s",
+        ),
+        timeseries(
+            "Worker calls to the describer and scorer p99",
+            "Time a generation job waits for its description and its scores; the rest of a "
+            "job is denoising.",
+            query(
+                quantile(0.99, f"{UPSTREAM}_bucket", "upstream, route", 'service="generator"'),
+                "{{upstream}} {{route}}",
+            ),
             unit="s",
         ),
     ]
@@ -609,6 +677,27 @@ def models_and_checkpoints() -> dict[str, Any]:
                 "time() - (boig_checkpoint_published_timestamp_seconds > 0)",
                 "{{service}} {{instance}}",
             ),
+            unit="s",
+        ),
+        stat(
+            "Served model versions",
+            "The name and version each process serves for each of its models (llm: BoigLLM, "
+            "base model and checkpoint; detector; diffusion: the base pipeline; boigsd: the "
+            "LoRA boigsd jobs run with), as its answers report them in `models`.",
+            query(
+                "boig_checkpoint_info == 1",
+                "{{service}} {{model}}: {{name}} {{version}}",
+                instant=True,
+            ),
+            w=12,
+            h=8,
+            text_mode="name",
+        ),
+        timeseries(
+            "Model load time (last load)",
+            "How long each model's last load took: files read and verified, moved to the "
+            "device, warmed up. A step up after a new checkpoint or a new host is worth a look.",
+            query("boig_model_load_seconds", "{{service}} {{model}} {{instance}}"),
             unit="s",
         ),
         row("Models"),

@@ -1,16 +1,34 @@
 """Every Prometheus metric BOIG exports, defined in one place.
 
 Names carry the ``boig_`` prefix and base units; labels come from small fixed sets
-(service, route template, method, status class, operation), never ids or user text.
+(service, route template, method, status class, operation), never ids or user text. The one
+exception is boig_checkpoint_info's name and version: one series per loaded model, replaced
+when another version loads.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# A call to another service: the request buckets, then on to the longest client timeout (the
+# gateway's and generator's 180 s, the trainer's 300 s and 600 s), so that a hop that times
+# out lands in a bucket of its own rather than in +Inf beside every slow one.
+_UPSTREAM_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180, 300, 600,
+)  # fmt: skip
+# A generation job and its wait in the queue: up to the task time limit
+# (BOIG_QUEUE_TASK_TIME_LIMIT_SECONDS, 600 s) and past it, since a queued job may wait longer
+# than any one job runs (BoigGenerationOldestJobWaiting fires at 15 minutes; a lost task is
+# sent again after an hour). 60 s stays a bound: BoigGenerationQueueWaitLong reads le="60.0".
+_JOB_BUCKETS = (
+    0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180, 300, 450, 600, 900, 1800, 3600,
+)  # fmt: skip
 # Rewards lie in [0, 1] (match, likelihood) or [-1, 1] (contrastive): coarse below 0, where
 # only contrastive goes, and a tenth wide above it.
 _REWARD_BUCKETS = (-1, -0.5, -0.25, 0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1)
@@ -32,6 +50,15 @@ ERRORS = Counter(
     "boig_errors_total",
     "Errors returned to callers, by error type.",
     ["service", "type"],
+    registry=REGISTRY,
+)
+UPSTREAM_LATENCY = Histogram(
+    "boig_upstream_request_duration_seconds",
+    "Time one call to another BOIG service took, from request sent to answer read, by calling "
+    "service, called service, route and outcome (ok, client_error, server_error, timeout, "
+    "unreachable, canceled).",
+    ["service", "upstream", "route", "outcome"],
+    buckets=_UPSTREAM_BUCKETS,
     registry=REGISTRY,
 )
 MODEL_SECONDS = Histogram(
@@ -103,7 +130,7 @@ JOB_SECONDS = Histogram(
     "boig_generation_job_seconds",
     "Time a worker spent on one job, by strategy and how it ended.",
     ["strategy", "outcome"],
-    buckets=_LATENCY_BUCKETS,
+    buckets=_JOB_BUCKETS,
     registry=REGISTRY,
 )
 SERVED_REWARD = Histogram(
@@ -139,7 +166,7 @@ OLDEST_QUEUED_JOB_AGE = Gauge(
 JOB_QUEUE_SECONDS = Histogram(
     "boig_generation_queue_wait_seconds",
     "Time from a job's creation to its first start on a worker.",
-    buckets=_LATENCY_BUCKETS,
+    buckets=_JOB_BUCKETS,
     registry=REGISTRY,
 )
 CHECKPOINT_PUBLISHED = Gauge(
@@ -150,3 +177,47 @@ CHECKPOINT_PUBLISHED = Gauge(
     ["service"],
     registry=REGISTRY,
 )
+MODEL_LOAD_SECONDS = Gauge(
+    "boig_model_load_seconds",
+    "How long the last load of each model of this process took (reading and verifying its "
+    "files, moving it to the device, warming it up), by model: llm, detector, diffusion, "
+    "boigsd.",
+    ["service", "model"],
+    registry=REGISTRY,
+)
+CHECKPOINT_INFO = Gauge(
+    "boig_checkpoint_info",
+    "1 for the model version each model of this process serves, by model (as in "
+    "boig_model_load_seconds), its name and version (the ones the service reports in its "
+    "answers' `models`); the previous version's series goes when another is loaded.",
+    ["service", "model", "name", "version"],
+    registry=REGISTRY,
+)
+
+# (service, model) -> the (name, version) its boig_checkpoint_info series carries. A hot
+# reload (the describer's event loop) and a task (the generator's worker thread) may record.
+_served_versions: dict[tuple[str, str], tuple[str, str]] = {}
+_served_lock = threading.Lock()
+
+
+def record_model_load(service: str, model: str, *, name: str, version: str, seconds: float) -> None:
+    """Export a model just loaded: its load time and, replacing the version it supersedes, its
+    boig_checkpoint_info series."""
+    MODEL_LOAD_SECONDS.labels(service, model).set(seconds)
+    with _served_lock:
+        _forget_served(service, model, keep=(name, version))
+        CHECKPOINT_INFO.labels(service, model, name, version).set(1)
+        _served_versions[(service, model)] = (name, version)
+
+
+def record_model_unloaded(service: str, model: str) -> None:
+    """``model`` serves no version any more: its boig_checkpoint_info series goes."""
+    with _served_lock:
+        _forget_served(service, model)
+
+
+def _forget_served(service: str, model: str, keep: tuple[str, str] | None = None) -> None:
+    previous = _served_versions.pop((service, model), None)
+    if previous is not None and previous != keep:
+        with contextlib.suppress(KeyError):  # already gone (a test cleared the metric)
+            CHECKPOINT_INFO.remove(service, model, *previous)

@@ -16,12 +16,15 @@ SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
 def serve(*, service: str, settings: SettingsT, create_app: Callable[[SettingsT], FastAPI]) -> None:
     """One process per service: models load in the app's lifespan, in the process that serves."""
-    configure_logging(settings.log_level, service=service)
+    configure_logging(settings.log_level, service=service, log_format=settings.log_format)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        # uvicorn's own lines (startup, errors) go through the handler configure_logging set,
+        # in the same format (JSON included), instead of uvicorn's handlers.
+        log_config=None,
         # The app logs one line per request with its request id; uvicorn's would duplicate it.
         access_log=False,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_seconds)),

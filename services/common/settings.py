@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.logging import LogFormat
 
 
 def http_url(value: str) -> str:
@@ -53,6 +55,17 @@ def default_world_sd_dir() -> Path:
     return boig_home() / "models" / WORLD_SD_NAME
 
 
+def log_format_field() -> Any:
+    """The ``log_format`` field every process's settings carry (HTTP services and workers)."""
+    return Field(
+        default="text",
+        description=(
+            "text: one human-readable line per record; json: one JSON object per line (time, "
+            "level, logger, message, request_id, service, exc_info) for a log collector."
+        ),
+    )
+
+
 class ServiceSettings(BaseSettings):
     """Fields every HTTP service has. Subclasses set ``env_prefix`` (BOIG_<SERVICE>_)."""
 
@@ -61,6 +74,7 @@ class ServiceSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port to bind.")
     log_level: str = Field(default="INFO", description="Python logging level name.")
+    log_format: LogFormat = log_format_field()
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024,
         ge=1024,

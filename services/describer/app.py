@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -36,6 +37,8 @@ from services.describer.settings import DescriberSettings
 logger = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+MODEL_LLM = "llm"
+"""The ``model`` label of the describer's language model in the model metrics."""
 
 
 def create_app(
@@ -142,6 +145,7 @@ async def _load(app: FastAPI, settings: DescriberSettings) -> Describer | None:
         app.state.checkpoint_watcher = watcher
         checkpoint = _poll(app, watcher)
         if checkpoint is not None:
+            started = time.perf_counter()
             try:
                 loaded, published = await asyncio.to_thread(_load_checkpoint, settings, checkpoint)
             except Exception as exc:  # serve the base model rather than nothing
@@ -150,7 +154,9 @@ async def _load(app: FastAPI, settings: DescriberSettings) -> Describer | None:
                 app.state.load_error = None
                 app.state.checkpoint = checkpoint.version
                 _export_checkpoint(published)
+                _export_model(loaded, time.perf_counter() - started)
                 return Describer(loaded, settings)
+    started = time.perf_counter()
     try:
         loaded = await asyncio.to_thread(create_backend, settings)
     except Exception as exc:  # the service stays up and says why it is not ready
@@ -161,6 +167,7 @@ async def _load(app: FastAPI, settings: DescriberSettings) -> Describer | None:
         )
         return None
     app.state.load_error = None
+    _export_model(loaded, time.perf_counter() - started)
     if settings.checkpoint_registry is not None:
         _export_checkpoint(None)  # a registry, yet the base model alone: alerts.yml warns
     return Describer(loaded, settings)
@@ -184,6 +191,15 @@ def _export_checkpoint(published: datetime | None) -> None:
     """The served checkpoint's publish time for the staleness alerts; 0 for the base model."""
     value = 0.0 if published is None else published.timestamp()
     metrics.CHECKPOINT_PUBLISHED.labels(SERVICE).set(value)
+
+
+def _export_model(backend: LlmBackend, seconds: float) -> None:
+    """The model now served (base model, or base model and checkpoint) and its load time,
+    verification of a checkpoint's files included."""
+    info = backend.info
+    metrics.record_model_load(
+        SERVICE, MODEL_LLM, name=info.name, version=info.version, seconds=seconds
+    )
 
 
 def _poll(app: FastAPI, watcher: CheckpointWatcher) -> CheckpointRef | None:
@@ -220,15 +236,18 @@ async def _watch_checkpoints(
         if describer is None or checkpoint is None:
             continue
         logger.info("checkpoint pointer moved to %s; loading it", checkpoint.version)
+        started = time.perf_counter()
         try:
             loaded, published = await asyncio.to_thread(_load_checkpoint, settings, checkpoint)
         except Exception as exc:  # a bad checkpoint never takes the service down
             _refused(app, checkpoint, exc)
             continue
+        seconds = time.perf_counter() - started
         await describer.swap_backend(loaded)
         app.state.checkpoint = checkpoint.version
         app.state.checkpoint_error = None
         _export_checkpoint(published)
+        _export_model(loaded, seconds)
         logger.info("now serving %s (%s)", loaded.info.name, loaded.info.version)
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 
+from services.common import metrics
 from services.common.app import create_service_app
 from services.common.contracts import (
     FeaturizeRequest,
@@ -33,6 +34,9 @@ from services.featurizer.settings import FeaturizerSettings
 
 logger = logging.getLogger(__name__)
 
+MODEL_DETECTOR = "detector"
+"""The ``model`` label of the object detector in the model metrics (none with backend 'none')."""
+
 
 def create_app(settings: FeaturizerSettings | None = None) -> FastAPI:
     """The featurizer app; the detector loads once, at startup, in the serving process."""
@@ -40,7 +44,16 @@ def create_app(settings: FeaturizerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started = time.perf_counter()
         detector = await asyncio.to_thread(load_detector, settings)
+        if detector is not None:
+            metrics.record_model_load(
+                SERVICE,
+                MODEL_DETECTOR,
+                name=detector.info.name,
+                version=detector.info.version,
+                seconds=time.perf_counter() - started,
+            )
         featurizer = Featurizer.from_settings(settings, detector)
         app.state.featurizer = featurizer
         try:

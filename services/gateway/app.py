@@ -47,6 +47,7 @@ from services.gateway.service import (
 from services.gateway.settings import GatewaySettings
 
 VERSION = "0.1.0"
+SERVICE = "gateway"
 
 _MULTIPART_FIELDS = {"request", "creatives"}
 
@@ -96,11 +97,13 @@ def create_app(
     settings = settings or GatewaySettings()
     owned_clients: list[ServiceClient] = []
     if scorer is None:
-        scorer = ScorerClient(settings.scorer_url, timeout=settings.upstream_timeout_seconds)
+        scorer = ScorerClient(
+            settings.scorer_url, timeout=settings.upstream_timeout_seconds, caller=SERVICE
+        )
         owned_clients.append(scorer)
     if describer is None:
         describer = DescriberClient(
-            settings.describer_url, timeout=settings.upstream_timeout_seconds
+            settings.describer_url, timeout=settings.upstream_timeout_seconds, caller=SERVICE
         )
         owned_clients.append(describer)
     owns_database = database is None
@@ -147,7 +150,7 @@ def create_app(
                 db.dispose()
 
     app = create_service_app(
-        service="gateway",
+        service=SERVICE,
         version=VERSION,
         max_body_bytes=settings.max_body_bytes,
         health_cache_seconds=settings.health_cache_seconds,

@@ -8,15 +8,18 @@ import sys
 
 from services.common.logging import configure_logging
 from services.common.queue import GPU_QUEUE
+from services.generator import SERVICE
 from services.generator.settings import GeneratorSettings
 from services.generator.worker import celery_app
 
 
 def main(argv: list[str]) -> None:
     settings = GeneratorSettings()
-    configure_logging(settings.log_level, service="generator")
+    configure_logging(settings.log_level, service=SERVICE, log_format=settings.log_format)
     celery_app.worker_main(
         [
+            # JSON logs: every line an object, so no startup banner (printed, not logged).
+            *(["--quiet"] if settings.log_format == "json" else []),
             "worker",
             # One task at a time in this process, which owns the GPU and the loaded pipeline.
             "--pool=solo",

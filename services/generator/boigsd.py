@@ -2,12 +2,14 @@
 
 A task asks at its start; if the pointer moved since the last task, the new LoRA is loaded
 then. The solo worker runs one task at a time, so a task in flight always finishes on the
-version it started with, and the job records that version.
+version it started with, and the job records that version. boig_checkpoint_info{model="boigsd"}
+names the version boigsd tasks run with (kept while other strategies run on the base weights).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +21,13 @@ from services.common.checkpoints import (
     load_manifest,
 )
 from services.common.contracts import ModelInfo
+from services.generator import SERVICE
 from services.generator.pipeline import ImagePipeline
 
 logger = logging.getLogger(__name__)
 
-SERVICE = "generator"
+MODEL_BOIGSD = "boigsd"
+"""The ``model`` label of the BoigSD LoRA in the model metrics (as in a job's ``models``)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class BoigsdLoras:
         if ref is None:
             self._unload()
             metrics.CHECKPOINT_PUBLISHED.labels(SERVICE).set(0.0)
+            metrics.record_model_unloaded(SERVICE, MODEL_BOIGSD)
             return LoraChoice(
                 model=None,
                 notes=[
@@ -66,6 +71,7 @@ class BoigsdLoras:
                 ],
             )
         if self._pipeline.lora_version != ref.version:
+            started = time.perf_counter()
             manifest = load_manifest(ref, verify=True)
             if manifest.kind != KIND_BOIGSD_LORA:
                 raise CheckpointError(
@@ -75,6 +81,13 @@ class BoigsdLoras:
             logger.info("loading BoigSD LoRA %s", ref.version)
             self._pipeline.load_lora(ref.path, ref.version)
             metrics.CHECKPOINT_PUBLISHED.labels(SERVICE).set(manifest.created_at.timestamp())
+            metrics.record_model_load(
+                SERVICE,
+                MODEL_BOIGSD,
+                name=self._name,
+                version=ref.version,
+                seconds=time.perf_counter() - started,
+            )
         return LoraChoice(model=ModelInfo(name=self._name, version=ref.version))
 
     def _unload(self) -> None:

@@ -39,11 +39,14 @@ from services.common.image_prompts import render_negative_prompt, render_prompt
 from services.common.jobs import NewImage
 from services.common.model_folders import SamplingDefaults
 from services.common.storage import ArtifactStore
-from services.generator.boigsd import BoigsdLoras
+from services.generator import SERVICE
+from services.generator.boigsd import MODEL_BOIGSD, BoigsdLoras
 from services.generator.pipeline import ImagePipeline, ImageRequest
 from services.generator.settings import FALLBACK_GUIDANCE, FALLBACK_STEPS, GeneratorSettings
 
 IMAGE_NAMESPACE = "generated"
+MODEL_DIFFUSION = "diffusion"
+"""The base pipeline's key in a job's ``models`` and its ``model`` label in the model metrics."""
 
 
 class JobControl(Protocol):
@@ -131,12 +134,12 @@ class JobRunner:
         choice = self.loras.choose(use_boigsd=job_plan.strategy == "boigsd")
         notes = list(choice.notes)
         models: dict[str, ModelInfo] = {
-            "diffusion": ModelInfo(
+            MODEL_DIFFUSION: ModelInfo(
                 name=self.pipeline.model_path.name, version=self.pipeline.base_version
             )
         }
         if choice.model is not None:
-            models["boigsd"] = choice.model
+            models[MODEL_BOIGSD] = choice.model
 
         control.check()
         control.report(JobProgress(stage="describing", step=0, total=job_plan.steps))
@@ -199,7 +202,9 @@ class JobRunner:
         self, request: GenerateRequest, notes: list[str]
     ) -> tuple[DescribeResponse, DescribeResponse | None]:
         timeout = self.settings.upstream_timeout_seconds
-        async with DescriberClient(self.settings.describer_url, timeout=timeout) as describer:
+        async with DescriberClient(
+            self.settings.describer_url, timeout=timeout, caller=SERVICE
+        ) as describer:
             wanted = describer.describe(request.context, request.target)
             if request.target.level is KpiLevel.LOW:
                 return await wanted, None
@@ -230,7 +235,9 @@ class JobRunner:
             creatives=creatives,
         )
         timeout = self.settings.upstream_timeout_seconds
-        async with ScorerClient(self.settings.scorer_url, timeout=timeout) as scorer:
+        async with ScorerClient(
+            self.settings.scorer_url, timeout=timeout, caller=SERVICE
+        ) as scorer:
             return await scorer.score(score_request)
 
     def _denoise(

@@ -17,8 +17,14 @@ from services.common.contracts import RewardName
 from services.common.db import default_database_url
 from services.common.generation import MAX_CANDIDATES_PER_JOB, Strategy
 from services.common.jobs import DEFAULT_MAX_ATTEMPTS
+from services.common.logging import LogFormat
 from services.common.model_folders import SAMPLING_FILE
-from services.common.settings import ArtifactStoreSettings, default_world_sd_dir, http_url
+from services.common.settings import (
+    ArtifactStoreSettings,
+    default_world_sd_dir,
+    http_url,
+    log_format_field,
+)
 
 FALLBACK_STEPS = 20
 FALLBACK_GUIDANCE = 7.5
@@ -30,6 +36,7 @@ class GeneratorSettings(ArtifactStoreSettings):
     model_config = SettingsConfigDict(env_prefix="BOIG_GENERATOR_", extra="ignore", frozen=True)
 
     log_level: str = Field(default="INFO", description="Python logging level name.")
+    log_format: LogFormat = log_format_field()
     metrics_port: int = Field(
         default=8104,
         ge=0,

@@ -34,8 +34,9 @@ from services.common.generation import GenerationLimits, JobError, JobProgress
 from services.common.jobs import JobStore, Lease
 from services.common.queue import GENERATE_TASK, PROGRESS_STATE, QueueSettings, create_celery_app
 from services.common.storage import ArtifactStore, open_artifact_store
+from services.generator import SERVICE
 from services.generator.retention import JobRetention
-from services.generator.runner import JobRunner, RunResult
+from services.generator.runner import MODEL_DIFFUSION, JobRunner, RunResult
 from services.generator.settings import GeneratorSettings
 from services.generator.sweeper import Sweeper
 
@@ -120,11 +121,16 @@ def runtime() -> Runtime:
             pipeline = ImagePipeline(
                 settings.model_path, device=settings.device, dtype=settings.dtype
             )
+            seconds = time.perf_counter() - started
+            metrics.record_model_load(
+                SERVICE,
+                MODEL_DIFFUSION,
+                name=pipeline.model_path.name,
+                version=pipeline.base_version,
+                seconds=seconds,
+            )
             logger.info(
-                "pipeline %s loaded on %s in %.1f s",
-                settings.model_path,
-                pipeline.device,
-                time.perf_counter() - started,
+                "pipeline %s loaded on %s in %.1f s", settings.model_path, pipeline.device, seconds
             )
             _runtime = Runtime(
                 settings=settings,

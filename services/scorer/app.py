@@ -16,6 +16,7 @@ from services.scorer.service import Scorer
 from services.scorer.settings import ScorerSettings
 
 VERSION = "0.1.0"
+SERVICE = "scorer"
 
 
 def create_app(
@@ -29,12 +30,12 @@ def create_app(
     owned: list[ServiceClient] = []
     if featurizer is None:
         featurizer = FeaturizerClient(
-            settings.featurizer_url, timeout=settings.upstream_timeout_seconds
+            settings.featurizer_url, timeout=settings.upstream_timeout_seconds, caller=SERVICE
         )
         owned.append(featurizer)
     if describer is None:
         describer = DescriberClient(
-            settings.describer_url, timeout=settings.upstream_timeout_seconds
+            settings.describer_url, timeout=settings.upstream_timeout_seconds, caller=SERVICE
         )
         owned.append(describer)
     upstreams: dict[str, ServiceClient] = {"featurizer": featurizer, "describer": describer}
@@ -65,7 +66,7 @@ def create_app(
                 await client.aclose()
 
     app = create_service_app(
-        service="scorer",
+        service=SERVICE,
         version=VERSION,
         max_body_bytes=settings.max_body_bytes,
         health_cache_seconds=settings.health_cache_seconds,

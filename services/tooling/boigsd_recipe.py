@@ -29,6 +29,7 @@ def run_dir(paths: llm_recipe.LlmPaths, job: BoigsdJob, model: Path) -> Path:
     guidance = "auto" if job.guidance_scale is None else f"g{job.guidance_scale:g}"
     reward = job.reward + (f"+match{job.faithfulness:g}" if job.faithfulness else "")
     reward += "" if job.kl_coef is None else f"-kl{job.kl_coef:g}"
+    reward += "" if job.lora_targets is None else f"-lora{job.lora_targets}"
     # Each process draws its own stream: a run resumes with the processes it started with.
     reward += "" if job.processes == 1 else f"-x{job.processes}"
     name = "-".join(

@@ -13,9 +13,11 @@ from services.common.queue import TRAIN_QUEUE
 def main(argv: list[str]) -> None:
     from services.trainer.worker import celery_app, settings
 
-    configure_logging(settings.log_level, service="trainer")
+    configure_logging(settings.log_level, service="trainer", log_format=settings.log_format)
     celery_app.worker_main(
         [
+            # JSON logs: every line an object, so no startup banner (printed, not logged).
+            *(["--quiet"] if settings.log_format == "json" else []),
             "worker",
             "--pool=solo",
             "--concurrency=1",

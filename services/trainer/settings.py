@@ -8,7 +8,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.db import default_database_url
-from services.common.settings import boig_home, checkpoint_registry, default_world_sd_dir
+from services.common.logging import LogFormat
+from services.common.settings import (
+    boig_home,
+    checkpoint_registry,
+    default_world_sd_dir,
+    log_format_field,
+)
 from services.trainer.runs import DEFAULT_MAX_ATTEMPTS
 
 
@@ -19,6 +25,7 @@ class TrainerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BOIG_TRAINER_", extra="ignore", frozen=True)
 
     log_level: str = Field(default="INFO", description="Python logging level name.")
+    log_format: LogFormat = log_format_field()
     database_url: str = Field(
         default_factory=default_database_url,
         description="SQLAlchemy URL of the database holding training runs (the gateway's).",

@@ -240,3 +240,31 @@ def test_the_worker_gauges_come_from_the_workers(scraped: dict[str, list[Sample]
     assert served and served[0].labels["strategy"] == "best_of_n" and served[0].value >= 1
     trainer = {s.name for s in scraped["trainer"]}
     assert {"boig_trainer_epoch", "boig_trainer_reward_mean", "boig_trainer_approx_kl"} <= trainer
+
+
+def test_every_hop_is_timed_by_the_service_that_calls(scraped: dict[str, list[Sample]]) -> None:
+    """The score went gateway -> scorer -> featurizer and describer (match reward); the job
+    generator -> describer and scorer: each hop on its caller's /metrics, all ok."""
+    hops = {
+        (caller, s.labels["upstream"], s.labels["route"])
+        for caller, samples in scraped.items()
+        for s in samples
+        if s.name == "boig_upstream_request_duration_seconds_count"
+        and s.labels["service"] == caller
+        and s.labels["outcome"] == "ok"
+        and s.value >= 1
+    }
+    assert {
+        ("gateway", "scorer", "/score"),
+        ("scorer", "featurizer", "/featurize"),
+        ("scorer", "describer", "/describe"),
+        ("generator", "describer", "/describe"),
+        ("generator", "scorer", "/score"),
+    } <= hops
+    loaded = {
+        (s.labels["service"], s.labels["model"])
+        for samples in scraped.values()
+        for s in samples
+        if s.name == "boig_checkpoint_info" and s.value == 1
+    }
+    assert {("describer", "llm"), ("generator", "diffusion")} <= loaded

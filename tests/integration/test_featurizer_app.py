@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.errors import ModelUnavailable
 from services.common.settings import ImageLimits
@@ -241,6 +242,29 @@ def test_detects_objects_with_the_real_detector(yolo_client: TestClient) -> None
     assert health["detector"]["loaded"] is True and health["detector"]["backend"] == "yolo"
     text = yolo_client.get("/metrics").text
     assert 'boig_model_queue_wait_seconds_count{operation="detect",service="featurizer"}' in text
+
+
+def test_the_loaded_detector_and_its_load_time_are_exported(yolo_client: TestClient) -> None:
+    detector = yolo_client.get("/health").json()["detector"]
+    families = {
+        family.name: family.samples
+        for family in text_string_to_metric_families(yolo_client.get("/metrics").text)
+    }
+    served = [
+        sample.labels
+        for sample in families["boig_checkpoint_info"]
+        if sample.labels["service"] == "featurizer" and sample.value == 1
+    ]
+    assert served == [
+        {
+            "service": "featurizer",
+            "model": "detector",
+            "name": detector["model"],
+            "version": detector["version"],
+        }
+    ]
+    [load] = [s for s in families["boig_model_load_seconds"] if s.labels["service"] == "featurizer"]
+    assert load.labels["model"] == "detector" and load.value > 0
 
 
 def test_missing_weights_stop_startup_with_a_clear_error(tmp_path: Path) -> None:

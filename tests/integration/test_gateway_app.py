@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from services.common import metrics
 from services.common.app import create_service_app
 from services.common.clients import DescriberClient, ScorerClient
 from services.common.contracts import (
@@ -498,6 +499,30 @@ def test_upstream_down_is_502_and_the_gateway_stays_healthy(sqlite_db: Database)
         upstreams = health.json()["upstreams"]
         assert upstreams == {"scorer": "upstream_error", "describer": "ok", "queue": "ok"}
         assert gateway.post("/v1/describe", json={"context": {"account": "a"}}).status_code == 200
+
+
+def test_its_calls_to_the_scorer_are_timed_as_the_gateway_s(sqlite_db: Database) -> None:
+    """The clients the gateway builds from its settings label their hop gateway -> scorer."""
+    labels = {"service": "gateway", "upstream": "scorer", "route": "/score"}
+
+    def calls() -> float:
+        name = "boig_upstream_request_duration_seconds_count"
+        value = metrics.REGISTRY.get_sample_value(name, {**labels, "outcome": "unreachable"})
+        return value or 0.0
+
+    before = calls()
+    settings = GatewaySettings(
+        database_url=sqlite_db.url, scorer_url="http://127.0.0.1:1", upstream_timeout_seconds=2
+    )
+    with TestClient(create_app(settings, database=sqlite_db)) as client:
+        key = KeyStore(sqlite_db).create("tests").key
+        response = client.post(
+            "/v1/score",
+            json=score_json({"a": b64(GOOD)}),
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert_error(response, 502, "upstream_error")
+    assert calls() == before + 1
 
 
 def test_health_after_a_run_of_errors(gw: Gateway) -> None:

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from services.common import metrics
 from services.common.app import create_service_app
 from services.common.clients import DescriberClient, FeaturizerClient
 from services.common.contracts import (
@@ -271,6 +272,32 @@ def test_upstream_down_is_502_and_not_ready() -> None:
             "featurizer": "upstream_error",
             "describer": "upstream_error",
         }
+
+
+def test_its_calls_to_the_featurizer_are_timed_as_the_scorer_s() -> None:
+    """The clients the scorer builds from its settings label their hop scorer -> featurizer."""
+    labels = {
+        "service": "scorer",
+        "upstream": "featurizer",
+        "route": "/featurize",
+        "outcome": "unreachable",
+    }
+
+    def calls() -> float:
+        name = "boig_upstream_request_duration_seconds_count"
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = calls()
+    settings = ScorerSettings(
+        featurizer_url="http://127.0.0.1:1",
+        describer_url="http://127.0.0.1:1",
+        upstream_timeout_seconds=2,
+    )
+    with TestClient(create_app(settings)) as client:
+        # likelihood featurizes first, then asks the describer: one call, to the featurizer.
+        response = client.post("/score", json=score_body("likelihood", CREATIVES))
+        assert_error(response, 502, "upstream_error")
+    assert calls() == before + 1
 
 
 def test_health_reports_each_upstream(client: TestClient, stand_ins: StandIns) -> None:

@@ -88,6 +88,11 @@ class BoigsdJob(BaseModel):
         description="Weight of the KL penalty to the base model; else the preset's.",
     )
     epochs: int | None = Field(default=None, ge=1, le=100_000)
+    lora_targets: str | None = Field(
+        default=None,
+        pattern=r"^(attention|all)$",
+        description="UNet modules the LoRA adapts (attention or all); else the preset's.",
+    )
     guidance_scale: float | None = Field(
         default=None, ge=1.0, le=30.0, description="Else what the model folder recommends."
     )
@@ -135,6 +140,8 @@ def config_for(job: BoigsdJob, model: Path) -> DdpoConfig:
         overrides["epochs"] = job.epochs
     if job.kl_coef is not None:
         overrides["kl_coef"] = job.kl_coef
+    if job.lora_targets is not None:
+        overrides["lora_targets"] = job.lora_targets
     return preset(job.preset, **overrides)
 
 

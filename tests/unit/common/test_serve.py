@@ -1,4 +1,4 @@
-"""``serve`` runs uvicorn with a bounded graceful shutdown."""
+"""``serve`` runs uvicorn with a bounded graceful shutdown, in the log format of the settings."""
 
 from __future__ import annotations
 
@@ -22,3 +22,18 @@ def test_uvicorn_gets_a_graceful_shutdown_limit(monkeypatch: pytest.MonkeyPatch)
     from services.common.clients import KEEPALIVE_EXPIRY_SECONDS
 
     assert seen["timeout_keep_alive"] > KEEPALIVE_EXPIRY_SECONDS
+
+
+def test_the_service_logs_in_its_format_uvicorn_s_lines_included(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(serve_module.uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(
+        serve_module, "configure_logging", lambda *a, **k: seen.update(logging=(a, k))
+    )
+    settings = ServiceSettings(log_format="json", log_level="WARNING")
+    serve_module.serve(service="scorer", settings=settings, create_app=lambda _: FastAPI())
+    assert seen["logging"] == (("WARNING",), {"service": "scorer", "log_format": "json"})
+    # No logging config of uvicorn's own: its lines reach the root handler, in that format.
+    assert seen["log_config"] is None and seen["log_level"] == "warning"

@@ -1,6 +1,7 @@
 """Hot reload from the checkpoint registry: the describer serves the published LoRA adapter,
 picks up a new version without a restart, and refuses a tampered one while it keeps serving;
-the served version's publish time is exported for the staleness alerts."""
+the served version's publish time is exported for the staleness alerts, and the served version
+and its load time for the models dashboard."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from services.common.contracts import Context, Verbalization
 from services.describer.app import create_app
 from services.describer.backends.transformers_backend import TransformersBackend
 from services.describer.settings import DescriberSettings
+from tests.metric_names import served_checkpoint_versions
 
 NAME = "boigllm"
 
@@ -61,6 +63,12 @@ def _publish(registry: Path, adapter: Path, *, make_current: bool = True) -> Che
 def _exported_publish_time() -> float | None:
     return metrics.REGISTRY.get_sample_value(
         "boig_checkpoint_published_timestamp_seconds", {"service": "describer"}
+    )
+
+
+def _load_seconds() -> float | None:
+    return metrics.REGISTRY.get_sample_value(
+        "boig_model_load_seconds", {"service": "describer", "model": "llm"}
     )
 
 
@@ -127,11 +135,15 @@ def test_hot_reload_from_the_registry(
         checkpoint_registry=registry,
         checkpoint_poll_seconds=0.05,
     )
+    metrics.MODEL_LOAD_SECONDS.labels("describer", "llm").set(-1.0)  # not this test's load
     with TestClient(create_app(settings)) as client:
         health = client.get("/health").json()
         assert health["checkpoint"] == first.version
         assert health["model"]["version"].startswith(first.version + "+")
         assert _exported_publish_time() == _publish_time(first)
+        assert served_checkpoint_versions("describer", "llm") == [health["model"]["version"]]
+        first_load = _load_seconds()
+        assert first_load is not None and first_load > 0
         on_first = _likelihood(client, context, verbalizations)
         assert on_first["model"]["version"].startswith(first.version + "+")
 
@@ -140,6 +152,10 @@ def test_hot_reload_from_the_registry(
         health = _wait_for(client, lambda h: h["checkpoint"] == second.version)
         assert health["checkpoint"] == second.version
         assert _exported_publish_time() == _publish_time(second)
+        # The new version replaces the old one's series: one version served, one series.
+        assert served_checkpoint_versions("describer", "llm") == [health["model"]["version"]]
+        assert health["model"]["version"].startswith(second.version + "+")
+        assert _load_seconds() != first_load
         on_second = _likelihood(client, context, verbalizations)
         assert on_second["model"]["version"].startswith(second.version + "+")
         assert on_second["results"] != on_first["results"]
@@ -153,6 +169,7 @@ def test_hot_reload_from_the_registry(
         assert third.version in health["checkpoint_error"]
         assert health["checkpoint"] == second.version
         assert _exported_publish_time() == _publish_time(second)
+        assert served_checkpoint_versions("describer", "llm") == [health["model"]["version"]]
         still = _likelihood(client, context, verbalizations)
         assert still["model"]["version"] == on_second["model"]["version"]
         assert still["results"] == on_second["results"]
@@ -175,6 +192,9 @@ def test_a_tampered_checkpoint_at_start_serves_the_base_model(
         assert ref.version in health["checkpoint_error"]
         assert "+" not in health["model"]["version"]
         assert _exported_publish_time() == 0.0  # BoigNoCheckpointLoaded's signal
+        assert served_checkpoint_versions("describer", "llm") == [
+            health["model"]["version"]
+        ]  # the base model's
 
 
 def test_without_a_registry_the_base_model_serves(tiny_model_dir: Path) -> None:

@@ -1,6 +1,7 @@
 """Which LoRA a task runs with: the registry's current BoigSD, loaded when the pointer moves,
 the base pipeline (said so) while none is published, and never for the other strategies; the
-served version's publish time is exported for the staleness alerts."""
+served version's publish time is exported for the staleness alerts, and the version itself and
+its load time for the models dashboard."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from services.common.checkpoints import (
 )
 from services.generator.boigsd import BoigsdLoras
 from services.generator.pipeline import ImagePipeline
+from tests.metric_names import served_checkpoint_versions
 
 MakeLora = Callable[[Path, Path, int], Path]
 
@@ -49,6 +51,12 @@ def exported_publish_time() -> float | None:
     )
 
 
+def lora_load_seconds() -> float | None:
+    return metrics.REGISTRY.get_sample_value(
+        "boig_model_load_seconds", {"service": "generator", "model": "boigsd"}
+    )
+
+
 def publish_time(registry: Path) -> float:
     ref = current_checkpoint(registry, "boigsd")
     assert ref is not None
@@ -65,9 +73,13 @@ def test_nothing_published_yet_falls_back_and_says_so(
     pipeline: ImagePipeline, tmp_path: Path
 ) -> None:
     metrics.CHECKPOINT_PUBLISHED.labels("generator").set(1.0)  # what an earlier test left
+    metrics.record_model_load("generator", "boigsd", name="boigsd", version="old", seconds=1.0)
     choice = BoigsdLoras(pipeline, tmp_path, "boigsd").choose(use_boigsd=True)
     assert choice.model is None and "no 'boigsd' checkpoint" in choice.notes[0]
     assert exported_publish_time() == 0.0  # BoigNoCheckpointLoaded's signal
+    assert (
+        served_checkpoint_versions("generator", "boigsd") == []
+    )  # no LoRA version is served any more
 
 
 def test_the_next_task_loads_a_moved_pointer_and_other_strategies_run_without_it(
@@ -76,18 +88,28 @@ def test_the_next_task_loads_a_moved_pointer_and_other_strategies_run_without_it
     registry = tmp_path / "registry"
     loras = BoigsdLoras(pipeline, registry, "boigsd")
     first = publish(registry, make_boigsd_lora(tiny_sd_dir, tmp_path / "a", 1))
+    metrics.MODEL_LOAD_SECONDS.labels("generator", "boigsd").set(-1.0)  # not this test's
     choice = loras.choose(use_boigsd=True)
     assert choice.model is not None and choice.model.version == first
     assert pipeline.lora_version == first and choice.notes == []
     assert exported_publish_time() == publish_time(registry)
-    # The prompt and best_of_n strategies are the base pipeline's.
+    assert served_checkpoint_versions("generator", "boigsd") == [first]
+    first_load = lora_load_seconds()
+    assert first_load is not None and first_load > 0
+    # The prompt and best_of_n strategies are the base pipeline's; boigsd tasks still get
+    # the same version.
     assert loras.choose(use_boigsd=False).model is None and pipeline.lora_version is None
+    assert served_checkpoint_versions("generator", "boigsd") == [first]
     second = publish(registry, make_boigsd_lora(tiny_sd_dir, tmp_path / "b", 2))
     assert second != first
     moved = loras.choose(use_boigsd=True)
     assert moved.model is not None and moved.model.version == second
     assert pipeline.lora_version == second
     assert exported_publish_time() == publish_time(registry)
+    assert served_checkpoint_versions("generator", "boigsd") == [
+        second
+    ]  # the old version's series is gone
+    assert lora_load_seconds() != first_load
     loras.choose(use_boigsd=False)
 
 

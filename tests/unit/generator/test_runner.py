@@ -1,12 +1,20 @@
-"""Resolving a request into what a job runs, and how candidates split into pipeline calls."""
+"""Resolving a request into what a job runs, how candidates split into pipeline calls, and
+whose name the calls to the describer and scorer are timed under."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from services.common import metrics
 from services.common.contracts import Context
+from services.common.errors import UpstreamError
 from services.common.generation import GenerateRequest
 from services.common.model_folders import SamplingDefaults
+from services.common.storage import LocalArtifactStore
 from services.generator.runner import JobRunner, _batches, plan
 from services.generator.settings import GeneratorSettings
 
@@ -98,3 +106,30 @@ def test_guidance_comes_from_settings_then_the_model_folder_then_sd15s_usual(
     runner.settings = settings(guidance_scale=configured)
     runner.pipeline = Folder()  # type: ignore[assignment]
     assert runner.guidance_scale == expected
+
+
+def test_calls_to_the_describer_and_the_scorer_are_timed_as_the_generator_s(
+    tmp_path: Path,
+) -> None:
+    def calls(upstream: str, route: str) -> float:
+        labels = {
+            "service": "generator",
+            "upstream": upstream,
+            "route": route,
+            "outcome": "unreachable",
+        }
+        name = "boig_upstream_request_duration_seconds_count"
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = calls("describer", "/describe"), calls("scorer", "/score")
+    down = settings(describer_url="http://127.0.0.1:1", scorer_url="http://127.0.0.1:1")
+    pipeline: Any = None  # neither call reaches the pipeline
+    runner = JobRunner(down, pipeline, LocalArtifactStore(tmp_path))
+    request = GenerateRequest(context=CONTEXT, seed=1)
+    with pytest.raises(UpstreamError, match="unreachable"):
+        asyncio.run(runner._describe(request, []))
+    with pytest.raises(UpstreamError, match="unreachable"):
+        asyncio.run(runner._score(request, [b"not scored: the scorer is down"]))
+    # The high description and the low one (for the negative prompt), then the score.
+    assert calls("describer", "/describe") == before[0] + 2
+    assert calls("scorer", "/score") == before[1] + 1

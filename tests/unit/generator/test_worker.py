@@ -1,5 +1,6 @@
 """The task's control of a run: progress throttling, cancellation, the time limit, retries;
-and the served-reward histogram, fed by the images a job returns and no others."""
+the served-reward histogram, fed by the images a job returns and no others; and the loaded
+pipeline's version and load time."""
 
 from __future__ import annotations
 
@@ -327,3 +328,38 @@ class JobTask(RecordingTask):
     """A first delivery of a task: progress is recorded, no retries yet."""
 
     request = type("Request", (), {"retries": 0, "hostname": "w@test"})()
+
+
+def test_the_worker_exports_the_pipeline_it_loaded_and_its_load_time(
+    tiny_sd_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.generator import worker
+
+    monkeypatch.setenv("BOIG_GENERATOR_MODEL_PATH", str(tiny_sd_dir))
+    monkeypatch.setenv("BOIG_GENERATOR_DATABASE_URL", f"sqlite:///{tmp_path / 'jobs.db'}")
+    monkeypatch.setenv("BOIG_GENERATOR_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    monkeypatch.setattr(worker, "_runtime", None)
+    monkeypatch.setattr(worker, "_stores", {})
+    monkeypatch.setattr(worker, "_artifact_stores", {})
+    metrics.MODEL_LOAD_SECONDS.labels("generator", "diffusion").set(-1.0)  # not this load
+    pipeline = worker.runtime().runner.pipeline
+    served = [
+        sample.labels
+        for family in metrics.REGISTRY.collect()
+        if family.name == "boig_checkpoint_info"
+        for sample in family.samples
+        if sample.labels["service"] == "generator" and sample.labels["model"] == "diffusion"
+    ]
+    # The name and version a job reports in its models["diffusion"].
+    assert served == [
+        {
+            "service": "generator",
+            "model": "diffusion",
+            "name": tiny_sd_dir.name,
+            "version": pipeline.base_version,
+        }
+    ]
+    seconds = metrics.REGISTRY.get_sample_value(
+        "boig_model_load_seconds", {"service": "generator", "model": "diffusion"}
+    )
+    assert seconds is not None and seconds > 0

@@ -167,6 +167,21 @@ def test_the_issue_s_dashboards_are_there(dashboards: dict[str, dict[str, Any]])
     assert len(set(uids)) == len(uids) and len(set(titles)) == len(titles)
 
 
+def test_hop_latencies_job_times_and_served_models_have_panels(
+    dashboards: dict[str, dict[str, Any]],
+) -> None:
+    reads = {
+        dashboard["uid"]: {
+            name for _, expr in dashboard_queries(dashboard) for name, _ in selectors(expr)
+        }
+        for dashboard in dashboards.values()
+    }
+    hops = "boig_upstream_request_duration_seconds_bucket"
+    assert hops in reads["boig-service-red"] and hops in reads["boig-overview"]
+    assert hops in reads["boig-queue-workers"]  # the generator's calls
+    assert {"boig_model_load_seconds", "boig_checkpoint_info"} <= reads["boig-models"]
+
+
 def test_every_dashboard_loads_and_reads_only_exported_series(
     dashboards: dict[str, dict[str, Any]],
 ) -> None:

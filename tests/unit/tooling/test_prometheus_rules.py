@@ -15,8 +15,12 @@ from services.common import metrics
 from tests.metric_names import (
     PROMETHEUS_SERIES,
     ROOT,
+    bucket_bounds,
+    dashboard_queries,
     defined_metrics,
     exported_series,
+    load_dashboards,
+    selector_matchers,
     selectors,
     service_definitions,
     unknown_series,
@@ -182,3 +186,33 @@ def test_the_rule_tests_feed_series_the_services_export(
                     f"{path.name}: {p}" for p in unknown_series(series["series"], exported)
                 ]
     assert problems == []
+
+
+def test_every_bucket_a_rule_or_panel_names_is_one_the_histogram_has() -> None:
+    """An ``le="60.0"`` that is no bound of the histogram matches nothing: the expression is
+    0 or empty for ever, and nothing else would notice (a rule test feeds its own series)."""
+    bounds = bucket_bounds(service_definitions())
+    expressions = [(rule["alert"], rule["expr"]) for rule in alert_rules()]
+    expressions += [
+        (where, expr)
+        for dashboard in load_dashboards().values()
+        for where, expr in dashboard_queries(dashboard)
+    ]
+    for path in RULE_TESTS:
+        for test in yaml.safe_load(path.read_text())["tests"]:
+            expressions += [(path.name, s["series"]) for s in test.get("input_series", [])]
+    named = []
+    for where, expression in expressions:
+        for name, matchers in selector_matchers(expression):
+            for matcher in matchers:
+                if matcher.label == "le" and matcher.op == "=":
+                    named.append((where, name, matcher.value))
+    assert any(value == "60.0" for _, _, value in named)  # BoigGenerationQueueWaitLong's
+    problems = [
+        f"{where}: {name} has no bucket le={value!r}"
+        for where, name, value in named
+        if name in bounds and value not in bounds[name]
+    ]
+    assert problems == []
+    # Job-sized waits are told apart up to the task time limit (600 s) and beyond.
+    assert {"60.0", "600.0", "+Inf"} <= bounds["boig_generation_queue_wait_seconds_bucket"]
