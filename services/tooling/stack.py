@@ -21,6 +21,8 @@ from types import FrameType
 
 import httpx
 
+from services.common.processes import wait_or_kill
+
 START_ORDER = ("featurizer", "describer", "scorer", "generator", "gateway")
 WORKERS = frozenset({"generator"})
 """Celery workers: no /health, ready when their Prometheus /metrics answers."""
@@ -119,11 +121,7 @@ def local_stack(
         for process in stack.processes.values():
             process.terminate()
         for process in stack.processes.values():
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            wait_or_kill(process, 15)
         restore()
 
 

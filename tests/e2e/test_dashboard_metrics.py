@@ -20,9 +20,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from services.common.processes import stop_process
 from services.demo.__main__ import SAMPLES, create_api_key
 from services.tooling.models import prepare_all
 from services.tooling.stack import LocalStack, free_port, local_stack
+from tests.e2e.jobs import run_generation_job
 from tests.metric_names import (
     TARGET_LABELS,
     dashboard_queries,
@@ -126,12 +128,7 @@ def trainer_url(stack: LocalStack) -> Iterator[str]:
             time.sleep(0.25)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace=15)
 
 
 @pytest.fixture(scope="module")
@@ -164,14 +161,7 @@ def scraped(stack: LocalStack, request: pytest.FixtureRequest) -> dict[str, list
         "steps": 2,
         "seed": 1,
     }
-    accepted = httpx.post(f"{gateway}/v1/generate", headers=headers, json=job, timeout=30)
-    assert accepted.status_code == 202, accepted.text
-    job_url = f"{gateway}{accepted.json()['status_url']}"
-    deadline = time.monotonic() + 600
-    while (status := httpx.get(job_url, headers=headers).json())["state"] in ("queued", "running"):
-        assert time.monotonic() < deadline, status
-        time.sleep(0.5)
-    assert status["state"] == "succeeded", status
+    run_generation_job(gateway, headers, job, timeout=600)
 
     # Started now, not beside the traffic: its torch import would slow the models down.
     trainer_url = request.getfixturevalue("trainer_url")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from services.demo.__main__ import SAMPLES, create_api_key
 from services.tooling.models import prepare_all
 from services.tooling.stack import WORKERS, LocalStack, local_stack
+from tests.e2e.jobs import run_generation_job
 
 pytestmark = pytest.mark.e2e
 
@@ -100,14 +100,7 @@ def test_generate_through_the_real_services(stack: LocalStack, headers: dict[str
         "seed": 1,
     }
     gateway = stack.url("gateway")
-    response = httpx.post(f"{gateway}/v1/generate", headers=headers, json=body, timeout=30)
-    assert response.status_code == 202, response.text
-    job_url = f"{gateway}{response.json()['status_url']}"
-    deadline = time.monotonic() + 300
-    while (status := httpx.get(job_url, headers=headers).json())["state"] in ("queued", "running"):
-        assert time.monotonic() < deadline, status
-        time.sleep(0.5)
-    assert status["state"] == "succeeded", status
+    status = run_generation_job(gateway, headers, body, timeout=300)
     outcome = status["outcome"]
     assert outcome["target_description"] and outcome["prompt"]
     assert {"diffusion", "describer", "featurizer"} <= set(outcome["models"])

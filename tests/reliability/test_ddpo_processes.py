@@ -13,7 +13,7 @@ from services.common.boigsd_lora import LORA_WEIGHTS_FILE
 from services.common.checkpoints import BOIGSD_CHECKPOINT, list_versions
 from services.trainer.ddpo.job import BoigsdJob, Services, run_boigsd_job
 from services.trainer.ddpo.run import read_evaluation
-from services.trainer.ddpo.state import checkpoints, read_metrics
+from services.trainer.ddpo.state import checkpointed_epoch, read_metrics
 from services.trainer.ddpo.train import EpochStats
 from tests.reliability.test_training_reliability import write_dataset
 
@@ -59,7 +59,7 @@ def test_two_processes_train_one_run_that_resumes_after_a_cancel_and_publishes_o
     # The launcher reads the log every 2 s, so the processes may have trained a few more
     # epochs before the cancel stopped them; the next attempt goes on from their last
     # checkpoint and reports exactly the epochs after it.
-    stopped_at = int(checkpoints(run_dir)[-1].name.split("-")[1])
+    stopped_at = checkpointed_epoch(run_dir)
     second: list[int] = []
     outcome = run(lambda stats: second.append(stats.epoch))
     assert second == list(range(stopped_at + 1, EPOCHS + 1))

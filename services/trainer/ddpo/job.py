@@ -31,6 +31,7 @@ from services.common.checkpoints import (
 from services.common.clients import DescriberClient
 from services.common.contracts import Context, RewardName
 from services.common.model_folders import folder_version, read_sampling_defaults
+from services.common.processes import stop_process
 from services.common.torch_device import resolve_device
 from services.trainer.ddpo.config import DdpoConfig, preset
 from services.trainer.ddpo.rewards import MixedReward, ScorerReward
@@ -43,7 +44,7 @@ from services.trainer.ddpo.run import (
     publish_boigsd,
     train_boigsd,
 )
-from services.trainer.ddpo.state import checkpoints, read_metrics
+from services.trainer.ddpo.state import checkpointed_epoch, read_metrics
 from services.trainer.ddpo.tasks import Task, build_tasks, training_contexts
 from services.trainer.ddpo.train import EpochStats
 from services.trainer.finetune.publish import dataset_ref
@@ -269,8 +270,7 @@ def _launch(
         f"--scorer-url={scorer_url}",
         f"--device={device}",
     ]
-    found = checkpoints(run_dir)
-    reported = int(found[-1].name.split("-")[1]) if found else 0
+    reported = checkpointed_epoch(run_dir)
     logger.info("boigsd: launching %d training processes", job.processes)
     process = subprocess.Popen(command)
     try:
@@ -285,13 +285,7 @@ def _launch(
                 break
             time.sleep(LAUNCH_POLL_SECONDS)
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, grace=30)
     if process.returncode:
         raise RuntimeError(f"the {job.processes} DDPO processes exited with {process.returncode}")
     return finished_run(run_dir, config, trained_epochs=len(read_metrics(run_dir)))

@@ -131,22 +131,20 @@ def train_boigsd(
                 on_epoch(stats)
         # The others read evaluation.jsonl (patience) only once the main process wrote it.
         trainer.accelerator.wait_for_everyone()
-    best = best_evaluated_epoch(run_dir) if config.patience else None
-    lora_dir = run_dir / LORA_DIR
+    run = finished_run(run_dir, config, trained_epochs=trainer.epoch)
     if main:
-        if trainer.epoch > started_at and lora_dir.exists():
-            shutil.rmtree(lora_dir)  # a finished run extended: its LoRA is rebuilt below
-        if not lora_dir.exists():
-            if best is not None:
+        if trainer.epoch > started_at and run.lora_dir.exists():
+            shutil.rmtree(run.lora_dir)  # a finished run extended: its LoRA is rebuilt below
+        if not run.lora_dir.exists():
+            if run.best_epoch is not None:
                 # Copied whole under a temporary name: a kill mid-copy leaves no half LoRA.
-                with staged_folder(lora_dir) as staging:
-                    shutil.copytree(
-                        run_dir / SNAPSHOTS_DIR / f"epoch-{best}", staging, dirs_exist_ok=True
-                    )
+                with staged_folder(run.lora_dir) as staging:
+                    snapshot = run_dir / SNAPSHOTS_DIR / f"epoch-{run.best_epoch}"
+                    shutil.copytree(snapshot, staging, dirs_exist_ok=True)
             else:
-                save_boigsd_lora(pipe.unet, lora_dir, base_model=base_model)
+                save_boigsd_lora(pipe.unet, run.lora_dir, base_model=base_model)
     trainer.accelerator.wait_for_everyone()
-    return finished_run(run_dir, config, trained_epochs=trainer.epoch)
+    return run
 
 
 def finished_run(run_dir: Path, config: DdpoConfig, *, trained_epochs: int) -> DdpoRun:

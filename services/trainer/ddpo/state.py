@@ -68,6 +68,13 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def checkpointed_epoch(run_dir: Path) -> int:
+    """The epoch of the run's newest complete checkpoint (0: none yet)."""
+    found = checkpoints(run_dir)
+    match = EPOCH_DIR.match(found[-1].name) if found else None
+    return int(match.group(1)) if match else 0
+
+
 def load_checkpoint(trainer: DdpoTrainer, checkpoint: Path) -> None:
     """Put ``trainer`` back where it was when ``checkpoint`` was written."""
     state: dict[str, Any] = json.loads((checkpoint / _STATE_FILE).read_text(encoding="utf-8"))
