@@ -427,8 +427,9 @@ async def _evaluate(
         f"every method (best-of-N: the best of {settings.best_of}; the curve's earlier epochs: "
         f"{settings.curve_samples})",
         "sampling": f"as served: the pipeline's DDIM (eta 0), {sampling.steps} steps, guidance "
-        f"{sampling.guidance_scale:g}; DDPO trained and early-stopped on DDIM eta "
-        f"{trained.eta:g}, {trained.sample_steps} steps",
+        f"{sampling.guidance_scale:g}; DDPO trained on DDIM eta {trained.eta:g}, "
+        f"{trained.sample_steps} steps, and early-stopped on eta {trained.eval_eta:g}, "
+        f"{trained.eval_steps or trained.sample_steps} steps",
         "prompts": "BoigLLM's high-KPI description, with the training split's history only "
         "(no held-out post); base: the real post's own description",
         "training reward": f"scorer {reward} at target high (the run's)",

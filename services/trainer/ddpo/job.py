@@ -130,11 +130,14 @@ class BoigsdOutcome:
 
 
 def config_for(job: BoigsdJob, model: Path) -> DdpoConfig:
-    """The job's preset, sampling with the guidance the model folder recommends."""
+    """The job's preset, sampling with the guidance the model folder recommends and judging
+    held-out prompts with its serving steps."""
     overrides: dict[str, Any] = {"seed": job.seed}
-    guidance = read_sampling_defaults(model).guidance_scale
-    if guidance is not None:
-        overrides["guidance_scale"] = guidance
+    served = read_sampling_defaults(model)
+    if served.guidance_scale is not None:
+        overrides["guidance_scale"] = served.guidance_scale
+    if served.steps is not None:
+        overrides["eval_steps"] = served.steps  # held-out images drawn as they are served
     if job.guidance_scale is not None:
         overrides["guidance_scale"] = job.guidance_scale
     if job.epochs is not None:

@@ -82,6 +82,65 @@ def guided_noise(
     return guided
 
 
+@dataclass(frozen=True)
+class _Chain:
+    """What every denoising chain of a batch starts from: the scheduler, the encoded prompts,
+    one CPU generator per image and x_T."""
+
+    pipe: Any
+    scheduler: Any
+    prompt_embeds: torch.Tensor
+    negative_embeds: torch.Tensor | None
+    guidance_scale: float
+    generators: list[torch.Generator]
+    start: torch.Tensor
+
+    @classmethod
+    def begin(
+        cls,
+        pipe: Any,
+        prompts: list[str],
+        steps: int,
+        guidance_scale: float,
+        width: int,
+        height: int,
+        seeds: list[int],
+        negative_prompt: str | None,
+    ) -> _Chain:
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        scheduler = ddim_scheduler(pipe, steps)
+        prompt_embeds, negative_embeds = encode_prompts(
+            pipe, prompts, negative_prompt=negative_prompt, guidance_scale=guidance_scale
+        )
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        # x_T drawn on the CPU, one generator per image, as the diffusers pipeline draws it.
+        scale = pipe.vae_scale_factor
+        shape = (pipe.unet.config.in_channels, height // scale, width // scale)
+        start = torch.stack(
+            [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
+        ).to(pipe.device, dtype=pipe.unet.dtype)
+        return cls(
+            pipe,
+            scheduler,
+            prompt_embeds,
+            negative_embeds,
+            guidance_scale,
+            generators,
+            start * scheduler.init_noise_sigma,
+        )
+
+    def noise(self, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return guided_noise(
+            self.pipe.unet,
+            self.scheduler.scale_model_input(latents, t),
+            t,
+            self.prompt_embeds,
+            self.negative_embeds,
+            self.guidance_scale,
+        )
+
+
 @torch.no_grad()
 def sample_trajectories(
     pipe: Any,
@@ -96,39 +155,59 @@ def sample_trajectories(
     negative_prompt: str | None = None,
 ) -> Trajectories:
     """One image per prompt, drawn from per-image CPU generators seeded ``seeds[i]``."""
-    if len(seeds) != len(prompts):
-        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-    scheduler = ddim_scheduler(pipe, steps)
-    prompt_embeds, negative_embeds = encode_prompts(
-        pipe, prompts, negative_prompt=negative_prompt, guidance_scale=guidance_scale
+    chain = _Chain.begin(
+        pipe, prompts, steps, guidance_scale, width, height, seeds, negative_prompt
     )
-    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    scale = pipe.vae_scale_factor
-    shape = (pipe.unet.config.in_channels, height // scale, width // scale)
-    latents = torch.stack(
-        [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
-    ).to(pipe.device, dtype=pipe.unet.dtype)
-    latents = latents * scheduler.init_noise_sigma
-    chain, log_probs = [latents], []
+    return _trajectories(chain, eta)
+
+
+def _trajectories(chain: _Chain, eta: float) -> Trajectories:
+    scheduler, latents = chain.scheduler, chain.start
+    kept, log_probs = [latents], []
     for t in scheduler.timesteps:
-        noise = guided_noise(
-            pipe.unet,
-            scheduler.scale_model_input(latents, t),
-            t,
-            prompt_embeds,
-            negative_embeds,
-            guidance_scale,
+        step = ddim_step_with_logprob(
+            scheduler, chain.noise(latents, t), t, latents, eta=eta, generator=chain.generators
         )
-        step = ddim_step_with_logprob(scheduler, noise, t, latents, eta=eta, generator=generators)
         latents = step.prev_sample
-        chain.append(latents)
+        kept.append(latents)
         log_probs.append(step.log_prob)
-    decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
     return Trajectories(
-        latents=torch.stack(chain, dim=1),
+        latents=torch.stack(kept, dim=1),
         log_probs=torch.stack(log_probs, dim=1),
         timesteps=scheduler.timesteps.clone(),
-        prompt_embeds=prompt_embeds,
-        negative_embeds=negative_embeds,
-        images=(decoded.float() / 2 + 0.5).clamp(0, 1),
+        prompt_embeds=chain.prompt_embeds,
+        negative_embeds=chain.negative_embeds,
+        images=_decode(chain.pipe, latents),
     )
+
+
+@torch.no_grad()
+def sample_images(
+    pipe: Any,
+    prompts: list[str],
+    *,
+    steps: int,
+    eta: float,
+    guidance_scale: float,
+    width: int,
+    height: int,
+    seeds: list[int],
+    negative_prompt: str | None = None,
+) -> torch.Tensor:
+    """Images only, (B, 3, H, W) in [0, 1]. With ``eta`` 0 they are what the generator serves
+    for the same seeds (the pipeline's DDIM, no noise after the first latents), which is what
+    held-out evaluation must judge; with ``eta`` > 0, DDPO's own sampler draws them."""
+    chain = _Chain.begin(
+        pipe, prompts, steps, guidance_scale, width, height, seeds, negative_prompt
+    )
+    if eta > 0:
+        return _trajectories(chain, eta).images
+    latents = chain.start
+    for t in chain.scheduler.timesteps:
+        latents = chain.scheduler.step(chain.noise(latents, t), t, latents, eta=0.0).prev_sample
+    return _decode(pipe, latents)
+
+
+def _decode(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    decoded: torch.Tensor = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return (decoded.float() / 2 + 0.5).clamp(0, 1)

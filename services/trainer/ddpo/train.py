@@ -35,6 +35,7 @@ from services.trainer.ddpo.sampling import (
     Trajectories,
     ddim_scheduler,
     guided_noise,
+    sample_images,
     sample_trajectories,
 )
 from services.trainer.ddpo.tasks import Task
@@ -310,9 +311,10 @@ class DdpoTrainer:
 
     @torch.no_grad()
     def evaluate(self, tasks: Sequence[Task], *, seeds: Sequence[int]) -> np.ndarray:
-        """Rewards of images drawn for each task with each of ``seeds`` (task-major): the same
-        noise every time, so the curve over training shows the policy, not the draw. The
-        images are shared out between processes; every process gets all the rewards."""
+        """Rewards of images drawn for each task with each of ``seeds`` (task-major), as the
+        config's ``eval_eta`` and ``eval_steps`` draw them (by default as the generator serves):
+        the same noise every time, so the curve over training shows the policy, not the draw.
+        The images are shared out between processes; every process gets all the rewards."""
         config = self.config
         self.pipe.unet.eval()
         work = [(task, seed) for task in tasks for seed in seeds]
@@ -321,8 +323,17 @@ class DdpoTrainer:
             for start in range(0, len(share), config.sample_batch_size):
                 chunk = share[start : start + config.sample_batch_size]
                 picked = [task for task, _ in chunk]
-                batch = self._draw(picked, [seed for _, seed in chunk])
-                pending.append(self._reward.submit(batch.images, picked))
+                images = sample_images(
+                    self.pipe,
+                    [task.prompt for task in picked],
+                    steps=config.eval_steps or config.sample_steps,
+                    eta=config.eval_eta,
+                    guidance_scale=config.guidance_scale,
+                    width=config.resolution,
+                    height=config.resolution,
+                    seeds=[seed for _, seed in chunk],
+                )
+                pending.append(self._reward.submit(images, picked))
             mine = [float(value) for future in pending for value in future.result()]
         return np.asarray(gather_object(mine), dtype=np.float64)
 

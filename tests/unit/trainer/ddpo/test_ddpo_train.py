@@ -163,3 +163,39 @@ def test_the_kl_penalty_measures_the_distance_from_the_base_model(tiny_sd_dir: P
 
     off = DdpoTrainer(load(tiny_sd_dir), preset("tiny"), InProcessReward(brightness))
     assert off.run_epoch(TASKS).kl_to_base == 0.0
+
+
+def test_evaluation_draws_the_images_the_generator_serves(tiny_sd_dir: Path) -> None:
+    from services.trainer.ddpo.sampling import sample_images
+
+    pipe = load(tiny_sd_dir)
+    served = pipe(
+        prompt=PROMPTS[:2],
+        num_inference_steps=5,
+        guidance_scale=5.0,
+        width=64,
+        height=64,
+        generator=[torch.Generator().manual_seed(s) for s in (3, 4)],
+        output_type="pt",
+    ).images
+    judged = sample_images(
+        pipe, PROMPTS[:2], steps=5, eta=0.0, guidance_scale=5.0, width=64, height=64, seeds=[3, 4]
+    )
+    torch.testing.assert_close(judged, served, atol=1e-5, rtol=0)
+    # DDPO's own sampler (eta 1) draws other images from the same seeds.
+    stochastic = sample_images(
+        pipe, PROMPTS[:2], steps=5, eta=1.0, guidance_scale=5.0, width=64, height=64, seeds=[3, 4]
+    )
+    assert not torch.allclose(stochastic, served, atol=1e-3)
+
+
+def test_a_job_judges_held_out_prompts_with_the_steps_its_model_serves(tiny_sd_dir: Path) -> None:
+    from services.trainer.ddpo.job import BoigsdJob, config_for
+
+    assert config_for(BoigsdJob(preset="tiny"), tiny_sd_dir).eval_steps == 0
+    (tiny_sd_dir / "boig_sampling.json").write_text('{"guidance_scale": 2.0, "steps": 25}')
+    try:
+        config = config_for(BoigsdJob(preset="tiny"), tiny_sd_dir)
+    finally:
+        (tiny_sd_dir / "boig_sampling.json").unlink()
+    assert (config.eval_steps, config.eval_eta, config.sample_steps) == (25, 0.0, 6)
