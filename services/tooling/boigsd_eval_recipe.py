@@ -224,13 +224,8 @@ def run_evaluation(
         console.print(f"eval-sd: SFT baseline ({SFT_STEPS} UNet steps on high-KPI creatives, once)")
         sft = sft_pipeline(paths, model, data)
     posts = held_out_posts(paths, model, data, settings)
-    env = {
-        # The training split's history: prompts for future posts must not know them.
-        "BOIG_DESCRIBER_HISTORY_PATH": str(llm_recipe.training_history(data.dataset)),
-        "BOIG_DESCRIBER_CHECKPOINT_REGISTRY": str(paths.registry),
-        # An offline batch: queueing behind its own requests is expected, not overload.
-        "BOIG_DESCRIBER_MAX_QUEUE_WAIT_SECONDS": "3600",
-    }
+    # The training split's history: prompts for future posts must not know them.
+    env = boigsd_recipe.describer_env(paths, data.dataset)
     stack_dir = paths.home / "stack" / "eval-sd"
     with (
         local_stack(

@@ -42,6 +42,18 @@ def run_dir(paths: llm_recipe.LlmPaths, job: BoigsdJob, model: Path) -> Path:
     return paths.home / "runs" / name
 
 
+def describer_env(paths: llm_recipe.LlmPaths, dataset: Path) -> dict[str, str]:
+    """The environment of a describer that writes BoigSD's prompts offline (training, eval-sd,
+    probes): the registry's BoigLLM (the base model until one is published), reading the
+    training split's history only, so prompts of the past never know the future."""
+    return {
+        "BOIG_DESCRIBER_HISTORY_PATH": str(llm_recipe.training_history(dataset)),
+        "BOIG_DESCRIBER_CHECKPOINT_REGISTRY": str(paths.registry),
+        # An offline batch: queueing behind its own requests is expected, not overload.
+        "BOIG_DESCRIBER_MAX_QUEUE_WAIT_SECONDS": "3600",
+    }
+
+
 def train(job: BoigsdJob, *, model: Path | None = None) -> BoigsdOutcome:
     paths = llm_recipe.default_paths(job.seed)
     model = model or default_world_sd_dir()
@@ -50,14 +62,7 @@ def train(job: BoigsdJob, *, model: Path | None = None) -> BoigsdOutcome:
     posts = llm_recipe.ensure_world(paths)
     folder = run_dir(paths, job, model)
     dataset = llm_recipe.ensure_dataset(paths, posts, folder)
-    # The describer serves the registry's BoigLLM (the base model until one is published),
-    # reading the training split's history only: prompts of the past must not know the future.
-    env = {
-        "BOIG_DESCRIBER_HISTORY_PATH": str(llm_recipe.training_history(dataset)),
-        "BOIG_DESCRIBER_CHECKPOINT_REGISTRY": str(paths.registry),
-        # An offline batch: queueing behind its own requests is expected, not overload.
-        "BOIG_DESCRIBER_MAX_QUEUE_WAIT_SECONDS": "3600",
-    }
+    env = describer_env(paths, dataset)
     with (
         local_stack(
             folder / "stack", services=("featurizer", "describer", "scorer"), extra_env=env

@@ -47,11 +47,7 @@ folder = boigsd_recipe.run_dir(paths, job, model)
 dataset = llm_recipe.ensure_dataset(paths, posts, folder)
 judge_weights = R.judge_detector(paths.home)
 brands = {b.account: b for b in DEFAULT_BRANDS}
-env = {
-    "BOIG_DESCRIBER_HISTORY_PATH": str(llm_recipe.training_history(dataset)),
-    "BOIG_DESCRIBER_CHECKPOINT_REGISTRY": str(paths.registry),
-    "BOIG_DESCRIBER_MAX_QUEUE_WAIT_SECONDS": "3600",
-}
+env = boigsd_recipe.describer_env(paths, dataset)
 with (
     local_stack(
         paths.home / "stack" / "probe",
