@@ -3,7 +3,7 @@
 The gateway creates jobs (with idempotency and backpressure) and reads them; the worker
 claims, finishes, fails or cancels them. Every change of state is one conditional UPDATE, so
 two deliveries of the same task can never both run a job or both record its images: a worker
-holds a *lease* (a token and an expiry) while it runs a job, and only the holder of the
+holds a *lease* (``services.common.leases``) while it runs a job, and only the holder of the
 current lease can finish it. A lease that expires (its worker died) lets the next delivery
 claim the job again. The Celery message carries only the job id; everything else is here.
 """
@@ -15,10 +15,10 @@ import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
-    Boolean,
+    ColumnElement,
     DateTime,
     Float,
     ForeignKey,
@@ -29,13 +29,12 @@ from sqlalchemy import (
     delete,
     func,
     select,
-    update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.db import Base, Database
-from services.common.errors import Conflict, NotFound, Overloaded, RateLimited, WorkerLost
+from services.common.errors import Conflict, NotFound, Overloaded, RateLimited
 from services.common.generation import (
     FINAL_STATES,
     GenerateRequest,
@@ -43,40 +42,25 @@ from services.common.generation import (
     JobOutcome,
     JobState,
 )
+from services.common.leases import AFTER_LEASE_COLUMNS, LeasedRow, LeasedTable, aware
+from services.common.leases import utcnow as utcnow
 
 DEFAULT_MAX_ATTEMPTS = 5
 """Starts a job gets: every claim counts, a transient error's retry included, so this must
 exceed the worker's transient retries (``GeneratorSettings`` checks it)."""
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class JobRow(Base):
+class JobRow(LeasedRow):
     __tablename__ = "generation_jobs"
     __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_job_idempotency"),)
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64), index=True, doc="API key prefix.")
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     request_hash: Mapped[str] = mapped_column(String(64), doc="SHA-256 of the client's body.")
     request_json: Mapped[str] = mapped_column(Text, doc="The request, seed resolved.")
-    state: Mapped[str] = mapped_column(String(16), index=True, default=JobState.QUEUED.value)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    published_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True), default=None, doc="Last time its task was sent to the broker."
+    outcome_json: Mapped[str | None] = mapped_column(
+        Text, default=None, sort_order=AFTER_LEASE_COLUMNS
     )
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    lease_token: Mapped[str | None] = mapped_column(String(32), default=None)
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    worker: Mapped[str | None] = mapped_column(String(255), default=None)
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    outcome_json: Mapped[str | None] = mapped_column(Text, default=None)
-    error_type: Mapped[str | None] = mapped_column(String(64), default=None)
-    error_message: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class ImageRow(Base):
@@ -181,13 +165,6 @@ def image_id(job_id: str, rank: int) -> str:
     return f"{job_id}-{rank}"
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes even for timezone=True columns; they are UTC.
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
-
-
 def _job(row: JobRow) -> Job:
     outcome = JobOutcome.model_validate_json(row.outcome_json) if row.outcome_json else None
     error = (
@@ -198,13 +175,13 @@ def _job(row: JobRow) -> Job:
         owner=row.owner,
         state=JobState(row.state),
         request=GenerateRequest.model_validate_json(row.request_json),
-        created_at=_aware(row.created_at) or utcnow(),
-        published_at=_aware(row.published_at),
-        started_at=_aware(row.started_at),
-        finished_at=_aware(row.finished_at),
+        created_at=aware(row.created_at) or utcnow(),
+        published_at=aware(row.published_at),
+        started_at=aware(row.started_at),
+        finished_at=aware(row.finished_at),
         attempts=row.attempts,
         lease_token=row.lease_token,
-        lease_until=_aware(row.lease_until),
+        lease_until=aware(row.lease_until),
         cancel_requested=row.cancel_requested,
         outcome=outcome,
         error=error,
@@ -232,6 +209,7 @@ class JobStore:
 
     def __init__(self, database: Database) -> None:
         self._db = database
+        self._leases = LeasedTable(JobRow, JobState)
 
     # --- the gateway's side -------------------------------------------------------------
 
@@ -307,7 +285,7 @@ class JobStore:
 
     def mark_published(self, job_id: str) -> None:
         with self._db.session() as session:
-            session.execute(update(JobRow).where(JobRow.id == job_id).values(published_at=utcnow()))
+            self._leases.mark_published(session, job_id)
 
     def get(self, job_id: str, *, owner: str | None = None) -> Job:
         """The job; another owner's job is NotFound, exactly like a job that does not exist."""
@@ -339,7 +317,7 @@ class JobStore:
                     JobRow.state == JobState.QUEUED.value
                 )
             ).one()
-        return QueueSummary(queued=int(queued or 0), oldest_created_at=_aware(oldest))
+        return QueueSummary(queued=int(queued or 0), oldest_created_at=aware(oldest))
 
     def queue_position(self, job: Job) -> int | None:
         """1 for the next job to start; None unless the job is queued."""
@@ -360,18 +338,8 @@ class JobStore:
             return job
         if job.state in FINAL_STATES:
             raise Conflict(f"job {job_id} already {job.state.value}; nothing to cancel")
-        now = utcnow()
         with self._db.session() as session:
-            session.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.state == JobState.QUEUED.value)
-                .values(state=JobState.CANCELED.value, finished_at=now, cancel_requested=True)
-            )
-            session.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.state == JobState.RUNNING.value)
-                .values(cancel_requested=True)
-            )
+            self._leases.request_cancel(session, job_id, flag_any_state=False)
         return self.get(job_id)
 
     def images(self, job_id: str) -> list[StoredImage]:
@@ -404,43 +372,33 @@ class JobStore:
         it was started ``max_attempts`` times already. A job whose worker died that often
         (the job itself may be what kills it) is failed here as ``worker_lost``.
         """
-        now = utcnow()
-        token = secrets.token_hex(16)
         with self._db.session() as session:
-            claimed = session.execute(
-                update(JobRow)
-                .where(
-                    JobRow.id == job_id,
-                    JobRow.cancel_requested.is_(False),
-                    JobRow.attempts < max_attempts,
-                    (JobRow.state == JobState.QUEUED.value)
-                    | ((JobRow.state == JobState.RUNNING.value) & (JobRow.lease_until < now)),
-                )
-                .values(
-                    state=JobState.RUNNING.value,
-                    attempts=JobRow.attempts + 1,
-                    lease_token=token,
-                    lease_until=now + timedelta(seconds=lease_seconds),
-                    worker=worker[:255],
-                    started_at=func.coalesce(JobRow.started_at, now),
-                )
-            ).rowcount  # type: ignore[attr-defined]
-        if claimed != 1:
+            # A job's started_at (shown to its client) is its first start, whatever the retries.
+            token = self._leases.claim(
+                session,
+                job_id,
+                worker=worker,
+                lease_seconds=lease_seconds,
+                max_attempts=max_attempts,
+                keep_first_start=True,
+            )
+        if token is None:
             self.fail_lost(max_attempts=max_attempts, job_id=job_id)
             return None
         return Lease(job=self.get(job_id), token=token)
 
     def cancel_requested(self, job_id: str) -> bool:
         with self._db.session() as session:
-            return bool(session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id)))
+            return self._leases.cancel_requested(session, job_id)
 
     def complete(self, lease: Lease, *, outcome: JobOutcome, images: Sequence[NewImage]) -> bool:
         """Record the images and the outcome in one transaction; False if the lease was lost."""
         with self._db.session() as session:
-            done = self._finish(
+            done = self._leases.finish(
                 session,
-                lease,
-                state=JobState.SUCCEEDED,
+                lease.job.id,
+                lease.token,
+                JobState.SUCCEEDED,
                 outcome_json=outcome.model_dump_json(),
             )
             if done:
@@ -464,10 +422,11 @@ class JobStore:
 
     def fail(self, lease: Lease, error: JobError, *, outcome: JobOutcome | None = None) -> bool:
         with self._db.session() as session:
-            return self._finish(
+            return self._leases.finish(
                 session,
-                lease,
-                state=JobState.FAILED,
+                lease.job.id,
+                lease.token,
+                JobState.FAILED,
                 error_type=error.type,
                 error_message=error.message,
                 outcome_json=outcome.model_dump_json() if outcome else None,
@@ -475,7 +434,7 @@ class JobStore:
 
     def finish_canceled(self, lease: Lease) -> bool:
         with self._db.session() as session:
-            return self._finish(session, lease, state=JobState.CANCELED)
+            return self._leases.finish(session, lease.job.id, lease.token, JobState.CANCELED)
 
     def release(self, lease: Lease) -> bool:
         """Give a job back to the queue (a transient error; the task will be retried).
@@ -484,30 +443,7 @@ class JobStore:
         sweeper sends the job after its grace period (a duplicate is harmless).
         """
         with self._db.session() as session:
-            released = session.execute(
-                update(JobRow)
-                .where(JobRow.id == lease.job.id, JobRow.lease_token == lease.token)
-                .values(
-                    state=JobState.QUEUED.value,
-                    lease_token=None,
-                    lease_until=None,
-                    published_at=None,
-                )
-            ).rowcount  # type: ignore[attr-defined]
-        return bool(released == 1)
-
-    @staticmethod
-    def _finish(session: object, lease: Lease, *, state: JobState, **values: object) -> bool:
-        finished = session.execute(  # type: ignore[attr-defined]
-            update(JobRow)
-            .where(
-                JobRow.id == lease.job.id,
-                JobRow.lease_token == lease.token,
-                JobRow.state == JobState.RUNNING.value,
-            )
-            .values(state=state.value, finished_at=utcnow(), lease_until=None, **values)
-        ).rowcount
-        return bool(finished == 1)
+            return self._leases.release(session, lease.job.id, lease.token)
 
     # --- the sweeper's side -------------------------------------------------------------
 
@@ -531,16 +467,14 @@ class JobStore:
         now = utcnow()
         cutoff = now - timedelta(seconds=unpublished_for)
         queued = JobRow.state == JobState.QUEUED.value
-        never_sent = queued & JobRow.published_at.is_(None) & (JobRow.created_at < cutoff)
+        never_sent = self._leases.never_sent(cutoff)
         if stale_after is not None:
             stale = JobRow.published_at < now - timedelta(seconds=stale_after)
             never_sent = never_sent | (queued & stale)
         # Sent again at most once per ``unpublished_for``: with no worker up, a sweep must
         # not pile a new message onto the broker every time it runs.
-        orphaned = (
-            (JobRow.state == JobState.RUNNING.value)
-            & (JobRow.lease_until < now)
-            & (JobRow.published_at.is_(None) | (JobRow.published_at < cutoff))
+        orphaned = self._leases.lease_expired(now) & (
+            JobRow.published_at.is_(None) | (JobRow.published_at < cutoff)
         )
         condition = (queued | orphaned) if all_queued else (never_sent | orphaned)
         with self._db.session() as session:
@@ -556,52 +490,27 @@ class JobStore:
         """Fail, as ``worker_lost``, the running jobs (or the one ``job_id``) whose lease ran
         out after their ``max_attempts``-th start: their worker died each time, and sending
         them again would only kill the next one. Returns how many were failed."""
-        now = utcnow()
-        condition = (
-            (JobRow.state == JobState.RUNNING.value)
-            & (JobRow.lease_until < now)
-            & (JobRow.attempts >= max_attempts)
-            # A cancel the dead worker never saw is a cancel: cancel_orphans closes those.
-            & JobRow.cancel_requested.is_(False)
-        )
+        # A cancel the dead worker never saw is a cancel: cancel_orphans closes those.
+        only: list[ColumnElement[bool]] = [JobRow.cancel_requested.is_(False)]
         if job_id is not None:
-            condition = condition & (JobRow.id == job_id)
+            only.append(JobRow.id == job_id)
         with self._db.session() as session:
-            return int(
-                session.execute(
-                    update(JobRow)
-                    .where(condition)
-                    .values(
-                        state=JobState.FAILED.value,
-                        finished_at=now,
-                        lease_until=None,
-                        lease_token=None,
-                        error_type=WorkerLost.type,
-                        error_message=(
-                            f"the worker running this job stopped {max_attempts} times before "
-                            "it finished (killed for memory or crashed); it is not tried again"
-                        ),
-                    )
-                ).rowcount  # type: ignore[attr-defined]
-                or 0
+            return self._leases.fail_worker_lost(
+                session,
+                *only,
+                now=utcnow(),
+                max_attempts=max_attempts,
+                message=(
+                    f"the worker running this job stopped {max_attempts} times before "
+                    "it finished (killed for memory or crashed); it is not tried again"
+                ),
+                lease_token=None,
             )
 
     def cancel_orphans(self) -> int:
         """Running jobs asked to cancel whose worker died: nobody will stop them but us."""
-        now = utcnow()
         with self._db.session() as session:
-            return int(
-                session.execute(
-                    update(JobRow)
-                    .where(
-                        JobRow.state == JobState.RUNNING.value,
-                        JobRow.cancel_requested.is_(True),
-                        JobRow.lease_until < now,
-                    )
-                    .values(state=JobState.CANCELED.value, finished_at=now, lease_until=None)
-                ).rowcount  # type: ignore[attr-defined]
-                or 0
-            )
+            return self._leases.cancel_orphans(session, now=utcnow())
 
     # --- retention ----------------------------------------------------------------------
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, Integer, String, Text, select, update
+from sqlalchemy import String, Text, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.common.db import Base, Database
+from services.common.db import Database
 from services.common.errors import Conflict, NotFound
+from services.common.leases import AFTER_LEASE_COLUMNS, LeasedRow, LeasedTable, aware
+from services.common.leases import utcnow as utcnow
 
 DEFAULT_MAX_ATTEMPTS = 5
 
@@ -32,30 +34,17 @@ class RunState(StrEnum):
 FINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELED})
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class TrainingRunRow(Base):
+class TrainingRunRow(LeasedRow):
     __tablename__ = "training_runs"
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     params_json: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16), index=True, default=RunState.QUEUED.value)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    lease_token: Mapped[str | None] = mapped_column(String(32), default=None)
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    worker: Mapped[str | None] = mapped_column(String(255), default=None)
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    progress_json: Mapped[str | None] = mapped_column(Text, default=None)
-    result_json: Mapped[str | None] = mapped_column(Text, default=None)
-    error_type: Mapped[str | None] = mapped_column(String(64), default=None)
-    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    progress_json: Mapped[str | None] = mapped_column(
+        Text, default=None, sort_order=AFTER_LEASE_COLUMNS
+    )
+    result_json: Mapped[str | None] = mapped_column(
+        Text, default=None, sort_order=AFTER_LEASE_COLUMNS
+    )
 
 
 @dataclass(frozen=True)
@@ -82,21 +71,15 @@ class RunLease:
     token: str
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def _run(row: TrainingRunRow) -> TrainingRun:
     return TrainingRun(
         id=row.id,
         kind=row.kind,
         params=json.loads(row.params_json),
         state=RunState(row.state),
-        created_at=_aware(row.created_at) or utcnow(),
-        started_at=_aware(row.started_at),
-        finished_at=_aware(row.finished_at),
+        created_at=aware(row.created_at) or utcnow(),
+        started_at=aware(row.started_at),
+        finished_at=aware(row.finished_at),
         attempts=row.attempts,
         worker=row.worker,
         cancel_requested=row.cancel_requested,
@@ -112,6 +95,7 @@ class TrainingStore:
 
     def __init__(self, database: Database) -> None:
         self._db = database
+        self._leases = LeasedTable(TrainingRunRow, RunState)
 
     @classmethod
     def open(cls, database_url: str) -> TrainingStore:
@@ -134,11 +118,7 @@ class TrainingStore:
 
     def mark_published(self, run_id: str) -> None:
         with self._db.session() as session:
-            session.execute(
-                update(TrainingRunRow)
-                .where(TrainingRunRow.id == run_id)
-                .values(published_at=utcnow())
-            )
+            self._leases.mark_published(session, run_id)
 
     def get(self, run_id: str) -> TrainingRun:
         with self._db.session() as session:
@@ -160,16 +140,7 @@ class TrainingStore:
         if run.state in FINAL_STATES:
             raise Conflict(f"training run {run_id} already {run.state.value}")
         with self._db.session() as session:
-            session.execute(
-                update(TrainingRunRow)
-                .where(TrainingRunRow.id == run_id, TrainingRunRow.state == RunState.QUEUED.value)
-                .values(state=RunState.CANCELED.value, finished_at=utcnow())
-            )
-            session.execute(
-                update(TrainingRunRow)
-                .where(TrainingRunRow.id == run_id)
-                .values(cancel_requested=True)
-            )
+            self._leases.request_cancel(session, run_id, flag_any_state=True)
         return self.get(run_id)
 
     # --- the worker's side --------------------------------------------------------------
@@ -184,31 +155,16 @@ class TrainingStore:
     ) -> RunLease | None:
         """Start a queued run, or take over one whose worker's lease ran out; None when it is
         not ours (finished, canceled, live elsewhere, or out of attempts: then failed)."""
-        now = utcnow()
-        token = secrets.token_hex(16)
         with self._db.session() as session:
-            claimed = session.execute(
-                update(TrainingRunRow)
-                .where(
-                    TrainingRunRow.id == run_id,
-                    TrainingRunRow.cancel_requested.is_(False),
-                    TrainingRunRow.attempts < max_attempts,
-                    (TrainingRunRow.state == RunState.QUEUED.value)
-                    | (
-                        (TrainingRunRow.state == RunState.RUNNING.value)
-                        & (TrainingRunRow.lease_until < now)
-                    ),
-                )
-                .values(
-                    state=RunState.RUNNING.value,
-                    attempts=TrainingRunRow.attempts + 1,
-                    lease_token=token,
-                    lease_until=now + timedelta(seconds=lease_seconds),
-                    worker=worker[:255],
-                    started_at=now,
-                )
-            ).rowcount  # type: ignore[attr-defined]
-        if claimed != 1:
+            token = self._leases.claim(
+                session,
+                run_id,
+                worker=worker,
+                lease_seconds=lease_seconds,
+                max_attempts=max_attempts,
+                keep_first_start=False,
+            )
+        if token is None:
             self.fail_lost(max_attempts=max_attempts)
             return None
         return RunLease(run=self.get(run_id), token=token)
@@ -216,16 +172,9 @@ class TrainingStore:
     def renew(self, lease: RunLease, *, lease_seconds: float) -> bool:
         """Keep the lease alive; False when it was lost (taken over, canceled, finished)."""
         with self._db.session() as session:
-            renewed = session.execute(
-                update(TrainingRunRow)
-                .where(
-                    TrainingRunRow.id == lease.run.id,
-                    TrainingRunRow.lease_token == lease.token,
-                    TrainingRunRow.state == RunState.RUNNING.value,
-                )
-                .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
-            ).rowcount  # type: ignore[attr-defined]
-        return bool(renewed == 1)
+            return self._leases.renew(
+                session, lease.run.id, lease.token, lease_seconds=lease_seconds
+            )
 
     def report(self, lease: RunLease, progress: dict[str, Any]) -> None:
         with self._db.session() as session:
@@ -237,11 +186,7 @@ class TrainingStore:
 
     def cancel_requested(self, run_id: str) -> bool:
         with self._db.session() as session:
-            return bool(
-                session.scalar(
-                    select(TrainingRunRow.cancel_requested).where(TrainingRunRow.id == run_id)
-                )
-            )
+            return self._leases.cancel_requested(session, run_id)
 
     def complete(self, lease: RunLease, result: dict[str, Any]) -> bool:
         return self._finish(lease, RunState.SUCCEEDED, result_json=json.dumps(result))
@@ -254,16 +199,7 @@ class TrainingStore:
 
     def _finish(self, lease: RunLease, state: RunState, **values: object) -> bool:
         with self._db.session() as session:
-            finished = session.execute(
-                update(TrainingRunRow)
-                .where(
-                    TrainingRunRow.id == lease.run.id,
-                    TrainingRunRow.lease_token == lease.token,
-                    TrainingRunRow.state == RunState.RUNNING.value,
-                )
-                .values(state=state.value, finished_at=utcnow(), lease_until=None, **values)
-            ).rowcount  # type: ignore[attr-defined]
-        return bool(finished == 1)
+            return self._leases.finish(session, lease.run.id, lease.token, state, **values)
 
     def runs_to_send(self, *, unpublished_for: float) -> list[str]:
         """Runs whose task may be missing: queued and never sent though ``unpublished_for``
@@ -278,14 +214,9 @@ class TrainingStore:
                 session.scalars(
                     select(TrainingRunRow.id).where(
                         TrainingRunRow.cancel_requested.is_(False),
-                        (
-                            (TrainingRunRow.state == RunState.QUEUED.value)
-                            & TrainingRunRow.published_at.is_(None)
-                            & (TrainingRunRow.created_at < now - timedelta(seconds=unpublished_for))
-                        )
+                        self._leases.never_sent(now - timedelta(seconds=unpublished_for))
                         | (
-                            (TrainingRunRow.state == RunState.RUNNING.value)
-                            & (TrainingRunRow.lease_until < now)
+                            self._leases.lease_expired(now)
                             # Once per expired lease: not again until someone claims it.
                             & (
                                 TrainingRunRow.published_at.is_(None)
@@ -299,24 +230,14 @@ class TrainingStore:
     def fail_lost(self, *, max_attempts: int) -> int:
         """Fail the runs whose workers died ``max_attempts`` times (or orphaned cancels)."""
         now = utcnow()
-        expired = (TrainingRunRow.state == RunState.RUNNING.value) & (
-            TrainingRunRow.lease_until < now
-        )
+        # One transaction; the failing comes first, so a run out of attempts fails even when
+        # a cancel was asked for, and it keeps its lease token.
         with self._db.session() as session:
-            failed = session.execute(
-                update(TrainingRunRow)
-                .where(expired, TrainingRunRow.attempts >= max_attempts)
-                .values(
-                    state=RunState.FAILED.value,
-                    finished_at=now,
-                    lease_until=None,
-                    error_type="worker_lost",
-                    error_message=f"the worker stopped {max_attempts} times before the run ended",
-                )
-            ).rowcount  # type: ignore[attr-defined]
-            session.execute(
-                update(TrainingRunRow)
-                .where(expired, TrainingRunRow.cancel_requested.is_(True))
-                .values(state=RunState.CANCELED.value, finished_at=now, lease_until=None)
+            failed = self._leases.fail_worker_lost(
+                session,
+                now=now,
+                max_attempts=max_attempts,
+                message=f"the worker stopped {max_attempts} times before the run ended",
             )
-        return int(failed or 0)
+            self._leases.cancel_orphans(session, now=now)
+        return failed
