@@ -122,8 +122,7 @@ def export_merged_llm(
         list_versions,
         served_model_name,
     )
-    from services.common.settings import boig_home, checkpoint_registry
-    from services.describer.model_prep import default_smollm2_dir
+    from services.common.settings import boig_home, checkpoint_registry, default_smollm2_dir
     from services.trainer.finetune.export import export_merged
 
     registry = checkpoint_registry(boig_home())

@@ -247,3 +247,29 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+_UNDOCUMENTED = pytest.StashKey[list[str]]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a service answered one of its operations with a status that its
+    OpenAPI does not document: the contracts must say what the services send."""
+    if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return
+    from tests.documented_statuses import undocumented_answers
+
+    problems = undocumented_answers()
+    if problems:
+        session.config.stash[_UNDOCUMENTED] = problems
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    problems = config.stash.get(_UNDOCUMENTED, [])
+    if problems:
+        terminalreporter.section("answers their OpenAPI does not document", red=True)
+        for problem in problems:
+            terminalreporter.line(problem)

@@ -13,13 +13,23 @@ from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common import metrics
-from services.common.errors import BoigError, ClientClosedRequest, Overloaded, PayloadTooLarge
+from services.common.contracts import Error
+from services.common.errors import (
+    BoigError,
+    ClientClosedRequest,
+    Overloaded,
+    PayloadTooLarge,
+    validation_message,
+)
 from services.common.logging import new_request_id, request_id_var
 
 logger = logging.getLogger(__name__)
@@ -30,6 +40,38 @@ T = TypeVar("T")
 
 Readiness = Callable[[], Awaitable[dict[str, Any]]]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+Responses = dict[int | str, dict[str, Any]]
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer"},
+    }
+}
+ERROR_STATUSES: dict[int, dict[str, Any]] = {
+    401: {"description": "No valid API key: send `Authorization: Bearer` or `X-API-Key`."},
+    404: {"description": "No such resource for this API key."},
+    409: {"description": "The request clashes with the resource's state."},
+    413: {"description": "The request body, or an image in it, is over its size limit."},
+    415: {"description": "The body's content type is not one this route reads."},
+    422: {"description": "The request is malformed or fails validation."},
+    429: {"description": "Over a rate or queue limit.", "headers": _RETRY_AFTER},
+    500: {"description": "The service failed; its log has the details under the request id."},
+    502: {"description": "An internal service was unreachable or answered outside the contract."},
+    503: {
+        "description": "Busy or not ready (model loading, queue full); retry later.",
+        "headers": _RETRY_AFTER,
+    },
+}
+"""The error answers a route may declare, each with the ``Error`` body; 500 every route may give."""
+
+
+def error_responses(*statuses: int) -> Responses:
+    """The OpenAPI ``responses`` of a route that answers ``statuses`` (and 500, which any route
+    may answer), for ``responses=`` on the route: each one with the one ``Error`` body."""
+    return {
+        status: {"model": Error, **ERROR_STATUSES[status]} for status in sorted({*statuses, 500})
+    }
 
 
 def create_service_app(
@@ -41,19 +83,36 @@ def create_service_app(
     lifespan: Lifespan | None = None,
     description: str = "",
     health_cache_seconds: float = 0.0,
+    request_models: tuple[type[BaseModel], ...] = (),
 ) -> FastAPI:
-    """Build a FastAPI app with the plumbing every BOIG service shares; add routes after.
+    """Build a FastAPI app with the plumbing every BOIG service shares; add routes after,
+    each with ``responses=error_responses(...)`` naming the errors it answers.
 
     ``readiness`` answers /health's details; its answer is reused for
-    ``health_cache_seconds`` and concurrent probes share one check.
+    ``health_cache_seconds`` and concurrent probes share one check. ``request_models`` are
+    the bodies of routes that read them themselves (``openapi_extra`` refers to them), put
+    into the OpenAPI components.
     """
     app = FastAPI(
-        title=f"BOIG {service}", version=version, description=description, lifespan=lifespan
+        title=f"BOIG {service}",
+        version=version,
+        description=description,
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
     )
     app.state.service = service
+    app.openapi = _openapi(app, request_models)  # type: ignore[method-assign]
     probe = _CachedReadiness(readiness, health_cache_seconds) if readiness is not None else None
 
-    @app.get("/health", tags=["ops"], summary="Liveness and readiness")
+    @app.get(
+        "/health",
+        tags=["ops"],
+        summary="Liveness and readiness",
+        responses={
+            503: {"description": "Not ready yet: the same body, with status 'starting'."},
+            **error_responses(),
+        },
+    )
     async def health() -> JSONResponse:
         ready, details = (True, {}) if probe is None else await probe.check()
         body = {"status": "ok" if ready else "starting", "service": service, "version": version}
@@ -66,6 +125,50 @@ def create_service_app(
     _install_error_handlers(app, service)
     app.add_middleware(_ObservabilityMiddleware, service=service, max_body_bytes=max_body_bytes)
     return app
+
+
+def _operation_id(route: APIRoute) -> str:
+    # The route function's name (score, get_job): FastAPI's default appends the path and
+    # method, which client generators turn into names like score_v1_score_post.
+    return route.name
+
+
+def _openapi(app: FastAPI, request_models: tuple[type[BaseModel], ...]) -> Callable[[], Any]:
+    """The app's OpenAPI, built once: FastAPI's, plus ``request_models`` in the components,
+    less the 422 ``HTTPValidationError`` that FastAPI gives every route with parameters. The
+    services never send that body: validation fails as a 422 in the ``Error`` shape, declared
+    by the routes that can fail it."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                openapi_version=app.openapi_version,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+                servers=app.servers,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in request_models:
+                definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, nested in definition.pop("$defs", {}).items():
+                    components.setdefault(name, nested)
+                components.setdefault(model.__name__, definition)
+            fastapi_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    body = responses.get("422", {}).get("content", {}).get("application/json", {})
+                    if body.get("schema") == fastapi_422:
+                        del responses["422"]
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
 
 
 class _CachedReadiness:
@@ -125,7 +228,7 @@ def _install_error_handlers(app: FastAPI, service: str) -> None:
 
     async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _error_response(_ValidationFailed(_describe_validation(exc)), service)
+        return _error_response(_ValidationFailed(validation_message(exc, omit=("body",))), service)
 
     async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -148,15 +251,6 @@ class _HttpError(BoigError):
         error.status_code = status_code  # type: ignore[misc]
         error.type = {404: "not_found", 405: "method_not_allowed"}.get(status_code, "http_error")  # type: ignore[misc]
         return error
-
-
-def _describe_validation(exc: RequestValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-        parts.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
-    more = len(exc.errors()) - 5
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 class _ObservabilityMiddleware:

@@ -12,11 +12,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from services.common.staged_folders import staged_folder
+
+if TYPE_CHECKING:
+    import torch
 
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 LORA_CONFIG_FILE = "boigsd_lora.json"

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from services.common.errors import BackendError, InvalidInput, NotFound
+from services.common.hashing import CHUNK_BYTES, file_sha256
 
 FORMAT_VERSION: Literal[1] = 1
 MANIFEST_FILE = "manifest.json"
@@ -50,7 +51,6 @@ ALLOWED_SUFFIXES: frozenset[str] = frozenset(
 _PICKLE_SUFFIXES: frozenset[str] = frozenset(
     {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"}
 )
-_CHUNK = 1 << 20
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 VERSION_PATTERN = r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$"
@@ -276,7 +276,7 @@ def _copy_hashing(source: Path, target: Path) -> FileDigest:
     size = 0
     target.parent.mkdir(parents=True, exist_ok=True)
     with source.open("rb") as reader, target.open("xb") as writer:
-        while chunk := reader.read(_CHUNK):
+        while chunk := reader.read(CHUNK_BYTES):
             digest.update(chunk)
             writer.write(chunk)
             size += len(chunk)
@@ -405,14 +405,6 @@ def list_versions(registry_dir: Path, name: str) -> list[CheckpointRef]:
     ]
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verify_files(ref: CheckpointRef, manifest: CheckpointManifest) -> None:
     present: set[str] = set()
     for path in ref.path.rglob("*"):
@@ -434,15 +426,18 @@ def _verify_files(ref: CheckpointRef, manifest: CheckpointManifest) -> None:
         )
     for relative, expected in sorted(manifest.files.items()):
         path = ref.path / relative
-        if path.stat().st_size != expected.size or _sha256_file(path) != expected.sha256:
+        if path.stat().st_size != expected.size or file_sha256(path) != expected.sha256:
             raise CheckpointError(
                 f"checkpoint {ref.name}/{ref.version}: {relative} does not match its sha256 "
                 "in the manifest (corrupted or tampered)"
             )
 
 
-def load_manifest(ref: CheckpointRef, *, verify: bool = True) -> CheckpointManifest:
-    """Read a version's manifest; with ``verify``, check every file against it first.
+def load_manifest(
+    ref: CheckpointRef, *, verify: bool = True, kind: str | None = None
+) -> CheckpointManifest:
+    """Read a version's manifest; with ``kind``, refuse a checkpoint of another kind; with
+    ``verify``, check every file against the manifest.
 
     Verification reads every byte, so call it once per load, not per request.
     """
@@ -458,6 +453,11 @@ def load_manifest(ref: CheckpointRef, *, verify: bool = True) -> CheckpointManif
         raise CheckpointError(
             f"checkpoint folder {ref.name}/{ref.version} holds the manifest of "
             f"{manifest.name}/{manifest.version}"
+        )
+    # Before verification: a wrong kind is refused without reading gigabytes first.
+    if kind is not None and manifest.kind != kind:
+        raise CheckpointError(
+            f"checkpoint {ref.name}/{ref.version} is a {manifest.kind!r}, not a {kind!r}"
         )
     if verify:
         _verify_files(ref, manifest)

@@ -7,6 +7,8 @@ the text form hold exactly the same information and ``parse(render(x)) == x``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -17,6 +19,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -26,7 +30,15 @@ MAX_BATCH_IMAGES = 64
 
 
 class Contract(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A field with a wire name (an alias) is read and written under it, and Python code may
+    # construct it under either name.
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        validate_by_alias=True,
+        validate_by_name=True,
+        serialize_by_alias=True,
+    )
 
 
 class KpiLevel(StrEnum):
@@ -166,16 +178,88 @@ class ModelInfo(Contract):
     version: str = Field(description="Checkpoint version or content hash.")
 
 
+class ErrorDetail(Contract):
+    type: str = Field(
+        description=(
+            "Machine-readable error type (invalid_input, unauthorized, rate_limited, overloaded, "
+            "upstream_error, ...): a client maps it back to a typed exception."
+        )
+    )
+    message: str = Field(description="What went wrong, for people.")
+    request_id: str | None = Field(
+        description="The request's X-Request-ID, to find its lines in the services' logs."
+    )
+
+
+class Error(Contract):
+    """The body of every error answer of every BOIG service (``BoigError.to_payload``)."""
+
+    error: ErrorDetail
+
+
 # --- featurizer -------------------------------------------------------------------------
 
 ImageId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
+def _from_base64(value: object) -> object:
+    """A str is the JSON form, base64 (optionally as a data URL); bytes pass as they are
+    (MessagePack bodies and Python callers carry the file itself)."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        decoded = base64.b64decode(value)
+    except (binascii.Error, ValueError):
+        decoded = None
+    # Without validate=True, b64decode skips characters outside the alphabet; then fewer
+    # bytes come out than the length promises, and only such input takes the strict path
+    # (validate=True's regex costs ten times the decoding of a ~40 KB creative).
+    if decoded is None or len(value) % 4 or len(decoded) != _decoded_length(value):
+        try:
+            decoded = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("not valid base64") from None
+    return decoded
+
+
+def _decoded_length(text: str) -> int:
+    return len(text) // 4 * 3 - text[-2:].count("=")
+
+
+def _not_empty(value: bytes) -> bytes:
+    if not value:
+        raise ValueError("the image is empty")
+    return value
+
+
+def _to_base64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+EncodedImage = Annotated[
+    bytes,
+    BeforeValidator(_from_base64),
+    AfterValidator(_not_empty),
+    PlainSerializer(_to_base64, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "contentEncoding": "base64",
+            "description": "The image file (PNG, JPEG, WebP, GIF), base64 in JSON; raw bytes "
+            "in a MessagePack body.",
+        }
+    ),
+]
+"""An image file: bytes in Python, base64 in JSON, raw in MessagePack (services.common.wire)."""
+
+
 class ImageInput(Contract):
+    """An image file to analyse or score, with the id its result is reported under."""
+
     id: ImageId | None = None
-    data_base64: str = Field(
-        min_length=1, description="The encoded image (PNG, JPEG, WebP, GIF), base64."
-    )
+    data: EncodedImage = Field(alias="image_base64")
 
 
 class FeaturizeRequest(Contract):
@@ -240,9 +324,28 @@ class LikelihoodResponse(Contract):
 RewardName = Literal["match", "likelihood", "contrastive"]
 
 
-class Creative(Contract):
+class Creative(ImageInput):
+    """A candidate creative: an image whose score is reported under its (required) id."""
+
     id: ImageId
-    image_base64: str = Field(min_length=1, description="The encoded image, base64.")
+
+
+class TargetDescription(Contract):
+    """How an image for one KPI level should look: what a reward compares creatives with."""
+
+    level: KpiLevel
+    verbalization: Verbalization
+    text: str = Field(description="The verbalization in its text form: a creative brief.")
+    model: ModelInfo | None = Field(
+        default=None, description="The describer model that wrote it; none if a caller did."
+    )
+
+    @classmethod
+    def described(cls, level: KpiLevel, answer: DescribeResponse) -> TargetDescription:
+        """The describer's answer for ``level``, as a target."""
+        return cls(
+            level=level, verbalization=answer.verbalization, text=answer.text, model=answer.model
+        )
 
 
 class ScoreRequest(Contract):
@@ -250,6 +353,23 @@ class ScoreRequest(Contract):
     target: KpiTarget = Field(default_factory=KpiTarget)
     reward: RewardName = "match"
     creatives: list[Creative] = Field(min_length=1, max_length=MAX_BATCH_IMAGES)
+    targets: list[TargetDescription] = Field(
+        default_factory=list,
+        max_length=len(KPI_LEVELS),
+        description="Descriptions to compare with, one per level at most, instead of asking "
+        "BoigLLM: the generator sends those it prompted with, so its images are scored "
+        "against the description they were made for. A level the reward needs that is not "
+        "here is described by BoigLLM. Only the match and contrastive rewards use them.",
+    )
+
+    @model_validator(mode="after")
+    def _targets_fit(self) -> ScoreRequest:
+        levels = [target.level for target in self.targets]
+        if len(set(levels)) != len(levels):
+            raise ValueError("targets: at most one description per level")
+        if self.targets and self.reward == "likelihood":
+            raise ValueError("targets: the likelihood reward compares with no description")
+        return self
 
     @field_validator("creatives")
     @classmethod
@@ -271,12 +391,6 @@ class CreativeScore(Contract):
         description="What the score rests on beyond the image as sent, e.g. that only the "
         "first frame of an animated image was scored.",
     )
-
-
-class TargetDescription(Contract):
-    level: KpiLevel
-    verbalization: Verbalization
-    text: str
 
 
 class ScoreResponse(Contract):

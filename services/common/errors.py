@@ -6,7 +6,8 @@ error body back to the same exception class (see ``error_from_payload``).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Collection, Sequence
+from typing import Any, ClassVar, Protocol
 
 
 class BoigError(Exception):
@@ -158,3 +159,33 @@ def error_from_payload(
     if cls is None:
         return UpstreamError(f"upstream error {error_type}: {message}")
     return cls(message, retry_after=retry_after)
+
+
+class ValidationProblems(Protocol):
+    """A failed validation: pydantic's ValidationError, FastAPI's RequestValidationError."""
+
+    def errors(self) -> Sequence[Any]: ...
+
+
+MOST_PROBLEMS_NAMED = 5
+"""Problems a validation message names; it counts the rest."""
+
+
+def validation_message(
+    exc: ValidationProblems, *, omit: Collection[str] = (), whole: str | None = "body"
+) -> str:
+    """The one-line message of a failed validation (a 422, a refused row or model output):
+    its first problems, each after where it is (``creatives.0.id: ...``), then how many more.
+
+    ``omit`` drops location parts the sender never wrote (FastAPI's leading ``body``, nesting
+    that the input does not have); a problem of the object as a whole is put after ``whole``,
+    or stands alone when ``whole`` is None.
+    """
+    errors = list(exc.errors())
+    parts = []
+    for error in errors[:MOST_PROBLEMS_NAMED]:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part not in omit) or whole
+        message = str(error.get("msg", "invalid"))
+        parts.append(f"{where}: {message}" if where else message)
+    more = len(errors) - MOST_PROBLEMS_NAMED
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

@@ -82,7 +82,7 @@ class GenerationLimits(BaseSettings):
         description=(
             "Most images one job denoises (best_of_n candidates, else count). The worker "
             "scores a job's images in one scorer request: keep this at or below "
-            "BOIG_SCORER_MAX_CREATIVES_PER_REQUEST."
+            "BOIG_BATCH_MAX_ITEMS."
         ),
     )
     max_side: int = Field(

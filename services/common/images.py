@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import struct
 import warnings
@@ -14,19 +13,6 @@ from PIL import Image, UnidentifiedImageError
 
 from services.common.errors import InvalidImage, PayloadTooLarge
 from services.common.settings import ImageLimits
-
-
-def decode_base64(data: str, *, limits: ImageLimits, what: str = "image") -> bytes:
-    """Strict base64 (standard alphabet, optional data-URL prefix); refuses oversize early."""
-    if data.startswith("data:"):
-        _, _, data = data.partition(",")
-    # 4 base64 characters carry 3 bytes: refuse before allocating the decoded buffer.
-    if len(data) * 3 // 4 > limits.max_bytes + 3:
-        raise PayloadTooLarge(f"{what} is larger than {limits.max_bytes} bytes")
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidImage(f"{what} is not valid base64") from exc
 
 
 @dataclass(frozen=True)

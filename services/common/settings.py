@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.contracts import MAX_BATCH_IMAGES
+from services.common.errors import InvalidInput
 from services.common.logging import LogFormat
 
 
@@ -53,6 +55,29 @@ def default_world_sd_dir() -> Path:
     """Where ``make models`` puts the world SD (a small Stable Diffusion trained on the
     synthetic world): the generator's default pipeline."""
     return boig_home() / "models" / WORLD_SD_NAME
+
+
+# The other default model folders under BOIG_HOME/models, named here rather than beside their
+# preparers so that settings modules read them without importing preparation code.
+SMOLLM2_NAME = "smollm2-135m-instruct"
+TINY_SD_NAME = "tiny-sd"
+SHAPES_DETECTOR_NAME = "yolo-shapes"
+
+
+def default_smollm2_dir() -> Path:
+    """Where ``make models`` puts the prepared SmolLM2; the describer looks there by default."""
+    return boig_home() / "models" / SMOLLM2_NAME
+
+
+def default_tiny_pipeline_dir() -> Path:
+    """Where ``make models`` puts the tiny random SD pipeline (tests, the evaluation's floor)."""
+    return boig_home() / "models" / TINY_SD_NAME
+
+
+def default_shapes_detector_dir() -> Path:
+    """Where ``make models`` puts the synthetic-shapes YOLO; the featurizer looks there by
+    default."""
+    return boig_home() / "models" / SHAPES_DETECTOR_NAME
 
 
 def log_format_field() -> Any:
@@ -212,3 +237,30 @@ class ImageLimits(BaseSettings):
             "analysed from its first frame, and the answer says so."
         ),
     )
+
+
+class BatchLimits(BaseSettings):
+    """The most images (or their verbalizations) one request may carry, read under one name by
+    every service that takes a batch: the gateway and scorer (creatives), the featurizer
+    (images) and the describer (verbalizations to rate). The scorer sends its whole batch on to
+    the featurizer and the describer as one request, so one value keeps every hop in step."""
+
+    model_config = SettingsConfigDict(env_prefix="BOIG_BATCH_", extra="ignore", frozen=True)
+
+    max_items: int = Field(
+        default=32,
+        ge=1,
+        le=MAX_BATCH_IMAGES,
+        description=(
+            "Most creatives, images or verbalizations one request may carry, in every "
+            f"service; more get 422. At most {MAX_BATCH_IMAGES} (the contract's batch "
+            "ceiling). The generator scores a job's images in one request: keep "
+            "BOIG_GENERATION_MAX_CANDIDATES at or below it."
+        ),
+    )
+
+    def check(self, count: int, what: str) -> None:
+        """Raise InvalidInput when a request carries ``count`` ``what`` (e.g. "creatives"),
+        more than the limit."""
+        if count > self.max_items:
+            raise InvalidInput(f"{count} {what} in one request; the limit is {self.max_items}")

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.common.contracts import TONE_AXIS, ColorSwatch, DetectedObject, Tone, Verbalization
+from services.common.errors import validation_message
 
 FIELD_ORDER = ("caption", "colors", "tones", "objects", "text")
 
@@ -145,7 +146,7 @@ def parse(text: str) -> Verbalization:
     try:
         return Verbalization(**fields)
     except ValidationError as exc:
-        raise VerbalizationSyntaxError(_first_error(exc)) from exc
+        raise VerbalizationSyntaxError(validation_message(exc, whole=None)) from exc
 
 
 def _parse_field_strict(key: str, value: str, number: int) -> Any:
@@ -184,12 +185,6 @@ def _object_fields(match: re.Match[str]) -> dict[str, Any]:
     box = tuple(float(part) for part in match["box"].split(","))
     conf = match["conf"]
     return {"label": match["label"], "confidence": float(conf) if conf else 1.0, "box": box}
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"])
-    return f"{where}: {error['msg']}" if where else str(error["msg"])
 
 
 @dataclass

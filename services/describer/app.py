@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from services.common import metrics
-from services.common.app import cancel_on_disconnect, create_service_app
+from services.common.app import cancel_on_disconnect, create_service_app, error_responses
 from services.common.checkpoints import (
     KIND_BOIGLLM_LORA,
     CheckpointError,
@@ -104,6 +104,7 @@ def create_app(
         response_model=DescribeResponse,
         tags=["describer"],
         summary="Describe the image that should reach a KPI level (content simulation)",
+        responses=error_responses(413, 422, 503),
     )
     async def describe(body: DescribeRequest, request: Request) -> DescribeResponse:
         describer = _ready_describer(request)
@@ -118,6 +119,7 @@ def create_app(
         response_model=LikelihoodResponse,
         tags=["describer"],
         summary="Probability of each KPI level for described images (behaviour simulation)",
+        responses=error_responses(413, 422, 503),
     )
     async def likelihood(body: LikelihoodRequest, request: Request) -> LikelihoodResponse:
         describer = _ready_describer(request)
@@ -178,12 +180,7 @@ def _load_checkpoint(
 ) -> tuple[LlmBackend, datetime]:
     """Blocking: verify every file of ``checkpoint`` against its manifest, then load it;
     returned with its publish time."""
-    manifest = load_manifest(checkpoint, verify=True)
-    if manifest.kind != KIND_BOIGLLM_LORA:
-        raise CheckpointError(
-            f"checkpoint {checkpoint.name}/{checkpoint.version} is a {manifest.kind!r}, "
-            f"not a {KIND_BOIGLLM_LORA!r}"
-        )
+    manifest = load_manifest(checkpoint, verify=True, kind=KIND_BOIGLLM_LORA)
     return create_backend(settings, checkpoint), manifest.created_at
 
 

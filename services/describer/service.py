@@ -40,7 +40,6 @@ from services.common.contracts import (
 from services.common.errors import (
     BackendError,
     BoigError,
-    InvalidInput,
     ModelOutputError,
     Overloaded,
 )
@@ -527,11 +526,7 @@ class Describer:
         self, *, context: Context, kpi_name: str, verbalizations: list[Verbalization]
     ) -> LikelihoodResponse:
         """P(level) of the KPI for each described image in ``context`` (behaviour simulation)."""
-        limit = self._settings.max_verbalizations_per_request
-        if len(verbalizations) > limit:
-            raise InvalidInput(
-                f"{len(verbalizations)} verbalizations in one request; the limit is {limit}"
-            )
+        self._settings.batch_limits.check(len(verbalizations), "verbalizations")
         request = LikelihoodRequest(
             context=context, kpi_name=kpi_name, verbalizations=verbalizations
         )

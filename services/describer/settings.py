@@ -9,9 +9,14 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.checkpoints import BOIGLLM_CHECKPOINT
-from services.common.contracts import KPI_LEVELS, MAX_BATCH_IMAGES, KpiLevel
-from services.common.settings import ServiceSettings, default_history_path, http_url
-from services.describer.model_prep import default_smollm2_dir
+from services.common.contracts import KPI_LEVELS, KpiLevel
+from services.common.settings import (
+    BatchLimits,
+    ServiceSettings,
+    default_history_path,
+    default_smollm2_dir,
+    http_url,
+)
 
 BackendName = Literal["transformers", "vllm"]
 """Names in ``backends.BACKENDS``."""
@@ -380,11 +385,12 @@ class DescriberSettings(ServiceSettings):
             'JSON in the environment, e.g. {"low":0.3,"medium":0.75,"high":0.95}.'
         ),
     )
-    max_verbalizations_per_request: int = Field(
-        default=32,
-        ge=1,
-        le=MAX_BATCH_IMAGES,
-        description="Most verbalizations one /likelihood request may score; more get 422.",
+    batch_limits: BatchLimits = Field(
+        default_factory=BatchLimits,
+        description=(
+            "Most verbalizations one /likelihood request may score; read from "
+            "BOIG_BATCH_MAX_ITEMS, as in every service."
+        ),
     )
 
     @field_validator("level_midpoints")

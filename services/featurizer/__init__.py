@@ -1,5 +1,5 @@
 """The featurizer service: image -> verbalization (colour palette, tones, detected objects).
 
 Importing this package is light; torch and ultralytics load only inside ``backends.yolo``
-and ``shapes`` when a detector is loaded or trained.
+when a detector is loaded. The default detector is trained by ``services.trainer.detector``.
 """

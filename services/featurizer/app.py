@@ -11,19 +11,18 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 
-from services.common import metrics
-from services.common.app import create_service_app
+from services.common import metrics, wire
+from services.common.app import create_service_app, error_responses
 from services.common.contracts import (
     FeaturizeRequest,
     FeaturizeResponse,
     FeaturizeResult,
     ImageInput,
 )
-from services.common.errors import InvalidInput, Overloaded
+from services.common.errors import Overloaded
 from services.common.images import (
     DecodedImage,
     check_pixel_budget,
-    decode_base64,
     decode_for_analysis,
     image_size,
 )
@@ -81,6 +80,7 @@ def create_app(settings: FeaturizerSettings | None = None) -> FastAPI:
         readiness=readiness,
         lifespan=lifespan,
         description="Image -> verbalization: colour palette, tone words, detected objects.",
+        request_models=(FeaturizeRequest,),
     )
     app.state.settings = settings
     app.state.featurizer = None
@@ -91,14 +91,12 @@ def create_app(settings: FeaturizerSettings | None = None) -> FastAPI:
         response_model=FeaturizeResponse,
         tags=["featurizer"],
         summary="Verbalize a batch of images",
+        responses=error_responses(413, 415, 422, 503),
+        openapi_extra=wire.request_body(FeaturizeRequest, images=True),
     )
-    async def featurize(body: FeaturizeRequest, featurizer: FeaturizerDep) -> FeaturizeResponse:
+    async def featurize(body: FeaturizeBody, featurizer: FeaturizerDep) -> FeaturizeResponse:
         nonlocal in_flight
-        if len(body.images) > settings.max_images_per_request:
-            raise InvalidInput(
-                f"{len(body.images)} images in one request; the limit is "
-                f"{settings.max_images_per_request}"
-            )
+        settings.batch_limits.check(len(body.images), "images")
         if in_flight >= settings.max_pending_requests:
             raise Overloaded("the featurizer is busy; retry shortly", retry_after=1.0)
         in_flight += 1
@@ -153,7 +151,7 @@ def decode_images(
     named = []
     for index, item in enumerate(inputs):
         what = f"images[{index}] ({item.id!r})" if item.id else f"images[{index}]"
-        named.append((what, decode_base64(item.data_base64, limits=limits, what=what)))
+        named.append((what, item.data))
     check_pixel_budget(
         (image_size(data, limits=limits, what=what) for what, data in named), limits=limits
     )
@@ -171,3 +169,4 @@ def _featurizer(request: Request) -> Featurizer:
 
 
 FeaturizerDep = Annotated[Featurizer, Depends(_featurizer)]
+FeaturizeBody = Annotated[FeaturizeRequest, Depends(wire.body_reader(FeaturizeRequest))]

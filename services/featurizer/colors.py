@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from PIL import Image
 
+from services.common.colour import delta_e_ciede2000, srgb_to_lab
 from services.common.colour_names import BASIC_COLORS
 from services.common.contracts import ColorSwatch
 
@@ -35,17 +36,6 @@ share a bin (within 16 levels on every channel) are never told apart."""
 KMEANS_MAX_ITERATIONS = 30
 KMEANS_TOLERANCE = 0.5
 """Stop when no centre moves more than this many Lab units (a just noticeable step is ~2.3)."""
-
-# sRGB (IEC 61966-2-1) to CIE XYZ, D65 white, as in skimage.color.rgb2lab's default.
-_RGB_TO_XYZ = np.array(
-    [
-        [0.412453, 0.357580, 0.180423],
-        [0.212671, 0.715160, 0.072169],
-        [0.019334, 0.119193, 0.950227],
-    ]
-)
-_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
-_LAB_EPSILON = (6 / 29) ** 3
 
 
 @dataclass(frozen=True)
@@ -79,72 +69,6 @@ class ColorSample:
     @property
     def pixels(self) -> int:
         return int(self.counts.sum())
-
-
-def srgb_to_lab(rgb: ArrayLike) -> NDArray[np.float64]:
-    """Convert (..., 3) sRGB on the 0–255 scale (integer or not) to CIE-Lab (D65).
-
-    Agrees with ``skimage.color.rgb2lab`` to 1e-3; written out so that the featurizer
-    converts a few thousand colours without skimage's per-call overhead.
-    """
-    channel = np.asarray(rgb, dtype=np.float64) / 255.0
-    linear = np.where(channel <= 0.04045, channel / 12.92, ((channel + 0.055) / 1.055) ** 2.4)
-    xyz = linear @ _RGB_TO_XYZ.T / _D65_WHITE
-    f = np.where(xyz > _LAB_EPSILON, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    lightness = 116 * f[..., 1] - 16
-    a = 500 * (f[..., 0] - f[..., 1])
-    b = 200 * (f[..., 1] - f[..., 2])
-    return np.stack([lightness, a, b], axis=-1)
-
-
-def delta_e_ciede2000(lab1: NDArray[np.float64], lab2: NDArray[np.float64]) -> NDArray[np.float64]:
-    """CIEDE2000 colour difference (Sharma et al. 2005), broadcasting over leading axes."""
-    l1, a1, b1 = np.moveaxis(np.asarray(lab1, dtype=np.float64), -1, 0)
-    l2, a2, b2 = np.moveaxis(np.asarray(lab2, dtype=np.float64), -1, 0)
-    c1, c2 = np.hypot(a1, b1), np.hypot(a2, b2)
-    c_mean7 = ((c1 + c2) / 2) ** 7
-    g = 0.5 * (1 - np.sqrt(c_mean7 / (c_mean7 + 25.0**7)))
-    a1p, a2p = a1 * (1 + g), a2 * (1 + g)
-    c1p, c2p = np.hypot(a1p, b1), np.hypot(a2p, b2)
-    h1p = np.degrees(np.arctan2(b1, a1p)) % 360
-    h2p = np.degrees(np.arctan2(b2, a2p)) % 360
-    chroma_product = c1p * c2p
-    dh = h2p - h1p
-    dh = np.where(dh > 180, dh - 360, np.where(dh < -180, dh + 360, dh))
-    dh = np.where(chroma_product == 0, 0.0, dh)
-    d_l, d_c = l2 - l1, c2p - c1p
-    d_h = 2 * np.sqrt(chroma_product) * np.sin(np.radians(dh / 2))
-    l_mean, c_mean = (l1 + l2) / 2, (c1p + c2p) / 2
-    h_sum = h1p + h2p
-    h_mean = np.where(
-        chroma_product == 0,
-        h_sum,
-        np.where(
-            np.abs(h1p - h2p) <= 180,
-            h_sum / 2,
-            np.where(h_sum < 360, (h_sum + 360) / 2, (h_sum - 360) / 2),
-        ),
-    )
-    t = (
-        1
-        - 0.17 * np.cos(np.radians(h_mean - 30))
-        + 0.24 * np.cos(np.radians(2 * h_mean))
-        + 0.32 * np.cos(np.radians(3 * h_mean + 6))
-        - 0.20 * np.cos(np.radians(4 * h_mean - 63))
-    )
-    s_l = 1 + 0.015 * (l_mean - 50) ** 2 / np.sqrt(20 + (l_mean - 50) ** 2)
-    s_c = 1 + 0.045 * c_mean
-    s_h = 1 + 0.015 * c_mean * t
-    c_mean7p = c_mean**7
-    r_t = (
-        -2
-        * np.sqrt(c_mean7p / (c_mean7p + 25.0**7))
-        * np.sin(np.radians(60 * np.exp(-(((h_mean - 275) / 25) ** 2))))
-    )
-    result: NDArray[np.float64] = np.sqrt(
-        (d_l / s_l) ** 2 + (d_c / s_c) ** 2 + (d_h / s_h) ** 2 + r_t * (d_c / s_c) * (d_h / s_h)
-    )
-    return result
 
 
 _NAMES = tuple(BASIC_COLORS)

@@ -9,15 +9,19 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.contracts import MAX_BATCH_IMAGES
-from services.common.settings import ImageLimits, ServiceSettings, boig_home
+from services.common.settings import (
+    BatchLimits,
+    ImageLimits,
+    ServiceSettings,
+    default_shapes_detector_dir,
+)
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def default_detector_weights() -> Path:
-    """Where ``make models`` puts the synthetic-shapes YOLO (``services.featurizer.shapes``)."""
-    return boig_home() / "models" / "yolo-shapes" / "best.pt"
+    """Where ``make models`` puts the synthetic-shapes YOLO (``services.trainer.detector``)."""
+    return default_shapes_detector_dir() / "best.pt"
 
 
 class FeaturizerSettings(ServiceSettings):
@@ -74,11 +78,12 @@ class FeaturizerSettings(ServiceSettings):
         description="Torch CPU threads for detection on CPU. Unset: all usable cores but one, "
         "which is left to the colour analysis that runs beside detection.",
     )
-    max_images_per_request: int = Field(
-        default=32,
-        ge=1,
-        le=MAX_BATCH_IMAGES,
-        description="Most images in one /featurize request; more gets 422.",
+    batch_limits: BatchLimits = Field(
+        default_factory=BatchLimits,
+        description=(
+            "Most images in one /featurize request; read from BOIG_BATCH_MAX_ITEMS, as in every "
+            "service."
+        ),
     )
     max_pending_requests: int = Field(
         default=8,

@@ -8,15 +8,15 @@ from typing import Any
 
 from celery import Celery
 from fastapi import FastAPI, Header, Request, Response
-from fastapi.openapi.utils import get_openapi
 from pydantic import ValidationError
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.common.app import create_service_app, read_limited
-from services.common.clients import DescriberClient, ScorerClient, ServiceClient
+from services.common import wire
+from services.common.app import create_service_app, error_responses, read_limited
+from services.common.clients import DescriberClient, ScorerClient, Upstreams
 from services.common.contracts import (
     MAX_BATCH_IMAGES,
     DescribeRequest,
@@ -25,7 +25,12 @@ from services.common.contracts import (
     ScoreResponse,
 )
 from services.common.db import Database
-from services.common.errors import BoigError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from services.common.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    validation_message,
+)
 from services.common.generation import GenerateRequest, JobAccepted, JobStatus
 from services.common.jobs import JobStore
 from services.common.queue import QueueSettings, create_celery_app
@@ -38,12 +43,7 @@ from services.gateway.rate_limit import (
     RateLimitedKey,
     rate_limit_storage,
 )
-from services.gateway.service import (
-    Gateway,
-    UploadedCreative,
-    build_score_request,
-    validation_message,
-)
+from services.gateway.service import Gateway, UploadedCreative, build_score_request
 from services.gateway.settings import GatewaySettings
 
 VERSION = "0.1.0"
@@ -51,11 +51,18 @@ SERVICE = "gateway"
 
 _MULTIPART_FIELDS = {"request", "creatives"}
 
+# Every /v1 route: a missing or wrong key, a rate limit, and 503 when the rate-limit storage
+# is down; routes with a body add what reading it can refuse.
+_KEYED = (401, 429, 503)
+_BODY = (413, 415, 422)
+
 _SCORE_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}},
+            # Raw image bytes instead of base64; what the internal hops use (common.wire).
+            "application/msgpack": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -95,20 +102,11 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway app; clients and a database passed in are the caller's to close."""
     settings = settings or GatewaySettings()
-    owned_clients: list[ServiceClient] = []
-    if scorer is None:
-        scorer = ScorerClient(
-            settings.scorer_url, timeout=settings.upstream_timeout_seconds, caller=SERVICE
-        )
-        owned_clients.append(scorer)
-    if describer is None:
-        describer = DescriberClient(
-            settings.describer_url, timeout=settings.upstream_timeout_seconds, caller=SERVICE
-        )
-        owned_clients.append(describer)
+    upstreams = Upstreams(caller=SERVICE, timeout=settings.upstream_timeout_seconds)
+    scorer = upstreams.add(ScorerClient, settings.scorer_url, scorer)
+    describer = upstreams.add(DescriberClient, settings.describer_url, describer)
     owns_database = database is None
     db = database if database is not None else Database(settings.database_url)
-    upstreams: dict[str, ServiceClient] = {"scorer": scorer, "describer": describer}
     generation = Generation(
         store=JobStore(db),
         celery=celery or create_celery_app(QueueSettings(), name="boig-gateway"),
@@ -120,19 +118,14 @@ def create_app(
         scorer=scorer,
         describer=describer,
         image_limits=settings.image_limits,
-        max_creatives=settings.max_creatives,
+        batch_limits=settings.batch_limits,
     )
 
     async def readiness() -> dict[str, Any]:
         # Only the database decides readiness: with the scorer down, /v1/describe still works,
         # so taking the whole gateway out of rotation would do more harm than a 502 on /v1/score.
         await run_in_threadpool(_ping, db)
-        states: dict[str, str] = {}
-        for name, client in upstreams.items():
-            try:
-                states[name] = str((await client.health())["status"])
-            except BoigError as exc:
-                states[name] = exc.type
+        states = await upstreams.states()
         # The broker does not decide readiness either: jobs are saved first and the worker's
         # sweeper sends what could not be sent, so a broker outage delays jobs, loses none.
         states["queue"] = await run_in_threadpool(generation.broker_state)
@@ -144,8 +137,7 @@ def create_app(
         try:
             yield
         finally:
-            for client in owned_clients:
-                await client.aclose()
+            await upstreams.aclose()
             if owns_database:
                 db.dispose()
 
@@ -160,6 +152,8 @@ def create_app(
             "BOIG public API: score candidate creatives for a KPI target and get creative briefs. "
             "Every /v1 route needs an API key (Authorization: Bearer or X-API-Key)."
         ),
+        # Read by the routes themselves, after authentication: their requestBody refers to these.
+        request_models=(ScoreRequest, GenerateRequest, DescribeRequest),
     )
     app.state.settings = settings
     app.state.gateway = gateway
@@ -200,23 +194,21 @@ def create_app(
         description=(
             "Send either a JSON ScoreRequest (creatives base64-encoded) or multipart/form-data "
             "with a `request` field (JSON of context, target, reward) and `creatives` files. "
-            f"At most {settings.max_creatives} creatives; each must be a decodable image."
+            f"At most {settings.batch_limits.max_items} creatives; each must be a decodable image."
         ),
         openapi_extra=_SCORE_BODY,
+        responses=error_responses(*_KEYED, *_BODY, 502),
     )
     async def score(request: Request, _key: RateLimitedKey) -> ScoreResponse:
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        media_type = wire.media_type(request.headers.get("content-type"))
         if media_type == "multipart/form-data":
             score_request = await _read_multipart(request, gateway)
-        elif media_type in ("application/json", ""):
-            try:
-                score_request = ScoreRequest.model_validate_json(await request.body())
-            except ValidationError as exc:
-                raise InvalidInput(validation_message(exc)) from exc
+        elif media_type in (wire.JSON, wire.MSGPACK):
+            score_request = wire.parse_body(ScoreRequest, await request.body(), media_type)
         else:
             raise UnsupportedMediaType(
-                f"unsupported content type {media_type!r}: send application/json or "
-                "multipart/form-data"
+                f"unsupported content type {media_type!r}: send {wire.JSON}, "
+                f"multipart/form-data or {wire.MSGPACK}"
             )
         return await gateway.score(score_request)
 
@@ -226,6 +218,7 @@ def create_app(
         tags=["describing"],
         summary="Describe how an image for this context should look to reach the KPI target",
         openapi_extra=_json_body("DescribeRequest"),
+        responses=error_responses(*_KEYED, *_BODY, 502),
     )
     async def describe(request: Request, _key: RateLimitedKey) -> DescribeResponse:
         # The body is read here, after the key was checked: a declared body parameter would
@@ -249,6 +242,7 @@ def create_app(
             "body is a 409. While the queue is full: 503 with Retry-After."
         ),
         openapi_extra=_json_body("GenerateRequest"),
+        responses=error_responses(*_KEYED, *_BODY, 409),
     )
     async def generate(
         request: Request,
@@ -270,8 +264,9 @@ def create_app(
         response_model=JobStatus,
         tags=["generation"],
         summary="A job's state, queue position, progress and, once done, its images",
+        responses=error_responses(*_KEYED, 404),
     )
-    async def job_status(job_id: str, key: PollLimitedKey) -> JobStatus:
+    async def get_job(job_id: str, key: PollLimitedKey) -> JobStatus:
         return await generation.status(job_id, owner=key.prefix)
 
     @app.delete(
@@ -279,6 +274,7 @@ def create_app(
         response_model=JobStatus,
         tags=["generation"],
         summary="Cancel a job: a queued one at once, a running one at its next denoising step",
+        responses=error_responses(*_KEYED, 404, 409),
     )
     async def cancel_job(job_id: str, key: RateLimitedKey) -> JobStatus:
         return await generation.cancel(job_id, owner=key.prefix)
@@ -288,16 +284,15 @@ def create_app(
         tags=["generation"],
         summary="A generated image (PNG)",
         response_class=Response,
-        responses={200: {"content": {"image/png": {}}}},
+        responses={200: {"content": {"image/png": {}}}, **error_responses(*_KEYED, 404)},
     )
-    async def image(image_id: str, key: PollLimitedKey) -> Response:
+    async def get_image(image_id: str, key: PollLimitedKey) -> Response:
         data = await generation.image(image_id, owner=key.prefix)
         # An image id names fixed bytes: caches may keep it, but only for this key's owner.
         return Response(
             data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"}
         )
 
-    _declare_request_schemas(app)
     return app
 
 
@@ -360,37 +355,3 @@ async def _read_json_body(request: Request, limit: int) -> bytes:
 def _ping(db: Database) -> None:
     with db.session() as session:
         session.execute(text("SELECT 1"))
-
-
-def _declare_request_schemas(app: FastAPI) -> None:
-    """Put ScoreRequest and GenerateRequest into the OpenAPI components.
-
-    /v1/score (JSON or multipart), /v1/generate (its raw bytes are the idempotency
-    fingerprint) and /v1/describe read their bodies themselves, after authentication, so
-    FastAPI does not see the models; the routes' requestBody refers to them and this makes
-    the references resolve.
-    """
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                openapi_version=app.openapi_version,
-                description=app.description,
-                routes=app.routes,
-                tags=app.openapi_tags,
-                servers=app.servers,
-            )
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (ScoreRequest, GenerateRequest, DescribeRequest):
-                request_schema = model.model_json_schema(
-                    ref_template="#/components/schemas/{model}"
-                )
-                for name, definition in request_schema.pop("$defs", {}).items():
-                    components.setdefault(name, definition)
-                components.setdefault(model.__name__, request_schema)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -17,7 +17,13 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from services.common import metrics
-from services.common.errors import InvalidInput, NotFound, Overloaded, RateLimited
+from services.common.errors import (
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    RateLimited,
+    validation_message,
+)
 from services.common.generation import (
     MAX_SEED,
     GenerateRequest,
@@ -31,7 +37,6 @@ from services.common.generation import (
 from services.common.jobs import Job, JobStore, StoredImage, request_hash
 from services.common.queue import PROGRESS_STATE, send_generation_task
 from services.common.storage import ArtifactStore
-from services.gateway.service import validation_message
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ under the same limits and names the creative if a full decode fails. No URLs are
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Sequence
 from pathlib import PurePosixPath
@@ -26,10 +25,11 @@ from services.common.contracts import (
     RewardName,
     ScoreRequest,
     ScoreResponse,
+    TargetDescription,
 )
-from services.common.errors import InvalidInput, PayloadTooLarge
-from services.common.images import check_image, check_pixel_budget, decode_base64
-from services.common.settings import ImageLimits
+from services.common.errors import InvalidInput, PayloadTooLarge, validation_message
+from services.common.images import check_image, check_pixel_budget
+from services.common.settings import BatchLimits, ImageLimits
 
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]+")
 _ID_MAX = 100  # leaves room under the 128-character ImageId for a "-NN" uniqueness suffix
@@ -43,6 +43,7 @@ class ScoreSpec(BaseModel):
     context: Context
     target: KpiTarget = Field(default_factory=KpiTarget)
     reward: RewardName = "match"
+    targets: list[TargetDescription] = Field(default_factory=list)
 
 
 class UploadedCreative(BaseModel):
@@ -73,11 +74,12 @@ def creative_id_from_filename(filename: str | None, taken: set[str], index: int)
 def build_score_request(
     spec_json: str | bytes, uploads: Sequence[UploadedCreative], *, limits: ImageLimits
 ) -> ScoreRequest:
-    """Turn the multipart form of /v1/score into the JSON contract (creatives in base64)."""
+    """Turn the multipart form of /v1/score into a ScoreRequest."""
     try:
         spec = ScoreSpec.model_validate_json(spec_json)
     except ValidationError as exc:
-        raise InvalidInput(f"the 'request' part is not valid: {_first_error(exc)}") from exc
+        message = validation_message(exc, whole=None)
+        raise InvalidInput(f"the 'request' part is not valid: {message}") from exc
     taken: set[str] = set()
     creatives = []
     for index, upload in enumerate(uploads):
@@ -89,16 +91,19 @@ def build_score_request(
             )
         if not upload.data:
             raise InvalidInput(f"creative {creative_id!r} is empty")
-        encoded = base64.b64encode(upload.data).decode("ascii")
-        creatives.append(Creative(id=creative_id, image_base64=encoded))
+        creatives.append(Creative(id=creative_id, data=upload.data))
     if not creatives:
         raise InvalidInput("send at least one 'creatives' file part")
     try:
         return ScoreRequest(
-            context=spec.context, target=spec.target, reward=spec.reward, creatives=creatives
+            context=spec.context,
+            target=spec.target,
+            reward=spec.reward,
+            creatives=creatives,
+            targets=spec.targets,
         )
     except ValidationError as exc:
-        raise InvalidInput(_first_error(exc)) from exc
+        raise InvalidInput(validation_message(exc, whole=None)) from exc
 
 
 class Gateway:
@@ -110,18 +115,15 @@ class Gateway:
         scorer: ScorerClient,
         describer: DescriberClient,
         image_limits: ImageLimits,
-        max_creatives: int,
+        batch_limits: BatchLimits,
     ) -> None:
         self._scorer = scorer
         self._describer = describer
         self.image_limits = image_limits
-        self.max_creatives = max_creatives
+        self.batch_limits = batch_limits
 
     def check_creative_count(self, count: int) -> None:
-        if count > self.max_creatives:
-            raise InvalidInput(
-                f"{count} creatives in one request; the limit is {self.max_creatives}"
-            )
+        self.batch_limits.check(count, "creatives")
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         self.check_creative_count(len(request.creatives))
@@ -136,23 +138,7 @@ class Gateway:
         sizes = []
         for creative in creatives:
             what = f"creative {creative.id!r}"
-            data = decode_base64(creative.image_base64, limits=self.image_limits, what=what)
             # Header, size, bomb and container checks only: the featurizer decodes every
             # pixel anyway, under the same limits, and names this creative if that fails.
-            sizes.append(check_image(data, limits=self.image_limits, what=what))
+            sizes.append(check_image(creative.data, limits=self.image_limits, what=what))
         check_pixel_budget(sizes, limits=self.image_limits)
-
-
-def validation_message(exc: ValidationError, *, most: int = 5) -> str:
-    """The first ``most`` problems of a request body, each with where it is, for a 422."""
-    parts = []
-    for error in exc.errors()[:most]:
-        where = ".".join(str(part) for part in error["loc"])
-        parts.append(f"{where or 'body'}: {error['msg']}")
-    return "; ".join(parts)
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"])
-    return f"{where}: {error['msg']}" if where else str(error["msg"])

@@ -9,9 +9,13 @@ from limits import parse_many
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.contracts import MAX_BATCH_IMAGES
 from services.common.db import default_database_url
-from services.common.settings import ArtifactStoreSettings, ImageLimits, ServiceSettings
+from services.common.settings import (
+    ArtifactStoreSettings,
+    BatchLimits,
+    ImageLimits,
+    ServiceSettings,
+)
 
 RATE_LIMIT_STORAGE_SCHEMES = frozenset({"memory", "redis", "rediss", "redis+unix"})
 
@@ -52,13 +56,11 @@ class GatewaySettings(ArtifactStoreSettings, ServiceSettings):
             "context and a target fit in a few KiB; larger bodies get 413 before they are read."
         ),
     )
-    max_creatives: int = Field(
-        default=16,
-        ge=1,
+    batch_limits: BatchLimits = Field(
+        default_factory=BatchLimits,
         description=(
-            "Most creatives one /v1/score request may carry; more get 422. At most "
-            f"{MAX_BATCH_IMAGES} (the internal batch ceiling) and keep it at or below the "
-            "scorer's BOIG_SCORER_MAX_CREATIVES_PER_REQUEST."
+            "Most creatives one /v1/score request may carry; read from BOIG_BATCH_MAX_ITEMS, "
+            "as in every service."
         ),
     )
     rate_limit: str = Field(
@@ -162,11 +164,6 @@ class GatewaySettings(ArtifactStoreSettings, ServiceSettings):
 
     @model_validator(mode="after")
     def _safe(self) -> GatewaySettings:
-        if self.max_creatives > MAX_BATCH_IMAGES:
-            raise ValueError(
-                f"max_creatives {self.max_creatives} is above the internal batch ceiling "
-                f"{MAX_BATCH_IMAGES}"
-            )
         # A creative travels base64-encoded in JSON (4/3 larger): one at the limit must fit a body.
         if self.image_limits.max_bytes * 4 // 3 > self.max_body_bytes:
             raise ValueError(

@@ -16,7 +16,6 @@ from pathlib import Path
 from services.common import metrics
 from services.common.checkpoints import (
     KIND_BOIGSD_LORA,
-    CheckpointError,
     current_checkpoint,
     load_manifest,
 )
@@ -72,12 +71,7 @@ class BoigsdLoras:
             )
         if self._pipeline.lora_version != ref.version:
             started = time.perf_counter()
-            manifest = load_manifest(ref, verify=True)
-            if manifest.kind != KIND_BOIGSD_LORA:
-                raise CheckpointError(
-                    f"checkpoint {self._name} {ref.version} is a {manifest.kind!r}, "
-                    f"not a {KIND_BOIGSD_LORA!r}"
-                )
+            manifest = load_manifest(ref, verify=True, kind=KIND_BOIGSD_LORA)
             logger.info("loading BoigSD LoRA %s", ref.version)
             self._pipeline.load_lora(ref.path, ref.version)
             metrics.CHECKPOINT_PUBLISHED.labels(SERVICE).set(manifest.created_at.timestamp())

@@ -12,10 +12,8 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from services.common.boigsd_lora import ADAPTER_NAME, load_boigsd_lora
@@ -24,7 +22,9 @@ from services.common.model_folders import (
     folder_version,
     read_sampling_defaults,
 )
-from services.common.torch_device import resolve_device
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,12 @@ class ImagePipeline:
     """
 
     def __init__(self, model_path: Path, *, device: str = "auto", dtype: str = "auto") -> None:
+        # torch and diffusers load with the first pipeline, not with the worker module: the
+        # Celery parent process and code that only plans or records jobs stay light.
+        from diffusers import StableDiffusionPipeline
+
+        from services.common.torch_device import resolve_device
+
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
@@ -97,6 +103,8 @@ class ImagePipeline:
         ``on_step`` runs after every denoising step; an exception it raises stops the run
         there and propagates out of ``generate``, which is how a job is canceled.
         """
+        import torch
+
         _check_request(request)
         generators = [
             torch.Generator(device="cpu").manual_seed(request.seed + index)
@@ -183,6 +191,8 @@ def _check_request(request: ImageRequest) -> None:
 
 def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto``: float16 on CUDA (SD 1.x's VAE is stable in it), float32 on the CPU."""
+    import torch
+
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     resolved = getattr(torch, dtype, None)

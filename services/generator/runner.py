@@ -14,7 +14,6 @@ Every kept image is scored, so each job reports rewards with their breakdown.
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import time
 from collections.abc import Sequence
@@ -32,11 +31,13 @@ from services.common.contracts import (
     ModelInfo,
     ScoreRequest,
     ScoreResponse,
+    TargetDescription,
 )
 from services.common.errors import BoigError
 from services.common.generation import GenerateRequest, JobOutcome, JobProgress, Strategy
 from services.common.image_prompts import render_negative_prompt, render_prompt
 from services.common.jobs import NewImage
+from services.common.loop_thread import EventLoopThread
 from services.common.model_folders import SamplingDefaults
 from services.common.storage import ArtifactStore
 from services.generator import SERVICE
@@ -107,7 +108,8 @@ def encode_png(image: Image.Image) -> bytes:
 
 
 class JobRunner:
-    """Holds the loaded pipeline (one per worker process) and runs jobs on it."""
+    """Holds the loaded pipeline (one per worker process) and runs jobs on it, with one
+    describer and one scorer client for the process on an event loop of its own."""
 
     def __init__(
         self,
@@ -119,6 +121,16 @@ class JobRunner:
         self.pipeline = pipeline
         self.artifacts = artifacts
         self.loras = BoigsdLoras(pipeline, settings.checkpoint_registry, settings.checkpoint_name)
+        self._loop = EventLoopThread("generator-upstreams")
+        timeout = settings.upstream_timeout_seconds
+        self._describer = DescriberClient(settings.describer_url, timeout=timeout, caller=SERVICE)
+        self._scorer = ScorerClient(settings.scorer_url, timeout=timeout, caller=SERVICE)
+
+    def close(self) -> None:
+        """Close the upstream clients and their loop (the pipeline stays loaded)."""
+        self._loop.run(self._describer.aclose())
+        self._loop.run(self._scorer.aclose())
+        self._loop.close()
 
     @property
     def guidance_scale(self) -> float:
@@ -143,7 +155,7 @@ class JobRunner:
 
         control.check()
         control.report(JobProgress(stage="describing", step=0, total=job_plan.steps))
-        target, low = asyncio.run(self._describe(request, notes))
+        target, low = self._loop.run(self._describe(request, notes))
         models["describer"] = target.model
         count_tokens = self.pipeline.count_prompt_tokens
         prompt = render_prompt(target.verbalization, request.context, count_tokens=count_tokens)
@@ -160,7 +172,12 @@ class JobRunner:
         control.check()
         control.report(JobProgress(stage="scoring", step=job_plan.steps, total=job_plan.steps))
         pngs = [encode_png(image) for image in images]
-        scores = asyncio.run(self._score(request, pngs))
+        # The scorer compares with the descriptions the prompts were made from, not with a
+        # second answer of the describer (another sample, or a model reloaded meanwhile).
+        prompted_with = [TargetDescription.described(request.target.level, target)]
+        if low is not None and request.target.level is not KpiLevel.LOW:
+            prompted_with.append(TargetDescription.described(KpiLevel.LOW, low))
+        scores = self._loop.run(self._score(request, pngs, prompted_with))
         for name, info in scores.models.items():
             models.setdefault(name, info)
         kept = scores.results[: job_plan.count]
@@ -201,18 +218,14 @@ class JobRunner:
     async def _describe(
         self, request: GenerateRequest, notes: list[str]
     ) -> tuple[DescribeResponse, DescribeResponse | None]:
-        timeout = self.settings.upstream_timeout_seconds
-        async with DescriberClient(
-            self.settings.describer_url, timeout=timeout, caller=SERVICE
-        ) as describer:
-            wanted = describer.describe(request.context, request.target)
-            if request.target.level is KpiLevel.LOW:
-                return await wanted, None
-            # The look of a low-KPI creative is what the negative prompt steers away from.
-            low = describer.describe(
-                request.context, KpiTarget(name=request.target.name, level=KpiLevel.LOW)
-            )
-            target, avoided = await asyncio.gather(wanted, low, return_exceptions=True)
+        wanted = self._describer.describe(request.context, request.target)
+        if request.target.level is KpiLevel.LOW:
+            return await wanted, None
+        # The look of a low-KPI creative is what the negative prompt steers away from.
+        low = self._describer.describe(
+            request.context, KpiTarget(name=request.target.name, level=KpiLevel.LOW)
+        )
+        target, avoided = await asyncio.gather(wanted, low, return_exceptions=True)
         if isinstance(target, BaseException):
             raise target
         if isinstance(avoided, BoigError):
@@ -223,22 +236,23 @@ class JobRunner:
             raise avoided
         return target, avoided
 
-    async def _score(self, request: GenerateRequest, pngs: Sequence[bytes]) -> ScoreResponse:
-        creatives = [
-            Creative(id=f"candidate-{index}", image_base64=base64.b64encode(data).decode())
-            for index, data in enumerate(pngs)
-        ]
+    async def _score(
+        self,
+        request: GenerateRequest,
+        pngs: Sequence[bytes],
+        targets: Sequence[TargetDescription],
+    ) -> ScoreResponse:
+        reward = self.settings.reward
         score_request = ScoreRequest(
             context=request.context,
             target=request.target,
-            reward=self.settings.reward,
-            creatives=creatives,
+            reward=reward,
+            creatives=[
+                Creative(id=f"candidate-{index}", data=data) for index, data in enumerate(pngs)
+            ],
+            targets=[] if reward == "likelihood" else list(targets),
         )
-        timeout = self.settings.upstream_timeout_seconds
-        async with ScorerClient(
-            self.settings.scorer_url, timeout=timeout, caller=SERVICE
-        ) as scorer:
-            return await scorer.score(score_request)
+        return await self._scorer.score(score_request)
 
     def _denoise(
         self, job_plan: Plan, prompt: str, negative: str | None, control: JobControl

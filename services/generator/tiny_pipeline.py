@@ -20,12 +20,11 @@ from services.common.clip_tokenizer import (
     clip_bpe_path,
     write_clip_tokenizer,
 )
-from services.common.settings import boig_home
+from services.common.settings import default_tiny_pipeline_dir
 from services.common.staged_folders import staged_folder
 
 logger = logging.getLogger(__name__)
 
-TINY_SD_NAME = "tiny-sd"
 MODEL_INDEX = "model_index.json"
 # 4 VAE blocks give SD's 8x downsampling, so 64x64 images denoise as 8x8 latents, as 512x512
 # images do as 64x64 ones in SD 1.5. Channels are as small as GroupNorm(8) allows.
@@ -86,11 +85,6 @@ Point `BOIG_GENERATOR_MODEL_PATH` at a real SD 1.5 / SD-Turbo diffusers folder f
 
 Built with: {versions}
 """
-
-
-def default_tiny_pipeline_dir() -> Path:
-    """Where ``make models`` puts the tiny pipeline; the generator loads it by default."""
-    return boig_home() / "models" / TINY_SD_NAME
 
 
 def is_prepared(out_dir: Path) -> bool:

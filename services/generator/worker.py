@@ -348,3 +348,5 @@ def _on_child(**_: Any) -> None:
 def _on_shutdown(**_: Any) -> None:
     if _sweeper is not None:
         _sweeper.stop()
+    if _runtime is not None:
+        _runtime.runner.close()  # the upstream clients' connections and their event loop

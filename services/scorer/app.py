@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from services.common.app import create_service_app
-from services.common.clients import DescriberClient, FeaturizerClient, ServiceClient
+from services.common import wire
+from services.common.app import create_service_app, error_responses
+from services.common.clients import DescriberClient, FeaturizerClient, Upstreams
 from services.common.contracts import ScoreRequest, ScoreResponse
-from services.common.errors import BoigError
 from services.scorer.service import Scorer
 from services.scorer.settings import ScorerSettings
 
+ScoreBody = Annotated[ScoreRequest, Depends(wire.body_reader(ScoreRequest))]
 VERSION = "0.1.0"
 SERVICE = "scorer"
 
@@ -27,34 +28,20 @@ def create_app(
 ) -> FastAPI:
     """Build the scorer app; clients passed in (tests, embedding) are the caller's to close."""
     settings = settings or ScorerSettings()
-    owned: list[ServiceClient] = []
-    if featurizer is None:
-        featurizer = FeaturizerClient(
-            settings.featurizer_url, timeout=settings.upstream_timeout_seconds, caller=SERVICE
-        )
-        owned.append(featurizer)
-    if describer is None:
-        describer = DescriberClient(
-            settings.describer_url, timeout=settings.upstream_timeout_seconds, caller=SERVICE
-        )
-        owned.append(describer)
-    upstreams: dict[str, ServiceClient] = {"featurizer": featurizer, "describer": describer}
+    upstreams = Upstreams(caller=SERVICE, timeout=settings.upstream_timeout_seconds)
+    featurizer = upstreams.add(FeaturizerClient, settings.featurizer_url, featurizer)
+    describer = upstreams.add(DescriberClient, settings.describer_url, describer)
     scorer = Scorer(
         featurizer=featurizer,
         describer=describer,
         weights=settings.match_weights(),
         color_scale=settings.color_scale,
-        max_creatives=settings.max_creatives_per_request,
+        batch_limits=settings.batch_limits,
     )
 
     async def readiness() -> dict[str, Any]:
         # Ready only when both upstreams are: a scorer that cannot reach them can score nothing.
-        states: dict[str, str] = {}
-        for name, client in upstreams.items():
-            try:
-                states[name] = str((await client.health())["status"])
-            except BoigError as exc:
-                states[name] = exc.type
+        states = await upstreams.states()
         return {"ready": all(state == "ok" for state in states.values()), "upstreams": states}
 
     @asynccontextmanager
@@ -62,8 +49,7 @@ def create_app(
         try:
             yield
         finally:
-            for client in owned:
-                await client.aclose()
+            await upstreams.aclose()
 
     app = create_service_app(
         service=SERVICE,
@@ -73,6 +59,7 @@ def create_app(
         readiness=readiness,
         lifespan=lifespan,
         description="Ranks candidate creatives by a KPI reward (match, likelihood, contrastive).",
+        request_models=(ScoreRequest,),
     )
     app.state.settings = settings
     app.state.scorer = scorer
@@ -82,8 +69,11 @@ def create_app(
         response_model=ScoreResponse,
         tags=["scoring"],
         summary="Score and rank a batch of creatives for a context and KPI target",
+        # 502 and 503 come from the featurizer and describer: unreachable, busy or loading.
+        responses=error_responses(413, 415, 422, 502, 503),
+        openapi_extra=wire.request_body(ScoreRequest, images=True),
     )
-    async def score(request: ScoreRequest) -> ScoreResponse:
+    async def score(request: ScoreBody) -> ScoreResponse:
         return await scorer.score(request)
 
     return app

@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import linear_sum_assignment
 
+from services.common.colour import srgb_to_lab
 from services.common.contracts import (
     TONE_AXIS,
     ColorSwatch,
@@ -36,16 +36,6 @@ hues (ΔE > 100) score < 0.02."""
 COMPONENTS: tuple[str, ...] = ("colors", "tones", "objects", "caption")
 """Names of the match components, in the order they appear in breakdowns."""
 
-# sRGB (D65) → CIE XYZ, and the D65 reference white; IEC 61966-2-1 constants.
-_SRGB_TO_XYZ = np.array(
-    [
-        [0.4124564, 0.3575761, 0.1804375],
-        [0.2126729, 0.7151522, 0.0721750],
-        [0.0193339, 0.1191920, 0.9503041],
-    ]
-)
-_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
-_LAB_EPSILON = (6 / 29) ** 3
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
@@ -81,18 +71,6 @@ Components = Mapping[str, float | None]
 
 
 # --- colour ------------------------------------------------------------------------------
-
-
-def srgb_to_lab(rgb: NDArray[np.floating] | NDArray[np.integer]) -> NDArray[np.float64]:
-    """Convert sRGB (0–255, shape ``(..., 3)``) to CIE-Lab under D65, vectorised."""
-    c = np.asarray(rgb, dtype=np.float64) / 255.0
-    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    xyz = linear @ _SRGB_TO_XYZ.T / _D65_WHITE
-    f = np.where(xyz > _LAB_EPSILON, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    lightness = 116 * f[..., 1] - 16
-    a = 500 * (f[..., 0] - f[..., 1])
-    b = 200 * (f[..., 1] - f[..., 2])
-    return np.stack([lightness, a, b], axis=-1)
 
 
 def _coverage_weights(colors: Sequence[ColorSwatch]) -> NDArray[np.float64]:
@@ -174,6 +152,9 @@ def object_agreement(
             for t in target_objects
         ]
     )
+    # scipy loads with the first image that has objects, not with the app or its settings.
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(pair_scores, maximize=True)
     matched = float(pair_scores[rows, cols].sum())
     return _unit(matched / max(len(target_objects), len(image_objects)))

@@ -15,7 +15,6 @@ from services.common import metrics
 from services.common.clients import DescriberClient, FeaturizerClient
 from services.common.contracts import (
     CreativeScore,
-    DescribeResponse,
     FeaturizeResponse,
     ImageInput,
     KpiLevel,
@@ -27,7 +26,8 @@ from services.common.contracts import (
     TargetDescription,
     Verbalization,
 )
-from services.common.errors import InvalidInput, UpstreamError
+from services.common.errors import UpstreamError
+from services.common.settings import BatchLimits
 from services.scorer.rewards import (
     DEFAULT_COLOR_SCALE,
     MatchWeights,
@@ -50,38 +50,37 @@ class Scorer:
         describer: DescriberClient,
         weights: MatchWeights,
         color_scale: float = DEFAULT_COLOR_SCALE,
-        max_creatives: int = 32,
+        batch_limits: BatchLimits | None = None,
     ) -> None:
         self._featurizer = featurizer
         self._describer = describer
         self._weights = weights
         self._color_scale = color_scale
-        self._max_creatives = max_creatives
+        self._batch_limits = batch_limits or BatchLimits()
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
-        if len(request.creatives) > self._max_creatives:
-            raise InvalidInput(
-                f"{len(request.creatives)} creatives in one request; the limit is "
-                f"{self._max_creatives}"
-            )
+        self._batch_limits.check(len(request.creatives), "creatives")
         # The scorer never decodes images itself: the featurizer owns decoding and its limits,
         # and answers invalid_image naming the creative, which passes through to the caller.
-        images = [ImageInput(id=c.id, data_base64=c.image_base64) for c in request.creatives]
+        images = [ImageInput(id=c.id, data=c.data) for c in request.creatives]
         if request.reward == "match":
-            featurized, (target,) = await self._featurize_and_describe(
+            featurized, targets = await self._featurize_and_describe(
                 images, request, (request.target.level,)
             )
             verbalizations = _in_request_order(featurized, request)
             rewards = match_rewards(
-                verbalizations, target.verbalization, self._weights, color_scale=self._color_scale
+                verbalizations,
+                targets[0].verbalization,
+                self._weights,
+                color_scale=self._color_scale,
             )
-            targets = [_target(request.target.level, target)]
-            describer_model = target.model
+            describer_model = targets[0].model
         elif request.reward == "contrastive":
             # Always high vs low, whatever level the request names: that contrast is the reward.
-            featurized, (high, low) = await self._featurize_and_describe(
+            featurized, targets = await self._featurize_and_describe(
                 images, request, (KpiLevel.HIGH, KpiLevel.LOW)
             )
+            high, low = targets
             verbalizations = _in_request_order(featurized, request)
             rewards = contrastive_rewards(
                 verbalizations,
@@ -90,8 +89,7 @@ class Scorer:
                 self._weights,
                 color_scale=self._color_scale,
             )
-            targets = [_target(KpiLevel.HIGH, high), _target(KpiLevel.LOW, low)]
-            describer_model = high.model
+            describer_model = high.model or low.model
         else:
             # Behaviour simulation needs the verbalizations first, so these two calls are serial.
             featurized = await self._featurizer.featurize(images)
@@ -115,19 +113,26 @@ class Scorer:
 
     async def _featurize_and_describe(
         self, images: list[ImageInput], request: ScoreRequest, levels: Sequence[KpiLevel]
-    ) -> tuple[FeaturizeResponse, list[DescribeResponse]]:
-        """Featurize and describe concurrently: the two services are independent."""
+    ) -> tuple[FeaturizeResponse, list[TargetDescription]]:
+        """Featurize, and describe the levels the request brings no description of,
+        concurrently: the two services are independent."""
+        given = {target.level: target for target in request.targets}
         async with _task_group() as group:
             featurize = group.create_task(self._featurizer.featurize(images))
-            describes = [
-                group.create_task(
+            describes = {
+                level: group.create_task(
                     self._describer.describe(
                         request.context, KpiTarget(name=request.target.name, level=level)
                     )
                 )
                 for level in levels
-            ]
-        return featurize.result(), [task.result() for task in describes]
+                if level not in given
+            }
+        targets = [
+            given.get(level) or TargetDescription.described(level, describes[level].result())
+            for level in levels
+        ]
+        return featurize.result(), targets
 
 
 @asynccontextmanager
@@ -155,12 +160,6 @@ def _likelihood_rewards(likelihood: LikelihoodResponse, count: int) -> list[Rewa
             f"describer returned {len(likelihood.results)} likelihoods for {count} creatives"
         )
     return [likelihood_reward(distribution) for distribution in likelihood.results]
-
-
-def _target(level: KpiLevel, described: DescribeResponse) -> TargetDescription:
-    return TargetDescription(
-        level=level, verbalization=described.verbalization, text=described.text
-    )
 
 
 def _notes(featurized: FeaturizeResponse) -> dict[str | None, list[str]]:
@@ -192,11 +191,10 @@ def _ranked(
     ]
 
 
-def _models(featurized: FeaturizeResponse, describer: ModelInfo) -> dict[str, ModelInfo]:
-    models = {
-        "featurizer": ModelInfo(name="featurizer", version=featurized.featurizer_version),
-        "describer": describer,
-    }
+def _models(featurized: FeaturizeResponse, describer: ModelInfo | None) -> dict[str, ModelInfo]:
+    models = {"featurizer": ModelInfo(name="featurizer", version=featurized.featurizer_version)}
+    if describer is not None:  # none when the caller wrote every description itself
+        models["describer"] = describer
     if featurized.detector is not None:
         models["detector"] = featurized.detector
     return models

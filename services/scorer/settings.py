@@ -5,8 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.contracts import MAX_BATCH_IMAGES
-from services.common.settings import ServiceSettings
+from services.common.settings import BatchLimits, ServiceSettings
 from services.scorer.rewards import DEFAULT_COLOR_SCALE, MatchWeights
 
 
@@ -30,13 +29,11 @@ class ScorerSettings(ServiceSettings):
             "an LLM, so this must cover its worst-case generation time on the slowest backend."
         ),
     )
-    max_creatives_per_request: int = Field(
-        default=32,
-        ge=1,
-        le=MAX_BATCH_IMAGES,
+    batch_limits: BatchLimits = Field(
+        default_factory=BatchLimits,
         description=(
-            "Most creatives one /score request may carry; they go to the featurizer as one "
-            f"batch, so this is capped by the contract's batch ceiling ({MAX_BATCH_IMAGES})."
+            "Most creatives one /score request may carry (they go to the featurizer and the "
+            "describer as one batch); read from BOIG_BATCH_MAX_ITEMS, as in every service."
         ),
     )
     weight_colors: float = Field(

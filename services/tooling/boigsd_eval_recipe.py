@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -41,8 +40,9 @@ from services.common.contracts import (
     ScoreRequest,
     Verbalization,
 )
+from services.common.hashing import file_sha256
 from services.common.image_prompts import render_prompt
-from services.common.images import png_base64
+from services.common.images import encode_png
 from services.common.model_folders import folder_version, read_sampling_defaults
 from services.common.settings import default_world_sd_dir
 from services.tooling import boigsd_recipe, llm_recipe, world_sd_recipe
@@ -98,7 +98,8 @@ class EvalSdSettings:
 
 def judge_detector(home: Path) -> Path:
     """The judge's detector weights, trained once (~6 min) and cached under ``home``."""
-    from services.featurizer.shapes import DetectorConfig, prepare_detector
+    from services.trainer.detector.config import DetectorConfig
+    from services.trainer.detector.prepare import prepare_detector
 
     config = DetectorConfig(seed=JUDGE_DETECTOR_SEED, width_multiple=JUDGE_DETECTOR_WIDTH)
     return prepare_detector(home / "models" / "judge-detector", config=config)
@@ -133,7 +134,7 @@ def ensure_truth(paths: llm_recipe.LlmPaths) -> Path:
     refused unless the posts come out byte-identical to the world's."""
     out = paths.home / "truth" / paths.world.name / TRUTH_FILE
     stamp = out.with_suffix(".posts-sha256")
-    posts_sha = hashlib.sha256((paths.world / POSTS_FILE).read_bytes()).hexdigest()
+    posts_sha = file_sha256(paths.world / POSTS_FILE)
     if out.is_file() and stamp.is_file() and stamp.read_text().strip() == posts_sha:
         return out
     console.print(f"eval-sd: regenerating {paths.world.name} for its hidden truth (once)")
@@ -339,12 +340,12 @@ async def _evaluate(
         async def judge(images: list[Image.Image]) -> list[Verbalization]:
             return await judge_featurizer.featurize_images(images, batch_size=JUDGE_BATCH)
 
-        async def score(context: Context, pngs: list[str], name: RewardName) -> list[float]:
+        async def score(context: Context, pngs: list[bytes], name: RewardName) -> list[float]:
             request = ScoreRequest(
                 context=context,
                 target=target,
                 reward=name,
-                creatives=[Creative(id=f"i{i}", image_base64=b) for i, b in enumerate(pngs)],
+                creatives=[Creative(id=f"i{i}", data=b) for i, b in enumerate(pngs)],
             )
             response = await call_with_retries(
                 lambda: scorer.score(request), retries=10, what="scorer"
@@ -353,7 +354,7 @@ async def _evaluate(
             return [totals[f"i{i}"] for i in range(len(pngs))]
 
         async def reward_of(context: Context, images: list[Image.Image]) -> list[float]:
-            pngs = [png_base64(image) for image in images]
+            pngs = [encode_png(image) for image in images]
             parts = [(w, await score(context, pngs, name)) for w, name in reward.terms]
             return [sum(w * values[i] for w, values in parts) for i in range(len(images))]
 

@@ -33,42 +33,28 @@ SHARED_MESSAGES: tuple[type[BaseModel], ...] = (
     generation.JobAccepted,
     generation.JobStatus,
     checkpoints.CheckpointManifest,
+    contracts.Error,
 )
-ERROR_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "Error",
-    "description": "The body of every error answer of every BOIG service.",
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["type", "message", "request_id"],
-            "properties": {
-                "type": {"type": "string", "description": "Machine-readable error type."},
-                "message": {"type": "string", "description": "What went wrong, for people."},
-                "request_id": {"type": ["string", "null"]},
-            },
-        }
-    },
-}
 
 
 def _dump(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def service_openapi(service: str) -> dict[str, Any]:
+    """The OpenAPI of ``service`` (one of SERVICES) as its code defines it, default settings."""
+    module = importlib.import_module(f"services.{service}.app")
+    document: dict[str, Any] = module.create_app().openapi()
+    return document
+
+
 def generate() -> dict[str, str]:
     """Every file of proto/, by relative path, as the code defines it now."""
     files: dict[str, str] = {}
     for service in SERVICES:
-        module = importlib.import_module(f"services.{service}.app")
-        files[f"openapi/{service}.json"] = _dump(module.create_app().openapi())
+        files[f"openapi/{service}.json"] = _dump(service_openapi(service))
     for model in SHARED_MESSAGES:
         files[f"schemas/{model.__name__}.json"] = _dump(model.model_json_schema())
-    files["schemas/Error.json"] = _dump(ERROR_SCHEMA)
     return files
 
 

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings
 
 SETTINGS_CLASSES = (
     ("services.common.settings", "ImageLimits", "image limits (every service that decodes images)"),
+    ("services.common.settings", "BatchLimits", "batch limit (every service that takes a batch)"),
     ("services.gateway.settings", "GatewaySettings", "gateway"),
     ("services.scorer.settings", "ScorerSettings", "scorer"),
     ("services.describer.settings", "DescriberSettings", "describer"),

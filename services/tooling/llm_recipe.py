@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -29,11 +28,16 @@ from tqdm import tqdm
 
 from services.common.checkpoints import BOIGLLM_CHECKPOINT, current_checkpoint, load_manifest
 from services.common.clients import DescriberClient
+from services.common.hashing import file_sha256
 from services.common.history import HISTORY_FORMAT, HistoryStore
 from services.common.prompts import PROMPT_VERSION
 from services.common.serving_profile import ServingProfile
-from services.common.settings import boig_home, checkpoint_registry, default_history_path
-from services.describer.model_prep import SMOLLM2_NAME
+from services.common.settings import (
+    SMOLLM2_NAME,
+    boig_home,
+    checkpoint_registry,
+    default_history_path,
+)
 from services.tooling.stack import local_stack
 from services.trainer.evaluate import metrics, report
 from services.trainer.evaluate.results import EvaluationResult
@@ -135,10 +139,6 @@ def ensure_world(paths: LlmPaths) -> Path:
             progress=bar.update,  # called with 1 per post
         )
     return posts
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def current_dataset(paths: LlmPaths, posts: Path) -> Path | None:
@@ -438,7 +438,7 @@ def _dataset_of(data: Path, posts: Path) -> Path | None:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return folder if manifest.get("source", {}).get("sha256") == _sha256(posts) else None
+    return folder if manifest.get("source", {}).get("sha256") == file_sha256(posts) else None
 
 
 @dataclass(frozen=True)

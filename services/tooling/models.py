@@ -35,14 +35,18 @@ def prepare_all(
     base model or tiny ones).
     """
     # Imported here: each pulls in torch and its model library.
-    from services.common.settings import default_world_sd_dir
-    from services.describer.model_prep import default_smollm2_dir, prepare_smollm2
+    from services.common.settings import (
+        default_smollm2_dir,
+        default_tiny_pipeline_dir,
+        default_world_sd_dir,
+    )
+    from services.describer.model_prep import prepare_smollm2
     from services.describer.settings import DescriberSettings
     from services.featurizer.settings import FeaturizerSettings, default_detector_weights
-    from services.featurizer.shapes import prepare_detector
     from services.generator.settings import GeneratorSettings
-    from services.generator.tiny_pipeline import default_tiny_pipeline_dir, prepare_tiny_pipeline
+    from services.generator.tiny_pipeline import prepare_tiny_pipeline
     from services.tooling.world_sd_recipe import prepare_world_sd
+    from services.trainer.detector.prepare import prepare_detector
 
     prepared: dict[str, Path] = {}
     started = time.perf_counter()

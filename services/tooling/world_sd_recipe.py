@@ -6,7 +6,6 @@ pipeline folder the generator serves by default (``make models``), and its evalu
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import random
 import shutil
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from services.common.clients import FeaturizerClient
 from services.common.contracts import Verbalization
+from services.common.hashing import file_sha256
 from services.common.model_folders import SAMPLING_FILE, read_sampling_defaults
 from services.common.settings import default_world_sd_dir
 from services.common.staged_folders import staged_folder
@@ -46,7 +46,7 @@ console = Console() if sys.stdout.isatty() else Console(width=200)
 MANIFEST = "boig_manifest.json"
 FEATURIZE_BATCH = 16
 """Images per featurizer request, as the ingestion sends them (the featurizer refuses more
-than its BOIG_FEATURIZER_MAX_IMAGES_PER_REQUEST, 32 by default)."""
+than BOIG_BATCH_MAX_ITEMS, 32 by default)."""
 
 _README = """# world-sd: a small Stable Diffusion trained on the synthetic brand world
 
@@ -185,7 +185,7 @@ def prepare_world_sd(
             "selection": {"account": selection.account, "level": selection.level},
             "config": config.model_dump(mode="json"),
             "world": paths.world.name,
-            "posts_sha256": hashlib.sha256((paths.world / POSTS_FILE).read_bytes()).hexdigest(),
+            "posts_sha256": file_sha256(paths.world / POSTS_FILE),
         }
         (st / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         losses = _final_losses(folder / METRICS_FILE)

@@ -41,12 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from services.common.contracts import Context
 from services.common.model_folders import read_sampling_defaults
-from services.common.settings import default_world_sd_dir
-from services.generator.tiny_pipeline import (
+from services.common.settings import (
     TINY_SD_NAME,
     default_tiny_pipeline_dir,
-    prepare_tiny_pipeline,
+    default_world_sd_dir,
 )
+from services.generator.tiny_pipeline import prepare_tiny_pipeline
 from services.trainer.ddpo.config import PRESETS, DdpoConfig, preset
 from services.trainer.ddpo.job import load_pipeline
 from services.trainer.ddpo.rewards import InProcessReward

@@ -41,10 +41,14 @@ from services.common.checkpoints import (
     served_model_name,
 )
 from services.common.contracts import KPI_LEVELS, Context, KpiTarget
-from services.common.settings import boig_home, checkpoint_registry, default_history_path
+from services.common.settings import (
+    boig_home,
+    checkpoint_registry,
+    default_history_path,
+    default_smollm2_dir,
+)
 from services.describer.backends import LlmBackend, create_backend
 from services.describer.backends.common import regex_per_prompt
-from services.describer.model_prep import default_smollm2_dir
 from services.describer.service import Describer
 from services.describer.settings import DescriberSettings
 from services.tooling.models import prepare_all

@@ -22,16 +22,13 @@ from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain script
 
+from services.common.settings import default_shapes_detector_dir
 from services.featurizer.backends.yolo import YoloDetector
 from services.featurizer.colors import extract_palette, sample_colors
 from services.featurizer.service import Featurizer
-from services.featurizer.shapes import (
-    default_detector_dir,
-    prepare_detector,
-    render_scene,
-    scene_rng,
-)
 from services.featurizer.tones import analyze_tones
+from services.trainer.detector.prepare import prepare_detector
+from services.trainer.detector.scenes import render_scene, scene_rng
 
 GOAL = 0.8
 PHOTOS = (
@@ -75,7 +72,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None, help="detector input size")
     args = parser.parse_args()
 
-    weights = args.weights or prepare_detector(default_detector_dir(), progress=print)
+    weights = args.weights or prepare_detector(default_shapes_detector_dir(), progress=print)
     detector = YoloDetector.load(weights, image_size=args.image_size)
     images = bench_images()
     count = len(images)

@@ -26,8 +26,8 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain script
 
-from services.common.contracts import Context, KpiTarget
-from services.common.images import decode_base64, decode_image
+from services.common.contracts import Context, Creative, KpiTarget
+from services.common.images import decode_image
 from services.common.settings import ImageLimits
 from services.demo.__main__ import SAMPLES, create_api_key
 from services.describer.backends import create_backend
@@ -93,7 +93,8 @@ def in_process(rounds: int, items: list[dict[str, str]]) -> dict[str, list[dict[
         for index in range(rounds + 1):  # round 0 warms up
             started = time.perf_counter()
             images = [
-                decode_image(decode_base64(c["image_base64"], limits=limits), limits=limits)
+                # What every service does with a JSON creative: base64 to bytes, then pixels.
+                decode_image(Creative.model_validate(c).data, limits=limits)
                 for c in items
             ]
             decoded = time.perf_counter()
@@ -119,7 +120,12 @@ def in_process(rounds: int, items: list[dict[str, str]]) -> dict[str, list[dict[
 
 def over_http(rounds: int, items: list[dict[str, str]]) -> dict[str, list[float]]:
     latencies: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory() as run_dir, local_stack(Path(run_dir)) as stack:
+    # The scoring path only: no generator worker competing for the two cores.
+    scoring = ("featurizer", "describer", "scorer", "gateway")
+    with (
+        tempfile.TemporaryDirectory() as run_dir,
+        local_stack(Path(run_dir), services=scoring) as stack,
+    ):
         headers = {"Authorization": f"Bearer {create_api_key(stack.database_url)}"}
         with httpx.Client(base_url=stack.url("gateway"), headers=headers, timeout=600) as client:
             for scenario in SCENARIOS:

@@ -12,8 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.common.contracts import KPI_LEVELS
+from services.common.settings import default_smollm2_dir
 from services.describer.app import create_app
-from services.describer.model_prep import default_smollm2_dir, prepare_smollm2
+from services.describer.model_prep import prepare_smollm2
 from services.describer.settings import DescriberSettings
 
 CONTEXT = {
@@ -139,10 +140,10 @@ def test_invalid_requests_get_422_in_the_error_shape(
 
 
 def test_too_many_verbalizations_get_422(client: TestClient, settings: DescriberSettings) -> None:
-    too_many = [VERBALIZATIONS[1]] * (settings.max_verbalizations_per_request + 1)
+    too_many = [VERBALIZATIONS[1]] * (settings.batch_limits.max_items + 1)
     response = client.post("/likelihood", json={"context": CONTEXT, "verbalizations": too_many})
     error = assert_error(response, 422, "invalid_input")
-    assert str(settings.max_verbalizations_per_request) in error["message"]
+    assert str(settings.batch_limits.max_items) in error["message"]
 
 
 def test_malformed_json_gets_422(client: TestClient) -> None:

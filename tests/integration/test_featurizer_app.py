@@ -18,12 +18,14 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.common import wire
+from services.common.contracts import FeaturizeRequest, ImageInput
 from services.common.errors import ModelUnavailable
-from services.common.settings import ImageLimits
+from services.common.settings import BatchLimits, ImageLimits, default_shapes_detector_dir
 from services.featurizer.app import create_app
 from services.featurizer.service import FEATURIZER_VERSION
 from services.featurizer.settings import FeaturizerSettings
-from services.featurizer.shapes import default_detector_dir, prepare_detector
+from services.trainer.detector.prepare import prepare_detector
 
 LIMITS = ImageLimits(
     max_bytes=300_000, max_pixels=4_000_000, max_side=2048, max_request_pixels=2_500_000
@@ -70,7 +72,7 @@ def bomb_png(width: int, height: int) -> bytes:
 
 def request_body(*datas: str, detect_objects: bool = False) -> dict[str, Any]:
     return {
-        "images": [{"id": f"img-{i}", "data_base64": data} for i, data in enumerate(datas)],
+        "images": [{"id": f"img-{i}", "image_base64": data} for i, data in enumerate(datas)],
         "detect_objects": detect_objects,
     }
 
@@ -78,7 +80,7 @@ def request_body(*datas: str, detect_objects: bool = False) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     settings = FeaturizerSettings(
-        detector_backend="none", image_limits=LIMITS, max_images_per_request=4
+        detector_backend="none", image_limits=LIMITS, batch_limits=BatchLimits(max_items=4)
     )
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
@@ -87,7 +89,7 @@ def client() -> Iterator[TestClient]:
 @pytest.fixture(scope="module")
 def yolo_client() -> Iterator[TestClient]:
     # Same cache as `make models` and the unit tests: trained at most once per machine.
-    weights = prepare_detector(default_detector_dir())
+    weights = prepare_detector(default_shapes_detector_dir())
     settings = FeaturizerSettings(detector_weights=weights, device="cpu", image_limits=LIMITS)
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
@@ -118,6 +120,23 @@ def test_featurizes_a_drawn_image_exactly(client: TestClient) -> None:
     assert result["verbalization"]["objects"] == []
 
 
+def test_a_msgpack_body_carries_the_files_and_answers_the_same(client: TestClient) -> None:
+    data = png_bytes(half_red_half_blue())
+    packed = wire.pack(FeaturizeRequest(images=[ImageInput(id="img-0", data=data)]))
+    assert data in packed  # the file itself, not base64
+    by_json = client.post("/featurize", json=request_body(b64(data)))
+    by_msgpack = client.post(
+        "/featurize", content=packed, headers={"Content-Type": "application/msgpack"}
+    )
+    assert by_msgpack.status_code == 200, by_msgpack.text
+    assert by_msgpack.json() == by_json.json()
+
+
+def test_other_content_types_are_415(client: TestClient) -> None:
+    response = client.post("/featurize", content=b"<a/>", headers={"Content-Type": "text/xml"})
+    assert_error(response, 415, "unsupported_media_type", "application/msgpack")
+
+
 def test_accepts_jpeg_and_data_urls_in_one_batch(client: TestClient) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), (0, 128, 128)).save(buffer, format="JPEG", quality=95)
@@ -141,14 +160,15 @@ def test_accepts_jpeg_and_data_urls_in_one_batch(client: TestClient) -> None:
             "invalid_image",
             "images[1] ('img-1') is truncated or corrupt",
         ),
-        ("data:image/png;base64,", 422, "invalid_image", "images[1] ('img-1') is empty"),
+        # A malformed field is named by where it is in the body.
+        ("data:image/png;base64,", 422, "invalid_input", "images.1.image_base64: Value error"),
         (
             b64(b"GIF89a? no, just some text"),
             422,
             "invalid_image",
             "images[1] ('img-1') is not a readable image",
         ),
-        ("this is *not* base64!", 422, "invalid_image", "images[1] ('img-1') is not valid base64"),
+        ("this is *not* base64!", 422, "invalid_input", "images.1.image_base64: Value error, not"),
         (b64(png_bytes(noisy(400, 400))), 413, "payload_too_large", "images[1] ('img-1') is"),
         (
             b64(png_bytes(Image.new("RGB", (3000, 10)))),

@@ -14,15 +14,15 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from services.common import metrics
+from services.common import metrics, wire
 from services.common.app import create_service_app
 from services.common.clients import DescriberClient, ScorerClient
 from services.common.contracts import (
@@ -36,7 +36,7 @@ from services.common.contracts import (
 )
 from services.common.db import Database
 from services.common.errors import BoigError, InvalidImage, ModelUnavailable
-from services.common.settings import ImageLimits
+from services.common.settings import BatchLimits, ImageLimits
 from services.gateway.app import create_app
 from services.gateway.auth import KeyStore
 from services.gateway.settings import GatewaySettings
@@ -79,7 +79,9 @@ def scorer_app(state: Upstreams) -> FastAPI:
     app = create_service_app(service="fake-scorer", version="0", max_body_bytes=1 << 26)
 
     @app.post("/score")
-    async def score(request: ScoreRequest) -> ScoreResponse:
+    async def score(
+        request: Annotated[ScoreRequest, Depends(wire.body_reader(ScoreRequest))],
+    ) -> ScoreResponse:
         state.scored.append(request)
         if state.error is not None:
             raise state.error
@@ -150,7 +152,7 @@ def start_gateway(
     upstreams = Upstreams()
     settings = GatewaySettings.model_validate(
         {
-            "max_creatives": 3,
+            "batch_limits": BatchLimits(max_items=3),
             "rate_limit": "1000/minute",
             "max_body_bytes": 256 * 1024,
             "image_limits": ImageLimits(max_bytes=IMAGE_LIMIT),
@@ -231,7 +233,7 @@ def test_multipart_scoring_names_creatives_after_their_files(gw: Gateway) -> Non
     assert response.status_code == 200, response.text
     (forwarded,) = gw.upstreams.scored
     assert [c.id for c in forwarded.creatives] == ["summer_ad", "summer_ad-2", "winter"]
-    assert base64.b64decode(forwarded.creatives[0].image_base64) == GOOD
+    assert forwarded.creatives[0].data == GOOD
     assert forwarded.context.account == "acme"
     assert [r["id"] for r in response.json()["results"]] == ["summer_ad", "summer_ad-2", "winter"]
 
@@ -397,7 +399,8 @@ def test_too_many_creatives_is_422(gw: Gateway) -> None:
 @pytest.mark.parametrize(
     ("payload", "error_type", "fragment"),
     [
-        ("not base64 at all!", "invalid_image", "not valid base64"),
+        # A malformed field, named by where it is; what decodes but is no image names its id.
+        ("not base64 at all!", "invalid_input", "creatives.1.image_base64: Value error, not valid"),
         (b64(TRUNCATED), "invalid_image", "truncated"),
         (b64(b"GIF89a this is not an image"), "invalid_image", "not a readable image"),
         (b64(b"hello"), "invalid_image", "not a readable image"),
@@ -538,7 +541,7 @@ def test_health_after_a_run_of_errors(gw: Gateway) -> None:
 # --- OpenAPI -----------------------------------------------------------------------------
 
 
-def test_openapi_declares_auth_and_both_score_bodies(gw: Gateway) -> None:
+def test_openapi_declares_auth_and_every_score_body(gw: Gateway) -> None:
     schema = gw.client.get("/openapi.json").json()
     schemes = schema["components"]["securitySchemes"]
     assert schemes["BearerKey"] == {
@@ -552,7 +555,7 @@ def test_openapi_declares_auth_and_both_score_bodies(gw: Gateway) -> None:
         security = schema["paths"][path]["post"]["security"]
         assert {"BearerKey": []} in security and {"ApiKeyHeader": []} in security
     content = schema["paths"]["/v1/score"]["post"]["requestBody"]["content"]
-    assert set(content) == {"application/json", "multipart/form-data"}
+    assert set(content) == {"application/json", "application/msgpack", "multipart/form-data"}
     # Every reference resolves (the score body's model is added by hand).
     components = schema["components"]["schemas"]
     refs = {ref.rsplit("/", 1)[1] for ref in _refs(schema)}

@@ -9,15 +9,15 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from services.common import metrics
+from services.common import metrics, wire
 from services.common.app import create_service_app
 from services.common.clients import DescriberClient, FeaturizerClient
 from services.common.contracts import (
@@ -35,8 +35,8 @@ from services.common.contracts import (
     Verbalization,
 )
 from services.common.errors import InvalidImage, ModelUnavailable
-from services.common.images import decode_base64, decode_for_analysis
-from services.common.settings import ImageLimits
+from services.common.images import decode_for_analysis
+from services.common.settings import BatchLimits, ImageLimits
 from services.scorer.app import create_app
 from services.scorer.settings import ScorerSettings
 
@@ -71,15 +71,14 @@ def featurizer_app(state: StandIns) -> FastAPI:
     )
 
     @app.post("/featurize")
-    async def featurize(request: FeaturizeRequest) -> FeaturizeResponse:
+    async def featurize(
+        # The scorer's client sends MessagePack (raw image bytes), read as the featurizer does.
+        request: Annotated[FeaturizeRequest, Depends(wire.body_reader(FeaturizeRequest))],
+    ) -> FeaturizeResponse:
         results = []
         for image in request.images:
             what = f"image {image.id!r}"
-            decoded = decode_for_analysis(
-                decode_base64(image.data_base64, limits=ImageLimits(), what=what),
-                limits=ImageLimits(),
-                what=what,
-            )
+            decoded = decode_for_analysis(image.data, limits=ImageLimits(), what=what)
             pixels = decoded.image
             rgb = pixels.resize((1, 1)).getpixel((0, 0))
             assert isinstance(rgb, tuple)
@@ -155,7 +154,7 @@ def client(stand_ins: StandIns) -> Iterator[TestClient]:
         "http://describer", transport=httpx.ASGITransport(app=describer_app(stand_ins))
     )
     # No health cache: each probe here must see the stand-ins' state of the moment.
-    settings = ScorerSettings(max_creatives_per_request=3, health_cache_seconds=0)
+    settings = ScorerSettings(batch_limits=BatchLimits(max_items=3), health_cache_seconds=0)
     app = create_app(settings, featurizer=featurizer, describer=describer)
     with TestClient(app) as test_client:
         yield test_client

@@ -41,13 +41,14 @@ from services.common.contracts import (
     Verbalization,
 )
 from services.common.errors import ModelUnavailable
+from services.common.settings import default_smollm2_dir
 from services.common.verbalization import render
 from services.describer.app import create_app
 from services.describer.backends import create_backend
 from services.describer.backends.transformers_backend import TransformersBackend
 from services.describer.backends.vllm_backend import VllmBackend
 from services.describer.grammar import description_regex, max_tokens
-from services.describer.model_prep import default_smollm2_dir, prepare_smollm2
+from services.describer.model_prep import prepare_smollm2
 from services.describer.settings import DescriberSettings
 from services.tooling.vllm_server import VllmServer, vllm_available, vllm_server
 from tests.servers import server_missing

@@ -9,15 +9,17 @@ Run: ``python tests/reliability/stub_upstreams.py PORT``.
 
 from __future__ import annotations
 
-import base64
 import io
 import sys
+from typing import Annotated
 
 import numpy as np
 import uvicorn
+from fastapi import Depends
 from PIL import Image
 from pydantic import BaseModel
 
+from services.common import wire
 from services.common.app import create_service_app
 from services.common.contracts import (
     ColorSwatch,
@@ -57,8 +59,8 @@ class Control(BaseModel):
     """Fail /describe for these target levels only (None: every call fails)."""
 
 
-def brightness(data_base64: str) -> float:
-    image = Image.open(io.BytesIO(base64.b64decode(data_base64))).convert("L")
+def brightness(data: bytes) -> float:
+    image = Image.open(io.BytesIO(data)).convert("L")
     return float(np.asarray(image, dtype=np.float64).mean() / 255.0)
 
 
@@ -94,10 +96,13 @@ def create_app() -> object:
         )
 
     @app.post("/score")
-    async def score(request: ScoreRequest) -> ScoreResponse:
+    async def score(
+        # The generator's client sends MessagePack (raw image bytes), read as the scorer does.
+        request: Annotated[ScoreRequest, Depends(wire.body_reader(ScoreRequest))],
+    ) -> ScoreResponse:
         if failure["error"] is not None and failing_levels["levels"] is None:
             raise failure["error"]
-        totals = {c.id: brightness(c.image_base64) for c in request.creatives}
+        totals = {c.id: brightness(c.data) for c in request.creatives}
         ranked = sorted(totals, key=lambda cid: -totals[cid])
         return ScoreResponse(
             reward=request.reward,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -14,7 +13,8 @@ from PIL import Image
 
 from services.common.contracts import DetectedObject, ModelInfo
 from services.common.errors import BackendError, ModelUnavailable
-from services.featurizer.ultralytics_setup import import_ultralytics
+from services.common.hashing import file_sha256
+from services.common.ultralytics_setup import import_ultralytics
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def _verified_sha256(weights: Path, pinned: str | None, manifest: dict[str, Any]
             "it carries, so its sha256 must be known first. Set BOIG_FEATURIZER_DETECTOR_SHA256 "
             "to the file's sha256 (`sha256sum` it from a source you trust)"
         )
-    actual = _sha256(weights)
+    actual = file_sha256(weights)
     if actual != expected.strip().lower():
         raise ModelUnavailable(
             f"detector weights {weights.name} have sha256 {actual[:16]}…, not the pinned "
@@ -224,11 +224,3 @@ def _model_name(weights: Path, manifest: dict[str, Any]) -> str:
     """What responses call the detector: the prepared model's kind, else the file's name."""
     kind = manifest.get("kind")
     return kind if isinstance(kind, str) and kind else weights.name
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

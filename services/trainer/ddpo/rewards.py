@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import httpx
 import numpy as np
@@ -20,7 +20,8 @@ from PIL import Image
 
 from services.common.clients import ScorerClient, call_with_retries
 from services.common.contracts import Creative, KpiLevel, KpiTarget, RewardName, ScoreRequest
-from services.common.images import png_base64
+from services.common.images import encode_png
+from services.common.loop_thread import EventLoopThread
 from services.trainer.ddpo.tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -107,25 +108,18 @@ class ScorerReward:
         self._reward: RewardName = reward
         self._target = KpiTarget(name=kpi_name, level=level)
         self._retries = retries
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._client = self._run(_make_client(scorer_url, timeout, transport)).result()
+        self._loop = EventLoopThread("ddpo-reward")
+        self._client = self._loop.run(_make_client(scorer_url, timeout, transport))
 
     def submit(self, images: torch.Tensor, tasks: Sequence[Task]) -> Future[np.ndarray]:
-        pngs = [_png_base64(image) for image in images]
-        return self._run(self._score(pngs, list(tasks)))
+        pngs = [_png(image) for image in images]
+        return self._loop.submit(self._score(pngs, list(tasks)))
 
     def close(self) -> None:
-        self._run(self._client.aclose()).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
+        self._loop.run(self._client.aclose())
         self._loop.close()
 
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-
-    async def _score(self, pngs: list[str], tasks: list[Task]) -> np.ndarray:
+    async def _score(self, pngs: list[bytes], tasks: list[Task]) -> np.ndarray:
         groups: dict[str, list[int]] = {}
         for index, task in enumerate(tasks):
             groups.setdefault(task.context.model_dump_json(), []).append(index)
@@ -138,13 +132,13 @@ class ScorerReward:
         return rewards
 
     async def _score_group(
-        self, pngs: list[str], tasks: list[Task], indices: list[int]
+        self, pngs: list[bytes], tasks: list[Task], indices: list[int]
     ) -> list[float]:
         request = ScoreRequest(
             context=tasks[indices[0]].context,
             target=self._target,
             reward=self._reward,
-            creatives=[Creative(id=f"i{i}", image_base64=pngs[i]) for i in indices],
+            creatives=[Creative(id=f"i{i}", data=pngs[i]) for i in indices],
         )
         response = await call_with_retries(
             lambda: self._client.score(request), retries=self._retries, what="scorer"
@@ -160,6 +154,6 @@ async def _make_client(
     return ScorerClient(url, timeout=seconds, transport=transport)
 
 
-def _png_base64(image: torch.Tensor) -> str:
+def _png(image: torch.Tensor) -> bytes:
     array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return png_base64(Image.fromarray(array))
+    return encode_png(Image.fromarray(array))

@@ -7,7 +7,6 @@ manifest pins the base model, the dataset and the hyper-parameters the adapter c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ from services.common.checkpoints import (
     JsonScalar,
     publish_checkpoint,
 )
+from services.common.hashing import file_sha256
 from services.trainer.finetune.config import FinetuneConfig
 from services.trainer.finetune.data import resolve_dataset_dir
 from services.trainer.finetune.train import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TRAIN_STATE
@@ -34,16 +34,12 @@ MODEL_MANIFEST = "manifest.json"
 _REQUIRED = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, TRAIN_STATE)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def base_model_ref(base_model: Path) -> BaseModelRef:
     """The base folder's name, pinned by the sha256 of its manifest (``make models`` writes one,
     recording every file's digest) or, without one, of its config.json."""
     for candidate in (base_model / MODEL_MANIFEST, base_model / "config.json"):
         if candidate.is_file():
-            return BaseModelRef(name=base_model.name, version=f"sha256:{_sha256(candidate)}")
+            return BaseModelRef(name=base_model.name, version=f"sha256:{file_sha256(candidate)}")
     raise CheckpointRejected(f"base model {base_model} has neither a manifest nor config.json")
 
 
@@ -53,7 +49,7 @@ def dataset_ref(dataset_dir: Path) -> DatasetRef:
     manifest = folder / DATASET_MANIFEST
     if not manifest.is_file():
         raise CheckpointRejected(f"dataset {folder} has no {DATASET_MANIFEST}")
-    return DatasetRef(manifest_sha256=_sha256(manifest), version=folder.name)
+    return DatasetRef(manifest_sha256=file_sha256(manifest), version=folder.name)
 
 
 def hyperparameters(config: FinetuneConfig) -> dict[str, JsonScalar]:

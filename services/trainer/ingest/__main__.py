@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 
 from services.common.errors import BoigError
-from services.common.kpi import KpiBuckets
 from services.common.settings import default_history_path
+from services.trainer.ingest.kpi import KpiBuckets
 from services.trainer.ingest.pipeline import NoRowsKept, ingest_over_http
 from services.trainer.ingest.rows import Variant
 from services.trainer.ingest.split import SplitMode

@@ -24,9 +24,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.contracts import Context, KpiLevel, Verbalization
+from services.common.hashing import file_sha256
 from services.common.history import HistoryStore
-from services.common.kpi import KpiBuckets, KpiObservation, normalize_kpis
 from services.common.verbalization import parse, render
+from services.trainer.ingest.kpi import KpiBuckets, KpiObservation, normalize_kpis
 from services.trainer.ingest.rows import IngestSummary, PostRow
 from services.trainer.ingest.split import Split
 
@@ -169,7 +170,7 @@ def write_dataset(
             "created_at": datetime.now(UTC).isoformat(),
             "source": {
                 "path": str(summary.source),
-                "sha256": _file_sha256(summary.source),
+                "sha256": file_sha256(summary.source),
                 "variant": summary.variant.value,
             },
             # The data file names its images by path only; this hash changes if any kept
@@ -275,14 +276,6 @@ def _write_jsonl(path: Path, lines: Iterable[str]) -> str:
             digest.update(data.encode("utf-8"))
         handle.flush()
         os.fsync(handle.fileno())
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -8,7 +8,6 @@ run featurizes only the images it has not seen under the same featurizer version
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from tqdm import tqdm
 from services.common.clients import FeaturizerClient
 from services.common.contracts import ImageInput, Verbalization
 from services.common.errors import UpstreamError
-from services.common.images import png_base64
+from services.common.images import encode_png
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +79,7 @@ class HttpFeaturizer:
         found: list[Verbalization] = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            found.extend(
-                await self.featurize([ImageInput(data_base64=png_base64(x)) for x in batch])
-            )
+            found.extend(await self.featurize([ImageInput(data=encode_png(x)) for x in batch]))
         return found
 
 
@@ -176,7 +173,4 @@ async def featurize_images(
 
 
 def _encode(items: list[tuple[str, Path]]) -> list[ImageInput]:
-    return [
-        ImageInput(id=digest[:32], data_base64=base64.b64encode(path.read_bytes()).decode("ascii"))
-        for digest, path in items
-    ]
+    return [ImageInput(id=digest[:32], data=path.read_bytes()) for digest, path in items]

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from services.common.clients import FeaturizerClient
-from services.common.kpi import KpiBuckets
 from services.common.settings import ImageLimits
 from services.trainer.ingest.dataset import build_dataset, write_dataset, write_histories
 from services.trainer.ingest.featurize import (
@@ -17,6 +16,7 @@ from services.trainer.ingest.featurize import (
     HttpFeaturizer,
     featurize_images,
 )
+from services.trainer.ingest.kpi import KpiBuckets
 from services.trainer.ingest.rows import IngestSummary, Variant, read_rows
 from services.trainer.ingest.split import SplitMode, split_rows
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.table import Table
 
 from services.common.contracts import Context
-from services.common.errors import InvalidImage, PayloadTooLarge
+from services.common.errors import InvalidImage, PayloadTooLarge, validation_message
 from services.common.images import decode_image
 from services.common.settings import ImageLimits
 
@@ -273,7 +273,9 @@ def _validate_record(
             {**fields, "image_sha256": "0" * 64, "width": 1, "height": 1}, strict=False
         )
     except ValidationError as exc:
-        return RowError(number, row_id, ErrorKind.INVALID_FIELD, _describe(exc))
+        # A row is flat: its context fields are columns of their own, named without "context."
+        message = validation_message(exc, omit=("context",), whole="row")
+        return RowError(number, row_id, ErrorKind.INVALID_FIELD, message)
     return fields
 
 
@@ -351,11 +353,3 @@ def _text(value: Any) -> str | None:
 
 def _is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        location = ".".join(str(part) for part in error["loc"] if part != "context")
-        parts.append(f"{location or 'row'}: {error['msg']}")
-    return "; ".join(parts)

@@ -7,14 +7,11 @@ function; training code may import this module without getting it (a unit test c
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-RGB = tuple[int, int, int]
+from services.common.shapes import check_shape_classes
 
-SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star")
-"""The object classes of the featurizer's default detector (``services.featurizer.shapes``);
-the world draws only these, so the detector can see every object the ground truth rewards."""
+RGB = tuple[int, int, int]
 
 REFERENCE_YEAR = 2020.0
 """Year (fractional, UTC) at which growth and tone drift are zero; effects scale linearly
@@ -41,7 +38,7 @@ class PostingHabits:
     posts look like something too, and what a post should look like to reach a level differs
     in place, not only in spread."""
     house_shapes: tuple[str, ...]
-    """Object classes of the house style (any of :data:`SHAPE_CLASSES`)."""
+    """Object classes of the house style (any of ``services.common.shapes.SHAPE_CLASSES``)."""
 
     def __post_init__(self) -> None:
         check_shape_classes(self.house_shapes)
@@ -77,13 +74,6 @@ class Brand:
     def kpi_scale(self) -> float:
         """Median KPI of a neutral post at the reference year (before noise)."""
         return self.audience * self.base_rate
-
-
-def check_shape_classes(labels: Iterable[str]) -> None:
-    """Refuse object classes the world does not draw (and the detector could not see)."""
-    unknown = set(labels) - set(SHAPE_CLASSES)
-    if unknown:
-        raise ValueError(f"unknown object classes {sorted(unknown)}; known: {SHAPE_CLASSES}")
 
 
 COFFEE = Brand(

@@ -20,7 +20,10 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from services.trainer.world.brands import DEFAULT_BRANDS, RGB, SHAPE_CLASSES, Brand
+from services.common.colour import srgb_to_lab
+from services.common.geometry import Box, box_iou
+from services.common.shapes import SHAPE_CLASSES, SQUARE_MAX_TURN
+from services.trainer.world.brands import DEFAULT_BRANDS, RGB, Brand
 from services.trainer.world.ground_truth import (
     draw_kpi,
     expected_kpi,
@@ -33,7 +36,6 @@ from services.trainer.world.render import (
     CreativeSpec,
     ShapeSpec,
     render_creative,
-    srgb_to_lab,
 )
 from services.trainer.world.tastes import taste_of
 
@@ -346,29 +348,18 @@ def _place(
     for _attempt in range(20):
         radius = float(rng.uniform(*SHAPE_RADIUS))
         center = (float(rng.uniform(radius, 1 - radius)), float(rng.uniform(radius, 1 - radius)))
-        if all(_box_iou(center, radius, c, r) <= MAX_BOX_IOU for c, r in others):
-            # A square turned 45° reads as a diamond: keep squares near upright.
-            limit = math.pi / 9 if label == "square" else math.pi
+        if all(
+            box_iou(_enclosing_box(center, radius), _enclosing_box(c, r)) <= MAX_BOX_IOU
+            for c, r in others
+        ):
+            limit = SQUARE_MAX_TURN if label == "square" else math.pi
             return center, radius, float(rng.uniform(-limit, limit))
     return None
 
 
-def _box_iou(
-    center_a: tuple[float, float], radius_a: float, center_b: tuple[float, float], radius_b: float
-) -> float:
-    """IoU of the squares circumscribing two shapes (their boxes at any rotation, at most)."""
-    width = max(
-        0.0,
-        min(center_a[0] + radius_a, center_b[0] + radius_b)
-        - max(center_a[0] - radius_a, center_b[0] - radius_b),
-    )
-    height = max(
-        0.0,
-        min(center_a[1] + radius_a, center_b[1] + radius_b)
-        - max(center_a[1] - radius_a, center_b[1] - radius_b),
-    )
-    inter = width * height
-    return inter / ((2 * radius_a) ** 2 + (2 * radius_b) ** 2 - inter)
+def _enclosing_box(center: tuple[float, float], radius: float) -> Box:
+    """The square circumscribing a shape: its box at any rotation, at most."""
+    return center[0] - radius, center[1] - radius, center[0] + radius, center[1] + radius
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> None:

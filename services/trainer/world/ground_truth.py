@@ -33,8 +33,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from services.common.colour import srgb_to_lab
 from services.trainer.world.brands import REFERENCE_YEAR, RGB, Brand
-from services.trainer.world.render import CreativeAttributes, srgb_to_lab
+from services.trainer.world.render import CreativeAttributes
 from services.trainer.world.tastes import TonePreference, taste_of
 
 PALETTE_SIGMA = 25.0

@@ -12,30 +12,21 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
-from services.trainer.world.brands import RGB, SHAPE_CLASSES
+from services.common.colour import ToneStats, srgb_to_lab, tone_stats_from_lab
+from services.common.geometry import Box
+from services.common.shapes import shape_polygon
+from services.trainer.world.brands import RGB
 
 SUPERSAMPLE = 2
 """Drawn this many times larger, then box-filtered down: anti-aliased edges."""
 TONE_SAMPLE_STRIDE = 4
 """Tone statistics read every 4th pixel of the final image in each direction: enough for
 flat-coloured creatives, and 16 times cheaper than all of them."""
-STAR_INNER_RATIO = 0.45
-"""Inner to outer radius of a five-pointed star, as the detector's training world draws it."""
 TEXT_HEIGHT = 0.09
 """Overlay text height as a fraction of the image side (at most; long text is shrunk to fit)."""
-
-WARMTH_KNOTS: tuple[tuple[float, ...], tuple[float, ...]] = (
-    (0.0, 100.0, 115.0, 130.0, 310.0, 328.0, 345.0, 360.0),
-    (1.0, 1.0, 0.0, -1.0, -1.0, 0.0, 1.0, 1.0),
-)
-"""(Lab hue in degrees, warmth vote): the featurizer's definition of warm and cool hues
-(``services.featurizer.tones``), repeated here because services do not import each other,
-so that "warm" in the world means what the featurizer will call warm."""
-
-Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -84,18 +75,6 @@ class DrawnObject:
 
 
 @dataclass(frozen=True)
-class ToneStats:
-    """Pixel statistics in CIE-Lab, as the featurizer measures them (see its ``tones``)."""
-
-    mean_lightness: float
-    """Mean L*, 0–100."""
-    lightness_std: float
-    mean_chroma: float
-    warmth: float
-    """Chroma-weighted hue vote in [-1, 1]: +1 all warm, -1 all cool, 0 grey or balanced."""
-
-
-@dataclass(frozen=True)
 class CreativeAttributes:
     """What a creative was drawn with: the only input the ground truth reads."""
 
@@ -107,42 +86,14 @@ class CreativeAttributes:
     text: str | None
 
 
-def srgb_to_lab(rgb: ArrayLike) -> NDArray[np.float64]:
-    """sRGB in 0–255 (..., 3) to CIE-Lab under D65 (..., 3)."""
-    values = np.asarray(rgb, dtype=np.float64) / 255.0
-    linear = np.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055) ** 2.4)
-    matrix = np.array(
-        [
-            [0.4124564, 0.3575761, 0.1804375],
-            [0.2126729, 0.7151522, 0.0721750],
-            [0.0193339, 0.1191920, 0.9503041],
-        ]
-    )
-    xyz = linear @ matrix.T / np.array([0.95047, 1.0, 1.08883])
-    delta = 6 / 29
-    f = np.where(xyz > delta**3, np.cbrt(xyz), xyz / (3 * delta**2) + 4 / 29)
-    lab: NDArray[np.float64] = np.stack(
-        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])],
-        axis=-1,
-    )
-    return lab
-
-
 def tone_stats(image: Image.Image) -> ToneStats:
-    """Lightness, contrast, chroma and warmth of an RGB image (every 4th pixel)."""
+    """Lightness, contrast, chroma and warmth of an RGB image (every 4th pixel), with the
+    featurizer's hue votes, so that "warm" in the world means what the featurizer calls warm."""
     pixels = np.asarray(image.convert("RGB"))[::TONE_SAMPLE_STRIDE, ::TONE_SAMPLE_STRIDE]
-    lab = srgb_to_lab(pixels.reshape(-1, 3))
-    chroma = np.hypot(lab[:, 1], lab[:, 2])
-    hue = np.degrees(np.arctan2(lab[:, 2], lab[:, 1])) % 360.0
-    votes = np.interp(hue, WARMTH_KNOTS[0], WARMTH_KNOTS[1])
-    total_chroma = float(chroma.sum())
-    warmth = float((votes * chroma).sum() / total_chroma) if total_chroma > 1e-6 else 0.0
-    return ToneStats(
-        mean_lightness=float(lab[:, 0].mean()),
-        lightness_std=float(lab[:, 0].std()),
-        mean_chroma=float(chroma.mean()),
-        warmth=warmth,
-    )
+    # Unlike the featurizer, no achromatic cut-off: the world's files (and their KPIs) were
+    # generated without it, so a grey creative's warmth is the vote of its rounding noise.
+    # Adopting the cut-off changes what a seed generates (a GENERATOR_VERSION bump).
+    return tone_stats_from_lab(srgb_to_lab(pixels.reshape(-1, 3)), achromatic_chroma=0.0)
 
 
 def render_creative(
@@ -197,21 +148,9 @@ def render_creative(
 
 def shape_outline(shape: ShapeSpec, big: int) -> NDArray[np.float64]:
     """Vertices (N, 2) in pixels of a polygonal shape on a ``big``-pixel canvas."""
-    radius = shape.radius * big
-    if shape.label == "square":
-        angles = shape.rotation + math.pi / 4 + np.arange(4) * math.pi / 2
-        radii = np.full(4, radius)
-    elif shape.label == "triangle":
-        angles = shape.rotation + np.arange(3) * 2 * math.pi / 3
-        radii = np.full(3, radius)
-    elif shape.label == "star":
-        angles = shape.rotation + np.arange(10) * math.pi / 5
-        radii = np.where(np.arange(10) % 2 == 0, radius, STAR_INNER_RATIO * radius)
-    else:
-        raise ValueError(f"no polygon for {shape.label!r}; known: {', '.join(SHAPE_CLASSES)}")
     center = np.array(shape.center) * big
-    points: NDArray[np.float64] = center + np.stack(
-        [radii * np.cos(angles), radii * np.sin(angles)], axis=1
+    points: NDArray[np.float64] = center + shape_polygon(
+        shape.label, shape.radius * big, shape.rotation
     )
     return points
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from services.common.shapes import check_shape_classes
 from services.trainer.world.brands import (
     BANK,
     COFFEE,
@@ -22,7 +23,6 @@ from services.trainer.world.brands import (
     SUNBREW,
     TOY_SHOP,
     Brand,
-    check_shape_classes,
 )
 
 

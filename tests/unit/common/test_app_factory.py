@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from services.common.app import cancel_on_disconnect, create_service_app
+from services.common.app import cancel_on_disconnect, create_service_app, error_responses
 from services.common.errors import NotFound, RateLimited
 
 
@@ -239,3 +239,28 @@ async def test_work_that_ends_first_answers_normally() -> None:
         return Echo(value=await cancel_on_disconnect(request, quick()) + body.value)
 
     assert TestClient(app).post("/quick", json={"value": 1}).json() == {"value": 8}
+
+
+class Thing(BaseModel):
+    name: str
+
+
+def test_the_openapi_names_operations_after_their_functions_and_sends_one_error_body() -> None:
+    app = create_service_app(
+        service="testsvc", version="9.9", max_body_bytes=2048, request_models=(Thing,)
+    )
+
+    @app.get("/things/{thing_id}", responses=error_responses(404))
+    async def get_thing(thing_id: str) -> dict[str, str]:
+        raise NotFound(f"no thing {thing_id}")
+
+    schema = app.openapi()
+    operation = schema["paths"]["/things/{thing_id}"]["get"]
+    assert operation["operationId"] == "get_thing"
+    # FastAPI's own 422 (HTTPValidationError) is gone: the services never send that body.
+    assert set(operation["responses"]) == {"200", "404", "500"}
+    error = operation["responses"]["404"]["content"]["application/json"]["schema"]
+    assert error == {"$ref": "#/components/schemas/Error"}
+    components = schema["components"]["schemas"]
+    assert "HTTPValidationError" not in components and "ValidationError" not in components
+    assert {"Error", "ErrorDetail", "Thing"} <= set(components)

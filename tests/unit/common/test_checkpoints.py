@@ -15,6 +15,7 @@ from safetensors.numpy import load_file, save_file
 
 from services.common.checkpoints import (
     KIND_BOIGLLM_LORA,
+    KIND_BOIGSD_LORA,
     BaseModelRef,
     CheckpointError,
     CheckpointManifest,
@@ -109,6 +110,19 @@ def test_tampered_file_is_detected(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"adapter_config\.json.*sha256"):
         load_manifest(ref)
     assert load_manifest(ref, verify=False).version == ref.version
+
+
+def test_a_checkpoint_of_another_kind_is_refused_before_its_files_are_read(
+    tmp_path: Path,
+) -> None:
+    ref = _publish(tmp_path / "registry", _training_output(tmp_path / "out"))
+    (ref.path / "README.md").unlink()  # verification would fail, but the kind is checked first
+
+    with pytest.raises(
+        CheckpointError, match=rf"{NAME}/{ref.version} is a 'boigllm-lora', not a 'boigsd-lora'"
+    ):
+        load_manifest(ref, kind=KIND_BOIGSD_LORA)
+    assert load_manifest(ref, verify=False, kind=KIND_BOIGLLM_LORA).kind == KIND_BOIGLLM_LORA
 
 
 def test_unlisted_file_is_detected(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import struct
 import zlib
@@ -14,7 +13,6 @@ from services.common.errors import InvalidImage, PayloadTooLarge
 from services.common.images import (
     check_image,
     check_pixel_budget,
-    decode_base64,
     decode_for_analysis,
     decode_image,
     encode_png,
@@ -80,19 +78,6 @@ def test_refused_format_is_named() -> None:
     Image.new("RGB", (4, 4)).save(buffer, format="BMP")
     with pytest.raises(InvalidImage, match="BMP"):
         decode_image(buffer.getvalue(), limits=LIMITS)
-
-
-def test_base64_is_strict_and_size_checked_before_decoding() -> None:
-    data = png()
-    assert decode_base64(base64.b64encode(data).decode(), limits=LIMITS) == data
-    assert (
-        decode_base64("data:image/png;base64," + base64.b64encode(data).decode(), limits=LIMITS)
-        == data
-    )
-    with pytest.raises(InvalidImage, match="base64"):
-        decode_base64("not*base64!", limits=LIMITS)
-    with pytest.raises(PayloadTooLarge):
-        decode_base64("A" * 400_000, limits=LIMITS)
 
 
 def jpeg(width: int = 64, height: int = 48) -> bytes:

@@ -24,8 +24,9 @@ from services.common.contracts import (
 )
 from services.common.prompts import ChatMessage, render_plain_chat
 from services.common.serving_profile import ServingProfile
+from services.common.settings import default_smollm2_dir
 from services.common.verbalization import render
-from services.describer.model_prep import default_smollm2_dir, prepare_smollm2
+from services.describer.model_prep import prepare_smollm2
 
 
 def sample_verbalizations() -> list[Verbalization]:

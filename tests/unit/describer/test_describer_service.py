@@ -17,6 +17,7 @@ from services.common import metrics, prompts
 from services.common.contracts import KPI_LEVELS, Context, KpiLevel, KpiTarget, Verbalization
 from services.common.errors import BackendError, InvalidInput, ModelOutputError, Overloaded
 from services.common.lru import LruCache
+from services.common.settings import BatchLimits
 from services.describer.backends.transformers_backend import TransformersBackend
 from services.describer.grammar import description_regex
 from services.describer.service import Describer
@@ -258,7 +259,7 @@ async def test_likelihood_refuses_more_verbalizations_than_configured(
     fake_backend: Any, context: Context, verbalizations: list[Verbalization]
 ) -> None:
     backend = fake_backend()
-    describer = Describer(backend, make_settings(max_verbalizations_per_request=2))
+    describer = Describer(backend, make_settings(batch_limits=BatchLimits(max_items=2)))
     with pytest.raises(InvalidInput, match="limit is 2"):
         await describer.likelihood(context=context, kpi_name="likes", verbalizations=verbalizations)
     assert backend.score_calls == []

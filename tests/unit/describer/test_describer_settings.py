@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.common.contracts import KpiLevel
-from services.describer.model_prep import default_smollm2_dir
+from services.common.settings import default_smollm2_dir
 from services.describer.settings import DescriberSettings
 
 
@@ -60,7 +60,7 @@ def test_midpoints_must_cover_all_levels_in_order(midpoints: dict[str, float]) -
         ("device", "gpu"),
         ("dtype", "float16"),
         ("temperature", -0.1),
-        ("max_verbalizations_per_request", 65),
+        ("batch_limits", {"max_items": 65}),
     ],
 )
 def test_unsafe_or_unknown_values_are_refused(field: str, value: object) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from services.common.geometry import box_iou
 from services.demo.make_samples import SAMPLES
 from services.featurizer.backends.yolo import YoloDetector
-from services.featurizer.shapes import box_iou
 
 Box = tuple[float, float, float, float]
 

@@ -14,12 +14,13 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from services.common.contracts import DetectedObject
 from services.common.errors import InvalidImage, ModelUnavailable
+from services.common.geometry import box_iou
 from services.common.images import decode_image
 from services.common.settings import ImageLimits
 from services.featurizer.backends import DETECTOR_BACKENDS, Detector, load_detector
 from services.featurizer.backends.yolo import YoloDetector, clean_label
 from services.featurizer.settings import FeaturizerSettings
-from services.featurizer.shapes import box_iou, render_negative, render_scene, scene_rng
+from services.trainer.detector.scenes import render_negative, render_scene, scene_rng
 
 Box = tuple[float, float, float, float]
 

@@ -14,7 +14,7 @@ from services.common.verbalization import parse, render
 from services.featurizer.backends.yolo import YoloDetector
 from services.featurizer.service import FEATURIZER_VERSION, Featurizer, PaletteOptions
 from services.featurizer.settings import FeaturizerSettings
-from services.featurizer.shapes import render_scene, scene_rng
+from services.trainer.detector.scenes import render_scene, scene_rng
 
 
 def red_circle_on_white() -> Image.Image:

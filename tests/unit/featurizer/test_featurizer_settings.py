@@ -15,7 +15,7 @@ def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     defaults = FeaturizerSettings()
     assert defaults.port == 8101
     assert defaults.detector_weights == tmp_path / "models" / "yolo-shapes" / "best.pt"
-    assert defaults.max_images_per_request == 32 and defaults.palette_max_colors == 6
+    assert defaults.batch_limits.max_items == 32 and defaults.palette_max_colors == 6
     monkeypatch.setenv("BOIG_FEATURIZER_PORT", "9000")
     monkeypatch.setenv("BOIG_FEATURIZER_DETECTOR_WEIGHTS", "/models/yolov8n.pt")
     monkeypatch.setenv("BOIG_FEATURIZER_DETECTOR_BACKEND", "none")
@@ -35,7 +35,7 @@ def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         {"detector_image_size": 100},
         {"detector_confidence": 1.5},
         {"palette_max_colors": 13},
-        {"max_images_per_request": 65},
+        {"batch_limits": {"max_items": 65}},
         {"detector_max_objects": 51},
         {"detector_cpu_threads": 0},
     ],

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from services.common.colour import ToneStats
 from services.common.contracts import Tone, Verbalization
 from services.featurizer.colors import sample_colors
 from services.featurizer.tones import (
@@ -18,7 +19,6 @@ from services.featurizer.tones import (
     NEUTRAL_MAX_CHROMA,
     SATURATED_MIN_CHROMA,
     WARMTH_MIN_SCORE,
-    ToneStats,
     analyze_tones,
     measure_tones,
     tone_words,

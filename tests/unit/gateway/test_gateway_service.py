@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -39,7 +38,7 @@ def test_ids_are_sanitized_file_stems(filename: str | None, expected: str) -> No
     creative_id = creative_id_from_filename(filename, set(), 0)
     assert creative_id == expected
     ScoreRequest.model_validate(  # the id satisfies the contract's ImageId pattern
-        {"context": {"account": "a"}, "creatives": [{"id": creative_id, "image_base64": "x"}]}
+        {"context": {"account": "a"}, "creatives": [{"id": creative_id, "image_base64": "eA=="}]}
     )
 
 
@@ -57,7 +56,7 @@ def test_build_score_request_encodes_the_files() -> None:
     ]
     request = build_score_request(SPEC, uploads, limits=ImageLimits())
     assert [c.id for c in request.creatives] == ["a", "b"]
-    assert base64.b64decode(request.creatives[0].image_base64) == b"\x89PNG..."
+    assert request.creatives[0].data == b"\x89PNG..."
     assert request.context.account == "acme" and request.reward == "match"
 
 

@@ -13,7 +13,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
     monkeypatch.setenv("BOIG_HOME", str(tmp_path))
     settings = GatewaySettings()
     assert settings.port == 8100
-    assert settings.max_creatives == 16
+    assert settings.batch_limits.max_items == 32
     assert settings.rate_limit == "60/minute"
     assert settings.rate_limit_storage_url == "memory://"
     assert settings.scorer_url == "http://127.0.0.1:8103"
@@ -25,11 +25,11 @@ def test_every_field_is_documented() -> None:
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BOIG_GATEWAY_MAX_CREATIVES", "8")
+    monkeypatch.setenv("BOIG_BATCH_MAX_ITEMS", "8")
     monkeypatch.setenv("BOIG_GATEWAY_RATE_LIMIT", "10/second;100/hour")
     monkeypatch.setenv("BOIG_GATEWAY_RATE_LIMIT_STORAGE_URL", "redis://127.0.0.1:6379")
     settings = GatewaySettings()
-    assert settings.max_creatives == 8
+    assert settings.batch_limits.max_items == 8
     assert settings.rate_limit == "10/second;100/hour"
     assert settings.rate_limit_storage_url.startswith("redis://")
 
@@ -37,8 +37,8 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("max_creatives", 65, "batch ceiling"),
-        ("max_creatives", 0, "greater than or equal to 1"),
+        ("batch_limits", {"max_items": 65}, "less than or equal to 64"),
+        ("batch_limits", {"max_items": 0}, "greater than or equal to 1"),
         ("rate_limit", "lots", "limits notation"),
         ("rate_limit", "0/minute", "at least one request"),
         ("rate_limit_storage_url", "memcached://127.0.0.1:11211", "scheme"),

@@ -1,16 +1,26 @@
-"""Resolving a request into what a job runs, how candidates split into pipeline calls, and
-whose name the calls to the describer and scorer are timed under."""
+"""Resolving a request into what a job runs, how candidates split into pipeline calls, whose
+name the calls to the describer and scorer are timed under, and what the scorer is asked."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.common import metrics
-from services.common.contracts import Context
+from services.common.contracts import (
+    Context,
+    CreativeScore,
+    DescribeResponse,
+    KpiLevel,
+    KpiTarget,
+    ModelInfo,
+    ScoreRequest,
+    ScoreResponse,
+    Tone,
+    Verbalization,
+)
 from services.common.errors import UpstreamError
 from services.common.generation import GenerateRequest
 from services.common.model_folders import SamplingDefaults
@@ -126,10 +136,121 @@ def test_calls_to_the_describer_and_the_scorer_are_timed_as_the_generator_s(
     pipeline: Any = None  # neither call reaches the pipeline
     runner = JobRunner(down, pipeline, LocalArtifactStore(tmp_path))
     request = GenerateRequest(context=CONTEXT, seed=1)
-    with pytest.raises(UpstreamError, match="unreachable"):
-        asyncio.run(runner._describe(request, []))
-    with pytest.raises(UpstreamError, match="unreachable"):
-        asyncio.run(runner._score(request, [b"not scored: the scorer is down"]))
+    try:
+        with pytest.raises(UpstreamError, match="unreachable"):
+            runner._loop.run(runner._describe(request, []))
+        with pytest.raises(UpstreamError, match="unreachable"):
+            runner._loop.run(runner._score(request, [b"not scored: the scorer is down"], []))
+    finally:
+        runner.close()
     # The high description and the low one (for the negative prompt), then the score.
     assert calls("describer", "/describe") == before[0] + 2
     assert calls("scorer", "/score") == before[1] + 1
+
+
+class _Control:
+    def check(self) -> None:
+        pass
+
+    def report(self, progress: object) -> None:
+        pass
+
+
+def _described(tone: Tone) -> DescribeResponse:
+    return DescribeResponse(
+        verbalization=Verbalization(tones=[tone]),
+        text=tone.value,
+        repairs=[],
+        model=ModelInfo(name="boigllm", version="7"),
+        prompt_version="v1",
+        cached=False,
+    )
+
+
+class _RecordingScorer:
+    def __init__(self) -> None:
+        self.requests: list[ScoreRequest] = []
+
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        self.requests.append(request)
+        return ScoreResponse(
+            reward=request.reward,
+            weights={"palette": 1.0},
+            targets=request.targets,
+            results=[
+                CreativeScore(
+                    id=creative.id,
+                    rank=rank,
+                    total=0.5,
+                    breakdown={},
+                    verbalization=Verbalization(),
+                )
+                for rank, creative in enumerate(request.creatives, start=1)
+            ],
+            models={},
+        )
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("reward", "sent"),
+    [("match", [KpiLevel.HIGH, KpiLevel.LOW]), ("contrastive", [KpiLevel.HIGH, KpiLevel.LOW])],
+)
+def test_images_are_scored_against_the_descriptions_they_were_prompted_with(
+    tmp_path: Path,
+    tiny_sd_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    reward: str,
+    sent: list[KpiLevel],
+) -> None:
+    from services.generator.pipeline import ImagePipeline
+
+    runner = JobRunner(
+        settings(reward=reward, default_steps=2),
+        ImagePipeline(tiny_sd_dir),
+        LocalArtifactStore(tmp_path),
+    )
+    answers = {KpiLevel.HIGH: _described(Tone.WARM), KpiLevel.LOW: _described(Tone.COOL)}
+
+    async def describe(*_: object) -> tuple[DescribeResponse, DescribeResponse]:
+        return answers[KpiLevel.HIGH], answers[KpiLevel.LOW]
+
+    scorer = _RecordingScorer()
+    monkeypatch.setattr(runner, "_describe", describe)
+    monkeypatch.setattr(runner, "_scorer", scorer)
+    try:
+        runner.run(GenerateRequest(context=CONTEXT, seed=3, count=1), _Control())
+    finally:
+        runner.close()
+    (request,) = scorer.requests
+    assert [target.level for target in request.targets] == sent
+    for target in request.targets:
+        assert target.verbalization == answers[target.level].verbalization
+        assert target.model == ModelInfo(name="boigllm", version="7")
+
+
+def test_a_low_target_is_scored_against_its_own_description_only(
+    tmp_path: Path, tiny_sd_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.generator.pipeline import ImagePipeline
+
+    runner = JobRunner(
+        settings(default_steps=2), ImagePipeline(tiny_sd_dir), LocalArtifactStore(tmp_path)
+    )
+
+    async def describe(*_: object) -> tuple[DescribeResponse, None]:
+        return _described(Tone.DARK), None
+
+    scorer = _RecordingScorer()
+    monkeypatch.setattr(runner, "_describe", describe)
+    monkeypatch.setattr(runner, "_scorer", scorer)
+    low = KpiTarget(level=KpiLevel.LOW)
+    try:
+        runner.run(GenerateRequest(context=CONTEXT, target=low, seed=3, count=1), _Control())
+    finally:
+        runner.close()
+    (request,) = scorer.requests
+    assert [target.level for target in request.targets] == [KpiLevel.LOW]
+    assert request.targets[0].verbalization.tones == [Tone.DARK]

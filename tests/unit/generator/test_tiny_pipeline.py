@@ -10,11 +10,8 @@ import pytest
 
 from services.common import clip_tokenizer
 from services.common.checkpoints import ALLOWED_SUFFIXES
-from services.generator.tiny_pipeline import (
-    build_tiny_pipeline,
-    default_tiny_pipeline_dir,
-    prepare_tiny_pipeline,
-)
+from services.common.settings import default_tiny_pipeline_dir
+from services.generator.tiny_pipeline import build_tiny_pipeline, prepare_tiny_pipeline
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 

@@ -258,7 +258,7 @@ def test_the_served_reward_counts_the_kept_images_of_a_job_once(
             cached=False,
         ), None
 
-    async def score(_: GenerateRequest, pngs: list[bytes]) -> ScoreResponse:
+    async def score(_: GenerateRequest, pngs: list[bytes], *__: object) -> ScoreResponse:
         ranked = sorted(range(len(pngs)), key=lambda index: -rewards[index])
         return ScoreResponse(
             reward="contrastive",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pydantic import ValidationError
 
 from services.common.clients import DescriberClient, FeaturizerClient
 from services.common.contracts import (
@@ -21,9 +22,11 @@ from services.common.contracts import (
     LikelihoodResponse,
     ModelInfo,
     ScoreRequest,
+    TargetDescription,
     Verbalization,
 )
 from services.common.errors import InvalidImage, InvalidInput, ModelUnavailable, UpstreamError
+from services.common.settings import BatchLimits
 from services.scorer.rewards import MatchWeights
 from services.scorer.service import Scorer
 from services.scorer.settings import ScorerSettings
@@ -38,7 +41,7 @@ def palette(rgb: tuple[int, int, int]) -> Verbalization:
 
 
 class FakeFeaturizer(FeaturizerClient):
-    """Reads the colour of each 'image' from its base64 field: 'red', 'blue' or 'grey'."""
+    """Reads the colour of each 'image' from its bytes: 'red', 'blue' or 'grey'."""
 
     def __init__(self, *, drop_one: bool = False, delay: float = 0.0) -> None:
         super().__init__("http://featurizer.invalid")
@@ -54,7 +57,7 @@ class FakeFeaturizer(FeaturizerClient):
         colors = {"red": RED, "blue": BLUE, "grey": GREY}
         results = [
             FeaturizeResult(
-                id=image.id, width=8, height=8, verbalization=palette(colors[image.data_base64])
+                id=image.id, width=8, height=8, verbalization=palette(colors[image.data.decode()])
             )
             for image in images
         ]
@@ -112,15 +115,26 @@ class FakeDescriber(DescriberClient):
         )
 
 
-def request(reward: str, colors: dict[str, str], level: KpiLevel = KpiLevel.HIGH) -> ScoreRequest:
+def request(
+    reward: str,
+    colors: dict[str, str],
+    level: KpiLevel = KpiLevel.HIGH,
+    targets: tuple[TargetDescription, ...] = (),
+) -> ScoreRequest:
     return ScoreRequest.model_validate(
         {
             "context": {"account": "acme", "text": "spring sale"},
             "target": {"name": "likes", "level": level},
             "reward": reward,
-            "creatives": [Creative(id=cid, image_base64=color) for cid, color in colors.items()],
+            "creatives": [Creative(id=cid, data=color.encode()) for cid, color in colors.items()],
+            "targets": targets,
         }
     )
+
+
+def given(level: KpiLevel, rgb: tuple[int, int, int]) -> TargetDescription:
+    """A description the caller brings, as the generator does with the one it prompted with."""
+    return TargetDescription(level=level, verbalization=palette(rgb), text="given")
 
 
 def scorer(
@@ -130,7 +144,7 @@ def scorer(
         featurizer=featurizer or FakeFeaturizer(),
         describer=describer or FakeDescriber(),
         weights=MatchWeights(),
-        max_creatives=4,
+        batch_limits=BatchLimits(max_items=4),
     )
 
 
@@ -146,12 +160,12 @@ async def test_match_ranks_the_creative_closest_to_the_target_first() -> None:
     assert [t.level for t in response.targets] == [KpiLevel.HIGH]
     assert response.targets[0].text == "brief for high"
     assert describer.described == [KpiTarget(name="likes", level=KpiLevel.HIGH)]
-    # The scorer forwards the base64 untouched, with the creative ids, in one batch.
+    # The scorer forwards the files untouched, with the creative ids, in one batch.
     assert featurizer.calls == [
         [
-            ImageInput(id="b", data_base64="blue"),
-            ImageInput(id="r", data_base64="red"),
-            ImageInput(id="g", data_base64="grey"),
+            ImageInput(id="b", data=b"blue"),
+            ImageInput(id="r", data=b"red"),
+            ImageInput(id="g", data=b"grey"),
         ]
     ]
     assert response.models == {
@@ -176,6 +190,36 @@ async def test_contrastive_describes_high_and_low_whatever_the_requested_level()
     assert [r.id for r in response.results] == ["r", "b"]
     assert response.results[0].total > 0.9
     assert response.results[1].total == pytest.approx(-response.results[0].total)
+
+
+async def test_a_given_target_is_used_instead_of_asking_the_describer() -> None:
+    # The describer would say red; the caller prompted with blue, so blue ranks first.
+    describer = FakeDescriber()
+    response = await scorer(describer=describer).score(
+        request("match", {"b": "blue", "r": "red"}, targets=(given(KpiLevel.HIGH, BLUE),))
+    )
+    assert describer.described == []
+    assert [r.id for r in response.results] == ["b", "r"]
+    assert response.targets == [given(KpiLevel.HIGH, BLUE)]
+    assert "describer" not in response.models  # no model wrote the description
+
+
+async def test_levels_the_request_brings_no_description_of_are_described() -> None:
+    describer = FakeDescriber()
+    response = await scorer(describer=describer).score(
+        request("contrastive", {"b": "blue", "r": "red"}, targets=(given(KpiLevel.LOW, RED),))
+    )
+    assert describer.described == [KpiTarget(name="likes", level=KpiLevel.HIGH)]
+    assert [t.text for t in response.targets] == ["brief for high", "given"]
+    assert response.models["describer"] == ModelInfo(name="boigllm-test", version="v1")
+
+
+def test_targets_are_one_per_level_and_not_for_the_likelihood_reward() -> None:
+    twice = (given(KpiLevel.HIGH, RED), given(KpiLevel.HIGH, BLUE))
+    with pytest.raises(ValidationError, match="one description per level"):
+        request("match", {"r": "red"}, targets=twice)
+    with pytest.raises(ValidationError, match="likelihood reward compares with no description"):
+        request("likelihood", {"r": "red"}, targets=(given(KpiLevel.HIGH, RED),))
 
 
 async def test_likelihood_uses_the_featurized_verbalizations() -> None:
@@ -230,5 +274,5 @@ def test_settings_defaults_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(ValueError, match="positive"):
         ScorerSettings(weight_colors=0, weight_tones=0, weight_objects=0, weight_caption=0)
     with pytest.raises(ValueError):
-        ScorerSettings(max_creatives_per_request=65)
+        ScorerSettings(batch_limits={"max_items": 65})  # type: ignore[arg-type]
     assert all(field.description for field in ScorerSettings.model_fields.values())

@@ -336,7 +336,7 @@ def test_secrets_come_from_the_environment(compose: dict[str, Any]) -> None:
 
 
 def test_vllm_serves_the_weights_the_describer_tokenizes_for(compose: dict[str, Any]) -> None:
-    from services.describer.model_prep import SMOLLM2_NAME
+    from services.common.settings import SMOLLM2_NAME
     from services.trainer.finetune.config import PRESETS, FinetuneConfig
 
     services = compose["services"]

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import numpy as np
 import pytest
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from PIL import Image
 from pydantic import ValidationError
 
+from services.common import wire
 from services.common.app import create_service_app
 from services.common.clients import DescriberClient
 from services.common.contracts import (
@@ -42,14 +43,16 @@ def scorer_app(requests: list[ScoreRequest], overloaded_first: int = 0) -> FastA
     refusals = [overloaded_first]
 
     @app.post("/score")
-    async def score(request: ScoreRequest) -> ScoreResponse:
+    async def score(
+        request: Annotated[ScoreRequest, Depends(wire.body_reader(ScoreRequest))],
+    ) -> ScoreResponse:
         if refusals[0]:
             refusals[0] -= 1
             raise Overloaded("busy", retry_after=0.01)
         requests.append(request)
         results = []
         for rank, creative in enumerate(request.creatives, start=1):
-            pixels = Image.open(io.BytesIO(base64.b64decode(creative.image_base64)))
+            pixels = Image.open(io.BytesIO(creative.data))
             red = float(np.asarray(pixels)[..., 0].mean()) / 255
             results.append(
                 CreativeScore(

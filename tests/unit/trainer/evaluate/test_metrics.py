@@ -15,7 +15,6 @@ from services.trainer.evaluate.metrics import (
     MAX_RGB_DISTANCE,
     MIN_CAPTION_COSINE,
     MiniLmEmbedder,
-    box_iou,
     caption_cosine,
     coverage_rmse,
     level_accuracy,
@@ -140,18 +139,6 @@ def test_label_iou_rewards_correctly_predicting_no_objects() -> None:
 
 
 # --- boxes -------------------------------------------------------------------------------
-
-
-def test_box_iou_of_half_shifted_boxes() -> None:
-    # 0.4 x 0.4 squares shifted by half a width: intersection 0.2 x 0.4 = 0.08,
-    # union 0.16 + 0.16 - 0.08 = 0.24 -> 1/3
-    assert box_iou((0.2, 0.2, 0.6, 0.6), (0.4, 0.2, 0.8, 0.6)) == pytest.approx(1 / 3)
-    assert box_iou((0.0, 0.0, 0.2, 0.2), (0.5, 0.5, 0.9, 0.9)) == 0.0
-
-
-def test_box_iou_of_zero_area_boxes() -> None:
-    assert box_iou((0.3, 0.3, 0.3, 0.5), (0.3, 0.3, 0.3, 0.5)) == 1.0
-    assert box_iou((0.3, 0.3, 0.3, 0.5), (0.4, 0.3, 0.4, 0.5)) == 0.0
 
 
 def test_matched_box_iou_one_exact_one_half_shifted() -> None:

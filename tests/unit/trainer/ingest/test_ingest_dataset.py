@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from services.common.contracts import KpiLevel, Verbalization
-from services.common.kpi import KpiBuckets
 from services.common.verbalization import parse
 from services.trainer.ingest import __main__ as cli
 from services.trainer.ingest import dataset as dataset_module
 from services.trainer.ingest.dataset import prune_dataset_versions, read_manifest
+from services.trainer.ingest.kpi import KpiBuckets
 from services.trainer.ingest.pipeline import NoRowsKept, ingest
 from services.trainer.ingest.split import SplitMode
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.common import wire
 from services.common.clients import FeaturizerClient
-from services.common.contracts import ColorSwatch, Verbalization
+from services.common.contracts import ColorSwatch, FeaturizeRequest, Verbalization
 from services.common.errors import UpstreamError
 from services.trainer.ingest.featurize import FeatureCache, HttpFeaturizer, featurize_images
 
@@ -85,10 +86,11 @@ def _featurizer_transport(answer_version: str = "1.0.0") -> httpx.MockTransport:
             return httpx.Response(
                 200, json={"status": "ok", "version": "1.0.0", "detector": detector}
             )
-        images = json.loads(request.content)["images"]
+        content_type = request.headers["content-type"]
+        images = wire.parse_body(FeaturizeRequest, request.content, content_type).images
         results = [
             {
-                "id": image["id"],
+                "id": image.id,
                 "width": 1,
                 "height": 1,
                 "verbalization": verbalization.model_dump(mode="json"),

@@ -1,51 +1,25 @@
-"""A synthetic shape world and the small YOLO detector trained on it (design §7).
+"""The synthetic shape world the featurizer's default detector is trained on (design §7).
 
-No COCO weights can be downloaded on development and CI machines, so the featurizer's
-default detector is trained here, on CPU, from ultralytics' bundled YOLOv8 yaml narrowed to
-~0.9 M parameters, on seeded images of filled circles, squares, triangles and stars (from
-icons to most of the image, some faint, some cut by the border, on flat, gradient and textured
-grounds among non-shape distractors) and of shape-free textures that teach it "background".
-Prepared detectors are cached by a hash of their config:
-``python -m services.featurizer.shapes --out DIR``.
+Seeded images of filled circles, squares, triangles and stars (from icons to most of the
+image, some faint, some cut by the border, on flat, gradient and textured grounds among
+non-shape distractors) and of shape-free textures that teach the detector "background".
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import fcntl
-import hashlib
 import io
-import json
-import logging
 import math
-import os
-import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Annotated, Any
 
 import numpy as np
-import typer
 from PIL import Image, ImageDraw, ImageFilter
 
-from services.common.settings import boig_home
-from services.featurizer.colors import srgb_to_lab
-from services.featurizer.ultralytics_setup import import_ultralytics
+from services.common.colour import srgb_to_lab
+from services.common.geometry import Box, box_iou
+from services.common.shapes import SHAPE_CLASSES, SQUARE_MAX_TURN, shape_polygon
 
-logger = logging.getLogger(__name__)
-
-SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 GENERATOR_VERSION = 2
 """Bump when the images change for the same seed: it is part of the cache key."""
-MANIFEST = "manifest.json"
-WEIGHTS = "best.pt"
-MANIFEST_FORMAT = 1
-
 SHAPE_EXTENT = (0.10, 0.85)
 """Range of a shape's size (its circumscribed circle's diameter) as a fraction of the image
 side, drawn uniformly: small icons and shapes filling most of a creative alike. (Drawn
@@ -76,8 +50,6 @@ SUPERSAMPLE = 2
 BLUR_FRACTION = 0.15
 JPEG_FRACTION = 0.3
 
-Box = tuple[float, float, float, float]
-
 
 @dataclass(frozen=True)
 class DrawnShape:
@@ -87,64 +59,6 @@ class DrawnShape:
     box: Box
 
 
-@dataclass(frozen=True)
-class DetectorConfig:
-    """Everything that determines the prepared detector; its hash is the cache key."""
-
-    image_size: int = 128
-    """Side of the generated images and the training/inference size, in pixels."""
-    train_images: int = 900
-    val_images: int = 150
-    max_shapes: int = 3
-    negative_fraction: float = 0.3
-    """Share of images with no shape (textures, distractors): they teach "background"."""
-    seed: int = 0
-    epochs: int = 50
-    """50 epochs of 900 images: ~420 s on 2 idle CPU cores (515 s shared) to mAP50 0.82 on
-    this world's val set, which holds faint, tiny, cut and textured shapes and shape-free
-    images. 38 epochs reached 0.78-0.79, and on one machine saw a star at 0.52 in the demo's
-    coffee photo (its spoon); at 50 the same machine sees at most a circle at 0.47 there
-    (the cup's round rim)."""
-    batch: int = 16
-    nominal_batch: int = 16
-    """Images per optimizer step (ultralytics' ``nbs``: it accumulates gradients over
-    ``nominal_batch / batch`` batches). Its default of 64 leaves only ~500 steps in a CPU
-    budget; with one step per batch (together with ``scale_augment`` 0.25 and uniformly drawn
-    shape sizes) val mAP50 after 35 epochs of 900 images rose from 0.42 to 0.75."""
-    depth_multiple: float = 0.33
-    width_multiple: float = 0.125
-    """Channel multiple on yolov8.yaml: 0.25 is yolov8n (3.0 M params); 0.125 gives ~0.9 M,
-    which learns this world as well and runs about twice as fast on CPU."""
-    max_channels: int = 1024
-    scale_augment: float = 0.25
-    """ultralytics' random zoom gain (its default 0.5): the generator already spans scales, and
-    zooming a 13 px shape out by half leaves it unrecognisable."""
-    mosaic: float = 0.0
-    """Probability of ultralytics' 4-image mosaic augmentation. Off: at 128 px a mosaic shrinks
-    shapes to a scale never seen at inference; with it (generator v1), 30 epochs reached only
-    mAP50 0.75."""
-    device: str = "cpu"
-    """Training device. Results are cached per config, so a GPU-trained model is another key."""
-    classes: tuple[str, ...] = SHAPE_CLASSES
-
-    def key(self) -> str:
-        """Content hash of the config and generator version: names a cached detector."""
-        payload = json.dumps(
-            {"config": dataclasses.asdict(self), "generator": GENERATOR_VERSION}, sort_keys=True
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-DEFAULT_CONFIG = DetectorConfig()
-
-
-def default_detector_dir() -> Path:
-    """Where ``make models`` puts the detector and where the featurizer looks by default."""
-    return boig_home() / "models" / "yolo-shapes"
-
-
-# --- the shape world ---------------------------------------------------------------------
-#
 # Version 2 of the world is built to generalise beyond itself: shapes from a tenth of the
 # image to most of it, some cut by the border, some barely darker or lighter than what lies
 # under them, on flat, gradient and procedurally textured backgrounds, among distractors
@@ -194,7 +108,7 @@ def render_scene(
             if placed is None:
                 continue
             mask, box = placed
-            if all(_iou(box, other.box) <= MAX_BOX_IOU for other in shapes) and all(
+            if all(box_iou(box, other.box) <= MAX_BOX_IOU for other in shapes) and all(
                 _hides(mask, other) for other in masks
             ):
                 break
@@ -480,18 +394,9 @@ def _outline(label: str, rng: np.random.Generator, radius: float) -> np.ndarray:
         angles = np.array([0, math.pi / 2, math.pi, 3 * math.pi / 2])
         return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
     if label == "square":
-        # Mostly upright: a square turned by 45° is a diamond, which reads as another shape.
-        turn = rng.uniform(-math.pi / 9, math.pi / 9)
-        angles = turn + math.pi / 4 + np.arange(4) * math.pi / 2
-        return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    if label == "triangle":
-        angles = rotation + np.arange(3) * 2 * math.pi / 3
-        return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    if label == "star":
-        angles = rotation + np.arange(10) * math.pi / 5
-        radii = np.where(np.arange(10) % 2 == 0, radius, 0.45 * radius)
-        return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
-    raise ValueError(f"unknown shape {label!r}; known: {', '.join(SHAPE_CLASSES)}")
+        # Mostly upright (drawn after the rotation, which it replaces: seeds keep their images).
+        rotation = rng.uniform(-SQUARE_MAX_TURN, SQUARE_MAX_TURN)
+    return shape_polygon(label, radius, rotation)
 
 
 def _polygon_area(points: np.ndarray) -> float:
@@ -551,297 +456,6 @@ def _scale_box(box: Box, factor: float) -> Box:
     return box[0] * factor, box[1] * factor, box[2] * factor, box[3] * factor
 
 
-def _iou(a: Box, b: Box) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def box_iou(a: Box, b: Box) -> float:
-    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes in the same units."""
-    return _iou(a, b)
-
-
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The generator of one image: each image depends only on (seed, split, index)."""
     return np.random.default_rng([seed, {"train": 0, "val": 1, "test": 2}[split], index])
-
-
-def yolo_label_lines(shapes: list[DrawnShape], *, size: int, classes: tuple[str, ...]) -> list[str]:
-    """YOLO txt rows ``class x_center y_center width height``, normalized to [0, 1]."""
-    lines = []
-    for shape in shapes:
-        x0, y0, x1, y1 = shape.box
-        lines.append(
-            f"{classes.index(shape.label)} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} "
-            f"{(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}"
-        )
-    return lines
-
-
-def write_dataset(out_dir: Path, config: DetectorConfig = DEFAULT_CONFIG) -> Path:
-    """Write an ultralytics dataset (images/ and labels/ for train and val); return data.yaml.
-
-    A negative (shape-free) image gets an empty label file: ultralytics' "background".
-    """
-    for split, count in (("train", config.train_images), ("val", config.val_images)):
-        images_dir = out_dir / "images" / split
-        labels_dir = out_dir / "labels" / split
-        images_dir.mkdir(parents=True, exist_ok=True)
-        labels_dir.mkdir(parents=True, exist_ok=True)
-        for index in range(count):
-            image, shapes = render_example(
-                scene_rng(config.seed, split, index),
-                size=config.image_size,
-                max_shapes=config.max_shapes,
-                classes=config.classes,
-                negative_fraction=config.negative_fraction,
-            )
-            stem = f"{split}-{index:05d}"
-            image.save(images_dir / f"{stem}.png")
-            rows = yolo_label_lines(shapes, size=config.image_size, classes=config.classes)
-            (labels_dir / f"{stem}.txt").write_text("".join(f"{row}\n" for row in rows))
-    data_yaml = out_dir / "data.yaml"
-    names = "\n".join(f"  {index}: {name}" for index, name in enumerate(config.classes))
-    data_yaml.write_text(
-        f"path: {out_dir.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
-    )
-    return data_yaml
-
-
-# --- training and the cache --------------------------------------------------------------
-
-
-def prepare_detector(
-    out_dir: Path,
-    *,
-    config: DetectorConfig = DEFAULT_CONFIG,
-    progress: Callable[[str], None] | None = None,
-) -> Path:
-    """Return ``out_dir/best.pt`` trained for ``config``, training it first unless cached.
-
-    ``out_dir/manifest.json`` records the config key, metrics, class names and the weights'
-    sha256; a folder whose manifest names another key is replaced. Training happens in a
-    temporary sibling folder that is renamed into place, under a file lock, so concurrent
-    callers train once and no reader ever sees a half-written detector.
-    """
-    out_dir = Path(out_dir)
-    report = progress or (lambda message: logger.info("%s", message))
-    cached = cached_detector(out_dir, config)
-    if cached is not None:
-        return cached
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(out_dir.parent / f".{out_dir.name}.lock"):
-        cached = cached_detector(out_dir, config)  # another process may have finished meanwhile
-        if cached is not None:
-            return cached
-        work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-        try:
-            staged = _train(work, config, report)
-            _publish(staged, out_dir, work)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    weights = out_dir / WEIGHTS
-    report(f"detector ready: {weights}")
-    return weights
-
-
-def read_manifest(out_dir: Path) -> dict[str, Any] | None:
-    """The manifest of a prepared detector folder, or None if there is none readable."""
-    try:
-        manifest: dict[str, Any] = json.loads((Path(out_dir) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest
-
-
-def cached_detector(out_dir: Path, config: DetectorConfig = DEFAULT_CONFIG) -> Path | None:
-    """The weights in ``out_dir`` if they were prepared for ``config``; None otherwise."""
-    manifest = read_manifest(out_dir)
-    weights = Path(out_dir) / WEIGHTS
-    if manifest is None or manifest.get("config_key") != config.key() or not weights.is_file():
-        return None
-    return weights
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _publish(staged: Path, out_dir: Path, work: Path) -> None:
-    # rename() is atomic but cannot replace a non-empty folder: move a stale one aside first.
-    if out_dir.exists():
-        os.rename(out_dir, work / "previous")
-    os.rename(staged, out_dir)
-
-
-def _train(work: Path, config: DetectorConfig, report: Callable[[str], None]) -> Path:
-    started = time.perf_counter()
-    report(f"writing {config.train_images}+{config.val_images} synthetic shape images")
-    data_yaml = write_dataset(work / "data", config)
-    model_yaml = _write_model_yaml(work, config)
-
-    YOLO = import_ultralytics().YOLO  # heavy: torch and ultralytics load only when training
-    from ultralytics.utils import LOGGER
-
-    model = YOLO(str(model_yaml), task="detect")
-    parameters = sum(p.numel() for p in model.model.parameters())
-    report(
-        f"training {parameters / 1e6:.2f} M-parameter YOLO "
-        f"for {config.epochs} epochs on {config.device}"
-    )
-
-    def on_epoch_end(trainer: Any) -> None:
-        if trainer.epoch + 1 > trainer.epochs:
-            return  # ultralytics fires this once more for the final validation of best.pt
-        map50 = trainer.metrics.get("metrics/mAP50(B)", float("nan"))
-        elapsed = time.perf_counter() - started
-        report(f"epoch {trainer.epoch + 1}/{trainer.epochs}: mAP50 {map50:.3f} ({elapsed:.0f} s)")
-
-    model.add_callback("on_fit_epoch_end", on_epoch_end)
-    previous_level = LOGGER.level
-    # Silences ultralytics' per-batch lines and progress bars; the callback reports progress.
-    LOGGER.setLevel(logging.WARNING)
-    try:
-        model.train(
-            data=str(data_yaml),
-            epochs=config.epochs,
-            imgsz=config.image_size,
-            batch=config.batch,
-            nbs=config.nominal_batch,
-            scale=config.scale_augment,
-            device=config.device,
-            seed=config.seed,
-            deterministic=True,
-            workers=0,
-            project=str(work / "runs"),
-            name="train",
-            exist_ok=True,
-            plots=False,
-            verbose=False,
-            amp=config.device != "cpu",
-            mosaic=config.mosaic,
-            cache="ram",  # 600 small images: decode them once, not every epoch
-            val=True,
-        )
-    finally:
-        LOGGER.setLevel(previous_level)
-    best = work / "runs" / "train" / "weights" / WEIGHTS
-    if not best.is_file():
-        raise RuntimeError(f"ultralytics finished without writing {best}")
-    metrics = _final_metrics(model)
-    train_seconds = time.perf_counter() - started
-    staged = work / "result"
-    staged.mkdir()
-    shutil.copy2(best, staged / WEIGHTS)
-    _write_manifest(staged, config, metrics, parameters, train_seconds)
-    report(
-        f"trained in {train_seconds:.0f} s: mAP50 {metrics['map50']:.3f}, "
-        f"mAP50-95 {metrics['map50_95']:.3f}"
-    )
-    return staged
-
-
-def _write_model_yaml(work: Path, config: DetectorConfig) -> Path:
-    import yaml  # PyYAML, an ultralytics dependency
-
-    spec = _bundled_yolov8_spec()
-    spec["nc"] = len(config.classes)
-    spec["scales"] = {"n": [config.depth_multiple, config.width_multiple, config.max_channels]}
-    # ultralytics reads the scale letter from the file name ("yolov8n..."), not from the yaml.
-    path = work / "yolov8n-shapes.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
-def _bundled_yolov8_spec() -> dict[str, Any]:
-    """ultralytics' bundled yolov8.yaml as a dict, read from the installed package."""
-    import importlib.util
-
-    import yaml
-
-    spec = importlib.util.find_spec("ultralytics")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("ultralytics is not installed; install the featurizer extra")
-    package = Path(next(iter(spec.submodule_search_locations)))
-    loaded: dict[str, Any] = yaml.safe_load((package / "cfg/models/v8/yolov8.yaml").read_text())
-    return loaded
-
-
-def _final_metrics(model: Any) -> dict[str, float]:
-    box = getattr(getattr(model, "metrics", None), "box", None)
-    if box is None:
-        raise RuntimeError("ultralytics returned no validation metrics")
-    return {"map50": float(box.map50), "map50_95": float(box.map)}
-
-
-def _write_manifest(
-    staged: Path,
-    config: DetectorConfig,
-    metrics: dict[str, float],
-    parameters: int,
-    train_seconds: float,
-) -> None:
-    import torch
-    import ultralytics
-
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "kind": "yolo-shapes",
-        "config_key": config.key(),
-        "config": dataclasses.asdict(config),
-        "generator_version": GENERATOR_VERSION,
-        "classes": list(config.classes),
-        "metrics": metrics,
-        "parameters": parameters,
-        "train_seconds": round(train_seconds, 1),
-        "weights": {"file": WEIGHTS, "sha256": sha256_file(staged / WEIGHTS)},
-        "ultralytics": ultralytics.__version__,
-        "torch": torch.__version__,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def sha256_file(path: Path, *, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# --- CLI ---------------------------------------------------------------------------------
-
-cli = typer.Typer(add_completion=False, help="Prepare the synthetic-shapes YOLO detector.")
-
-
-@cli.command()
-def main(
-    out: Annotated[
-        Path | None,
-        typer.Option(help="Output folder (default: $BOIG_HOME/models/yolo-shapes)."),
-    ] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = DEFAULT_CONFIG.epochs,
-    device: Annotated[str, typer.Option(help="Training device: cpu, cuda, cuda:N.")] = "cpu",
-    mosaic: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Mosaic probability.")
-    ] = DEFAULT_CONFIG.mosaic,
-) -> None:
-    """Train (or find cached) the default shapes detector and print where its weights are."""
-    config = dataclasses.replace(DEFAULT_CONFIG, epochs=epochs, device=device, mosaic=mosaic)
-    weights = prepare_detector(out or default_detector_dir(), config=config, progress=typer.echo)
-    manifest = read_manifest(weights.parent) or {}
-    typer.echo(json.dumps({"weights": str(weights), "metrics": manifest.get("metrics")}))
-
-
-if __name__ == "__main__":
-    cli()

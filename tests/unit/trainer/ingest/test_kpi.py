@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.common.contracts import KpiLevel
-from services.common.kpi import KpiBuckets, KpiObservation, normalize_kpis
+from services.trainer.ingest.kpi import KpiBuckets, KpiObservation, normalize_kpis
 
 
 def test_percentiles_are_within_each_account() -> None:
