@@ -246,6 +246,7 @@ EncodedImage = Annotated[
     WithJsonSchema(
         {
             "type": "string",
+            "minLength": 1,
             "contentEncoding": "base64",
             "description": "The image file (PNG, JPEG, WebP, GIF), base64 in JSON; raw bytes "
             "in a MessagePack body.",
@@ -335,7 +336,9 @@ class TargetDescription(Contract):
 
     level: KpiLevel
     verbalization: Verbalization
-    text: str = Field(description="The verbalization in its text form: a creative brief.")
+    text: str = Field(
+        max_length=4000, description="The verbalization in its text form: a creative brief."
+    )
     model: ModelInfo | None = Field(
         default=None, description="The describer model that wrote it; none if a caller did."
     )
@@ -367,8 +370,17 @@ class ScoreRequest(Contract):
         levels = [target.level for target in self.targets]
         if len(set(levels)) != len(levels):
             raise ValueError("targets: at most one description per level")
-        if self.targets and self.reward == "likelihood":
-            raise ValueError("targets: the likelihood reward compares with no description")
+        used = {
+            "match": {self.target.level},
+            "contrastive": {KpiLevel.HIGH, KpiLevel.LOW},
+            "likelihood": set(),
+        }[self.reward]
+        unused = sorted(level.value for level in set(levels) - used)
+        if unused:
+            raise ValueError(
+                f"targets: the {self.reward} reward at this level compares with no "
+                f"description for {', '.join(unused)}"
+            )
         return self
 
     @field_validator("creatives")

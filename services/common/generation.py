@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.contracts import Context, Contract, KpiTarget, ModelInfo
 from services.common.errors import InvalidInput
+from services.common.settings import BatchLimits
 
 MAX_IMAGES_PER_JOB = 16
 MAX_CANDIDATES_PER_JOB = 64
@@ -97,6 +98,17 @@ class GenerationLimits(BaseSettings):
             "so one client cannot fill the queue that every key shares."
         ),
     )
+
+    @model_validator(mode="after")
+    def _scored_in_one_request(self) -> GenerationLimits:
+        # Found at startup, not after a job has drawn its images and the scorer refuses them.
+        batch = BatchLimits().max_items
+        if self.max_candidates > batch:
+            raise ValueError(
+                f"max_candidates ({self.max_candidates}) is more than BOIG_BATCH_MAX_ITEMS "
+                f"({batch}): a job's images are scored in one request"
+            )
+        return self
 
     def check(self, request: GenerateRequest) -> None:
         """Raise InvalidInput naming every field of ``request`` beyond these limits."""

@@ -30,8 +30,18 @@ class EventLoopThread:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the loop and wait for its result (or raise its exception)."""
-        return self.submit(coroutine).result()
+        """Run ``coroutine`` on the loop and wait for its result (or raise its exception); an
+        interrupted wait (a Celery soft time limit) cancels the coroutine, as asyncio.run would."""
+        future = self.submit(coroutine)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    @property
+    def closed(self) -> bool:
+        return self._loop.is_closed()
 
     def close(self) -> None:
         """Stop the loop and its thread; call once nothing runs on it any more."""

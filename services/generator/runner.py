@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -127,7 +127,9 @@ class JobRunner:
         self._scorer = ScorerClient(settings.scorer_url, timeout=timeout, caller=SERVICE)
 
     def close(self) -> None:
-        """Close the upstream clients and their loop (the pipeline stays loaded)."""
+        """Close the upstream clients and their loop (the pipeline stays loaded); again: no-op."""
+        if self._loop.closed:
+            return
         self._loop.run(self._describer.aclose())
         self._loop.run(self._scorer.aclose())
         self._loop.close()
@@ -174,10 +176,7 @@ class JobRunner:
         pngs = [encode_png(image) for image in images]
         # The scorer compares with the descriptions the prompts were made from, not with a
         # second answer of the describer (another sample, or a model reloaded meanwhile).
-        prompted_with = [TargetDescription.described(request.target.level, target)]
-        if low is not None and request.target.level is not KpiLevel.LOW:
-            prompted_with.append(TargetDescription.described(KpiLevel.LOW, low))
-        scores = self._loop.run(self._score(request, pngs, prompted_with))
+        scores = self._loop.run(self._score(request, pngs, _compared_with(request, target, low)))
         for name, info in scores.models.items():
             models.setdefault(name, info)
         kept = scores.results[: job_plan.count]
@@ -240,9 +239,11 @@ class JobRunner:
         self,
         request: GenerateRequest,
         pngs: Sequence[bytes],
-        targets: Sequence[TargetDescription],
+        described: Mapping[KpiLevel, DescribeResponse],
     ) -> ScoreResponse:
         reward = self.settings.reward
+        # The levels this reward compares with, as far as the prompts were made from them.
+        used = {"match": (request.target.level,), "contrastive": (KpiLevel.HIGH, KpiLevel.LOW)}
         score_request = ScoreRequest(
             context=request.context,
             target=request.target,
@@ -250,7 +251,11 @@ class JobRunner:
             creatives=[
                 Creative(id=f"candidate-{index}", data=data) for index, data in enumerate(pngs)
             ],
-            targets=[] if reward == "likelihood" else list(targets),
+            targets=[
+                TargetDescription.described(level, described[level])
+                for level in used.get(reward, ())
+                if level in described
+            ],
         )
         return await self._scorer.score(score_request)
 
@@ -288,6 +293,16 @@ class JobRunner:
             )
             done += job_plan.steps
         return images
+
+
+def _compared_with(
+    request: GenerateRequest, target: DescribeResponse, low: DescribeResponse | None
+) -> dict[KpiLevel, DescribeResponse]:
+    """The descriptions the prompts were made from, by level: the scorer compares with them."""
+    described = {request.target.level: target}
+    if low is not None:
+        described.setdefault(KpiLevel.LOW, low)
+    return described
 
 
 def _batches(count: int, max_batch: int) -> list[tuple[int, int]]:

@@ -18,7 +18,12 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 from prometheus_client import start_http_server
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -348,5 +353,14 @@ def _on_child(**_: Any) -> None:
 def _on_shutdown(**_: Any) -> None:
     if _sweeper is not None:
         _sweeper.stop()
+    _close_runner()  # the solo pool ran tasks in this process
+
+
+@worker_process_shutdown.connect
+def _on_child_exit(**_: Any) -> None:
+    _close_runner()  # prefork children run the tasks
+
+
+def _close_runner() -> None:
     if _runtime is not None:
         _runtime.runner.close()  # the upstream clients' connections and their event loop

@@ -64,7 +64,7 @@ class Scorer:
         # and answers invalid_image naming the creative, which passes through to the caller.
         images = [ImageInput(id=c.id, data=c.data) for c in request.creatives]
         if request.reward == "match":
-            featurized, targets = await self._featurize_and_describe(
+            featurized, targets, describer_model = await self._featurize_and_describe(
                 images, request, (request.target.level,)
             )
             verbalizations = _in_request_order(featurized, request)
@@ -74,10 +74,9 @@ class Scorer:
                 self._weights,
                 color_scale=self._color_scale,
             )
-            describer_model = targets[0].model
         elif request.reward == "contrastive":
             # Always high vs low, whatever level the request names: that contrast is the reward.
-            featurized, targets = await self._featurize_and_describe(
+            featurized, targets, describer_model = await self._featurize_and_describe(
                 images, request, (KpiLevel.HIGH, KpiLevel.LOW)
             )
             high, low = targets
@@ -89,7 +88,6 @@ class Scorer:
                 self._weights,
                 color_scale=self._color_scale,
             )
-            describer_model = high.model or low.model
         else:
             # Behaviour simulation needs the verbalizations first, so these two calls are serial.
             featurized = await self._featurizer.featurize(images)
@@ -113,9 +111,11 @@ class Scorer:
 
     async def _featurize_and_describe(
         self, images: list[ImageInput], request: ScoreRequest, levels: Sequence[KpiLevel]
-    ) -> tuple[FeaturizeResponse, list[TargetDescription]]:
+    ) -> tuple[FeaturizeResponse, list[TargetDescription], ModelInfo | None]:
         """Featurize, and describe the levels the request brings no description of,
-        concurrently: the two services are independent."""
+        concurrently: the two services are independent. The model is the describer's that
+        answered here (none when the request brought every description: a caller's word on
+        which model wrote them is echoed in its targets, never reported as ours)."""
         given = {target.level: target for target in request.targets}
         async with _task_group() as group:
             featurize = group.create_task(self._featurizer.featurize(images))
@@ -132,7 +132,8 @@ class Scorer:
             given.get(level) or TargetDescription.described(level, describes[level].result())
             for level in levels
         ]
-        return featurize.result(), targets
+        answers = [task.result() for task in describes.values()]
+        return featurize.result(), targets, answers[0].model if answers else None
 
 
 @asynccontextmanager

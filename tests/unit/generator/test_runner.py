@@ -140,7 +140,7 @@ def test_calls_to_the_describer_and_the_scorer_are_timed_as_the_generator_s(
         with pytest.raises(UpstreamError, match="unreachable"):
             runner._loop.run(runner._describe(request, []))
         with pytest.raises(UpstreamError, match="unreachable"):
-            runner._loop.run(runner._score(request, [b"not scored: the scorer is down"], []))
+            runner._loop.run(runner._score(request, [b"not scored: the scorer is down"], {}))
     finally:
         runner.close()
     # The high description and the low one (for the negative prompt), then the score.
@@ -196,7 +196,11 @@ class _RecordingScorer:
 
 @pytest.mark.parametrize(
     ("reward", "sent"),
-    [("match", [KpiLevel.HIGH, KpiLevel.LOW]), ("contrastive", [KpiLevel.HIGH, KpiLevel.LOW])],
+    [
+        ("match", [KpiLevel.HIGH]),
+        ("contrastive", [KpiLevel.HIGH, KpiLevel.LOW]),
+        ("likelihood", []),  # compares with no description
+    ],
 )
 def test_images_are_scored_against_the_descriptions_they_were_prompted_with(
     tmp_path: Path,

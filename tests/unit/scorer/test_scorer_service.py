@@ -214,12 +214,26 @@ async def test_levels_the_request_brings_no_description_of_are_described() -> No
     assert response.models["describer"] == ModelInfo(name="boigllm-test", version="v1")
 
 
-def test_targets_are_one_per_level_and_not_for_the_likelihood_reward() -> None:
+def test_targets_are_one_per_level_and_only_for_the_levels_the_reward_compares_with() -> None:
     twice = (given(KpiLevel.HIGH, RED), given(KpiLevel.HIGH, BLUE))
     with pytest.raises(ValidationError, match="one description per level"):
         request("match", {"r": "red"}, targets=twice)
-    with pytest.raises(ValidationError, match="likelihood reward compares with no description"):
+    with pytest.raises(ValidationError, match=r"likelihood reward .* no description for high"):
         request("likelihood", {"r": "red"}, targets=(given(KpiLevel.HIGH, RED),))
+    with pytest.raises(ValidationError, match=r"match reward .* no description for low"):
+        request("match", {"r": "red"}, targets=(given(KpiLevel.LOW, RED),))
+    medium = (given(KpiLevel.MEDIUM, RED),)
+    with pytest.raises(ValidationError, match=r"contrastive reward .* for medium"):
+        request("contrastive", {"r": "red"}, targets=medium)
+
+
+async def test_a_callers_word_on_the_model_is_never_reported_as_the_describer() -> None:
+    claimed = given(KpiLevel.HIGH, BLUE).model_copy(
+        update={"model": ModelInfo(name="boigllm", version="not-really")}
+    )
+    response = await scorer().score(request("match", {"b": "blue"}, targets=(claimed,)))
+    assert "describer" not in response.models
+    assert response.targets == [claimed]  # echoed as the caller sent it
 
 
 async def test_likelihood_uses_the_featurized_verbalizations() -> None:
