@@ -331,6 +331,16 @@ class Creative(ImageInput):
     id: ImageId
 
 
+def compared_levels(reward: RewardName, level: KpiLevel) -> tuple[KpiLevel, ...]:
+    """The levels whose descriptions ``reward`` compares creatives with, for a target at
+    ``level``: match its own; contrastive always high against low; likelihood none."""
+    if reward == "match":
+        return (level,)
+    if reward == "contrastive":
+        return (KpiLevel.HIGH, KpiLevel.LOW)
+    return ()
+
+
 class TargetDescription(Contract):
     """How an image for one KPI level should look: what a reward compares creatives with."""
 
@@ -370,12 +380,8 @@ class ScoreRequest(Contract):
         levels = [target.level for target in self.targets]
         if len(set(levels)) != len(levels):
             raise ValueError("targets: at most one description per level")
-        used = {
-            "match": {self.target.level},
-            "contrastive": {KpiLevel.HIGH, KpiLevel.LOW},
-            "likelihood": set(),
-        }[self.reward]
-        unused = sorted(level.value for level in set(levels) - used)
+        used = compared_levels(self.reward, self.target.level)
+        unused = sorted(level.value for level in set(levels) - set(used))
         if unused:
             raise ValueError(
                 f"targets: the {self.reward} reward at this level compares with no "

@@ -217,7 +217,7 @@ def create_app(
         response_model=DescribeResponse,
         tags=["describing"],
         summary="Describe how an image for this context should look to reach the KPI target",
-        openapi_extra=_json_body("DescribeRequest"),
+        openapi_extra=wire.request_body(DescribeRequest, images=False),
         responses=error_responses(*_KEYED, *_BODY, 502),
     )
     async def describe(request: Request, _key: RateLimitedKey) -> DescribeResponse:
@@ -241,7 +241,7 @@ def create_app(
             "header the same key and body return the same job, and the same key with another "
             "body is a 409. While the queue is full: 503 with Retry-After."
         ),
-        openapi_extra=_json_body("GenerateRequest"),
+        openapi_extra=wire.request_body(GenerateRequest, images=False),
         responses=error_responses(*_KEYED, *_BODY, 409),
     )
     async def generate(
@@ -328,12 +328,6 @@ async def _read_multipart(request: Request, gateway: Gateway) -> ScoreRequest:
     finally:
         await form.close()
     return build_score_request(spec, uploads, limits=gateway.image_limits)
-
-
-def _json_body(model: str) -> dict[str, Any]:
-    """The OpenAPI requestBody of a route that reads its JSON body itself."""
-    schema = {"$ref": f"#/components/schemas/{model}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 async def _read_json_body(request: Request, limit: int) -> bytes:

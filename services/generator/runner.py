@@ -32,6 +32,7 @@ from services.common.contracts import (
     ScoreRequest,
     ScoreResponse,
     TargetDescription,
+    compared_levels,
 )
 from services.common.errors import BoigError
 from services.common.generation import GenerateRequest, JobOutcome, JobProgress, Strategy
@@ -242,8 +243,6 @@ class JobRunner:
         described: Mapping[KpiLevel, DescribeResponse],
     ) -> ScoreResponse:
         reward = self.settings.reward
-        # The levels this reward compares with, as far as the prompts were made from them.
-        used = {"match": (request.target.level,), "contrastive": (KpiLevel.HIGH, KpiLevel.LOW)}
         score_request = ScoreRequest(
             context=request.context,
             target=request.target,
@@ -253,7 +252,8 @@ class JobRunner:
             ],
             targets=[
                 TargetDescription.described(level, described[level])
-                for level in used.get(reward, ())
+                # The levels this reward compares with, as far as the prompts came from them.
+                for level in compared_levels(reward, request.target.level)
                 if level in described
             ],
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from services.common import metrics
@@ -17,7 +17,6 @@ from services.common.contracts import (
     CreativeScore,
     FeaturizeResponse,
     ImageInput,
-    KpiLevel,
     KpiTarget,
     LikelihoodResponse,
     ModelInfo,
@@ -25,6 +24,7 @@ from services.common.contracts import (
     ScoreResponse,
     TargetDescription,
     Verbalization,
+    compared_levels,
 )
 from services.common.errors import UpstreamError
 from services.common.settings import BatchLimits
@@ -65,7 +65,7 @@ class Scorer:
         images = [ImageInput(id=c.id, data=c.data) for c in request.creatives]
         if request.reward == "match":
             featurized, targets, describer_model = await self._featurize_and_describe(
-                images, request, (request.target.level,)
+                images, request
             )
             verbalizations = _in_request_order(featurized, request)
             rewards = match_rewards(
@@ -77,7 +77,7 @@ class Scorer:
         elif request.reward == "contrastive":
             # Always high vs low, whatever level the request names: that contrast is the reward.
             featurized, targets, describer_model = await self._featurize_and_describe(
-                images, request, (KpiLevel.HIGH, KpiLevel.LOW)
+                images, request
             )
             high, low = targets
             verbalizations = _in_request_order(featurized, request)
@@ -110,12 +110,14 @@ class Scorer:
         )
 
     async def _featurize_and_describe(
-        self, images: list[ImageInput], request: ScoreRequest, levels: Sequence[KpiLevel]
+        self, images: list[ImageInput], request: ScoreRequest
     ) -> tuple[FeaturizeResponse, list[TargetDescription], ModelInfo | None]:
-        """Featurize, and describe the levels the request brings no description of,
-        concurrently: the two services are independent. The model is the describer's that
-        answered here (none when the request brought every description: a caller's word on
-        which model wrote them is echoed in its targets, never reported as ours)."""
+        """Featurize, and describe the levels the reward compares with that the request
+        brings no description of, concurrently: the two services are independent. The model
+        is the describer's that answered here (none when the request brought every
+        description: a caller's word on which model wrote them is echoed in its targets,
+        never reported as ours)."""
+        levels = compared_levels(request.reward, request.target.level)
         given = {target.level: target for target in request.targets}
         async with _task_group() as group:
             featurize = group.create_task(self._featurizer.featurize(images))
