@@ -27,6 +27,10 @@ def serve(*, service: str, settings: SettingsT, create_app: Callable[[SettingsT]
         log_config=None,
         # The app logs one line per request with its request id; uvicorn's would duplicate it.
         access_log=False,
+        # Named rather than "auto", which falls back to h11 and asyncio without a word when
+        # they are missing; both are core dependencies.
+        http="httptools",
+        loop="uvloop",
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_seconds)),
         timeout_keep_alive=max(5, round(settings.keep_alive_seconds)),
     )
