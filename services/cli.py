@@ -1,4 +1,5 @@
-"""`boig`: the operator's command line (models, contracts, API keys, BoigLLM recipes)."""
+"""`boig`: the one command line: the public API (score, generate, feedback; client_cli) and
+the operator's tools (models, contracts, API keys, BoigLLM recipes, checkpoints)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,19 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
+from services import client_cli
 from services.gateway.cli import app as gateway_app
 
 if TYPE_CHECKING:
+    from services.common.retraining import StoredDecision
     from services.trainer.runs import TrainingRun, TrainingStore
+    from services.trainer.settings import TrainerSettings
 
-app = typer.Typer(help="BOIG operator commands.", no_args_is_help=True)
+app = typer.Typer(
+    help="BOIG: score, generate and report creatives through the API; operate the services.",
+    no_args_is_help=True,
+)
+client_cli.register(app)
 models_app = typer.Typer(help="Local default models.", no_args_is_help=True)
 contracts_app = typer.Typer(help="Wire contracts in proto/.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -27,6 +35,11 @@ sd_app = typer.Typer(help="BoigSD: the world SD aligned to BoigLLM's reward by D
 app.add_typer(sd_app, name="sd")
 runs_app = typer.Typer(help="Training runs on the training worker's queue.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+checkpoints_app = typer.Typer(
+    help="Published checkpoints: list them, promote one, roll back (each move recorded).",
+    no_args_is_help=True,
+)
+app.add_typer(checkpoints_app, name="checkpoints")
 
 Seed = Annotated[int, typer.Option(help="World seed.")]
 PostsPerBrand = Annotated[int, typer.Option(min=20, help="World size: posts per brand.")]
@@ -82,6 +95,20 @@ def check_contracts(root: Path = PROTO) -> None:
     typer.echo("proto/ matches the code")
 
 
+@app.command(
+    "ingest",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def ingest(ctx: typer.Context) -> None:
+    """Rows (.jsonl, .csv, .parquet) -> a BoigLLM dataset version: validated, split, every image
+    featurized (resumable). `boig ingest --help` lists its options."""
+    # Handed over whole, so that its options live in one place and polars loads only here.
+    from services.trainer.ingest.__main__ import app as ingest_app
+
+    ingest_app(ctx.args, prog_name="boig ingest")
+
+
 @llm_app.command("train")
 def train_llm(
     seed: Seed = 0,
@@ -104,6 +131,19 @@ def train_llm(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     paths = llm_recipe.default_paths(seed, posts_per_brand)
     llm_recipe.train(paths, llm_recipe.preset_config(paths, preset, max_steps))
+    _record_registry(paths.registry, "boigllm")
+
+
+def _record_registry(registry: Path, name: str) -> None:
+    """Record what is published for the gateway (GET /v1/checkpoints); a database that is
+    not there is no reason to fail a training that succeeded."""
+    from services.common.retraining import RetrainLedger
+    from services.trainer.retrain.registry import record_registry
+
+    try:
+        record_registry(RetrainLedger(_training_store().database), registry, name)
+    except Exception as exc:
+        typer.echo(f"warning: the checkpoint list was not recorded: {exc}", err=True)
 
 
 @llm_app.command("export-merged")
@@ -395,7 +435,247 @@ def evaluate_sd(
     boigsd_eval_recipe.run_evaluation(default_paths(), settings, run_dir=run)
 
 
+@llm_app.command("retrain")
+def retrain_llm(
+    enqueue: Annotated[
+        bool,
+        typer.Option(help="Queue the retrain for the training worker instead of running it here."),
+    ] = False,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dataset folder (with `latest`) to fold feedback into; default: "
+            "BOIG_TRAINER_DATASET_DIR, else the synthetic world's (`make train-llm`)."
+        ),
+    ] = None,
+    featurizer_url: Annotated[
+        str | None,
+        typer.Option(help="Featurizer for the feedback images; default: start one on loopback."),
+    ] = None,
+    preset: Annotated[
+        Literal["cpu", "cpu-weights", "gpu", "tiny"] | None,
+        typer.Option(help="Fine-tuning preset; default: the served checkpoint's own recipe."),
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(min=2, help="Override the preset's steps.")
+    ] = None,
+    account: Annotated[
+        list[str] | None,
+        typer.Option(help="Fold this account's feedback (repeatable); default: the dataset's."),
+    ] = None,
+    trusted_key: Annotated[
+        list[str] | None,
+        typer.Option(help="Trust only these API key prefixes' feedback (repeatable)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Retrain and decide even when nothing is new.")
+    ] = False,
+) -> None:
+    """Fold new KPI feedback into BoigLLM's dataset, train a candidate, measure it against the
+    served checkpoint on the most recent held-out posts, and promote it only if it is better
+    beyond the confidence interval; the decision is recorded (`boig checkpoints decisions`)."""
+    from services.tooling import llm_recipe
+    from services.trainer.retrain.job import RETRAIN, RetrainJob, run_retrain_job
+
+    job = RetrainJob(preset=preset, max_steps=max_steps, force=force)
+    settings = _trainer_settings()
+    overrides: dict[str, object] = {
+        "dataset_dir": dataset or settings.dataset_dir or llm_recipe.default_paths().data
+    }
+    if account:
+        overrides["retrain_accounts"] = account
+    if trusted_key:
+        overrides["retrain_trusted_keys"] = trusted_key
+    if enqueue:
+        if dataset is not None or account or trusted_key:
+            raise typer.BadParameter(
+                "the training worker retrains with its own BOIG_TRAINER_* settings "
+                "(dataset, accounts, trusted keys)",
+                param_hint="--enqueue",
+            )
+        run_id = _enqueue(RETRAIN, job.model_dump(mode="json"))
+        typer.echo(f"queued retrain {run_id}; follow it with `boig runs show {run_id}`")
+        return
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from contextlib import ExitStack
+
+    from services.common.settings import boig_home
+    from services.tooling.stack import local_stack
+
+    store = _training_store()
+    with ExitStack() as stack:
+
+        def loopback_featurizer() -> str:
+            # Started only when the fold has images to describe: nothing new, no start.
+            folder = boig_home() / "stack" / "featurizer"
+            return stack.enter_context(local_stack(folder, services=("featurizer",))).url(
+                "featurizer"
+            )
+
+        if featurizer_url is not None:
+            overrides["featurizer_url"] = featurizer_url
+        outcome = run_retrain_job(
+            job,
+            settings.model_copy(update=overrides),
+            database=store.database,
+            featurizer_url=loopback_featurizer if featurizer_url is None else None,
+        )
+    typer.echo(f"{outcome.action}: {outcome.reason}")
+    if outcome.decision is not None:
+        _echo_decision(outcome.decision)
+
+
+def _trainer_settings() -> TrainerSettings:
+    from services.trainer.settings import TrainerSettings
+
+    return TrainerSettings()
+
+
+def _echo_decision(stored: StoredDecision) -> None:
+    from services.trainer.retrain.rule import describe_evaluation
+
+    decision = stored.decision
+    typer.echo(
+        f"{decision.id}  {decision.decided_at:%Y-%m-%d %H:%M:%S}  {decision.checkpoint}  "
+        f"{decision.action} ({decision.trigger})  {decision.previous_version} -> "
+        f"{decision.current_version}  dataset {decision.dataset_version}"
+    )
+    typer.echo(f"  {decision.reason}")
+    if decision.evaluation is not None:
+        for line in describe_evaluation(decision.evaluation):
+            typer.echo(f"  {line}")
+    if decision.feedback is not None:
+        fold = decision.feedback
+        typer.echo(
+            f"  feedback: {fold.rows} rows ({fold.new} new, {fold.removed} removed, "
+            f"{fold.skipped} skipped)"
+        )
+
+
+@checkpoints_app.command("list")
+def list_checkpoints(
+    name: Annotated[str, typer.Option(help="Registry entry.")] = "boigllm",
+) -> None:
+    """The published versions, newest first; `*` marks the one served. Also records the
+    registry's state for the gateway (GET /v1/checkpoints)."""
+    from services.common.retraining import RetrainLedger
+    from services.trainer.retrain.registry import record_registry
+
+    settings = _trainer_settings()
+    listed = record_registry(RetrainLedger(_training_store().database), settings.registry, name)
+    if not listed.items:
+        typer.echo(f"no {name} checkpoint in {settings.registry}")
+    for item in listed.items:
+        metrics = ", ".join(f"{key} {value:.4f}" for key, value in sorted(item.metrics.items()))
+        typer.echo(
+            f"{'*' if item.current else ' '} {item.version}  {item.created_at:%Y-%m-%d %H:%M}  "
+            f"dataset {item.dataset_version} ({item.dataset_sha256[:12]})  {metrics}"
+        )
+
+
+@checkpoints_app.command("promote")
+def promote_checkpoint(
+    version: Annotated[str, typer.Argument(help="The version to serve.")],
+    reason: Annotated[str, typer.Option(help="Why: recorded with the decision.")],
+    name: Annotated[str, typer.Option(help="Registry entry.")] = "boigllm",
+) -> None:
+    """Serve VERSION (e.g. a candidate a retrain rejected), over the evaluation rule."""
+    _move(name, version, "promote", reason)
+
+
+@checkpoints_app.command("rollback")
+def rollback_checkpoint(
+    version: Annotated[
+        str | None,
+        typer.Argument(help="An earlier version; default: the one served before the current."),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why: recorded with the decision.")] = (
+        "rolled back by an operator"
+    ),
+    name: Annotated[str, typer.Option(help="Registry entry.")] = "boigllm",
+) -> None:
+    """Serve an earlier checkpoint again: the describer reloads at its next request."""
+    if version is None:
+        version = _served_before(name)
+    _move(name, version, "rollback", reason)
+
+
+def _served_before(name: str) -> str:
+    from services.common.checkpoints import current_checkpoint
+    from services.common.retraining import RetrainLedger
+
+    current = current_checkpoint(_trainer_settings().registry, name)
+    if current is None:
+        raise typer.BadParameter(f"no {name} checkpoint is served: nothing to roll back")
+    ledger = RetrainLedger(_training_store().database)
+    before: int | None = None
+    while True:
+        page, before = ledger.page(limit=100, before=before, checkpoint=name)
+        for stored in page:
+            decision = stored.decision
+            previous = decision.previous_version
+            if decision.current_version == current.version and previous not in (
+                None,
+                current.version,
+            ):
+                assert previous is not None
+                return previous
+        if before is None:
+            raise typer.BadParameter(
+                f"no recorded move made {current.version} current: name the version to roll "
+                "back to (`boig checkpoints list`)"
+            )
+
+
+def _move(name: str, version: str, action: Literal["promote", "rollback"], reason: str) -> None:
+    import getpass
+    import socket
+
+    from services.common.errors import BoigError
+    from services.common.retraining import RetrainLedger
+    from services.trainer.retrain.registry import move_pointer
+
+    try:
+        stored = move_pointer(
+            registry=_trainer_settings().registry,
+            name=name,
+            version=version,
+            ledger=RetrainLedger(_training_store().database),
+            action=action,
+            reason=reason,
+            actor=f"{getpass.getuser()}@{socket.gethostname()}",
+        )
+    except BoigError as exc:
+        typer.echo(f"{exc.type}: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    _echo_decision(stored)
+
+
+@checkpoints_app.command("decisions")
+def list_decisions(
+    name: Annotated[str | None, typer.Option(help="Only this registry entry's.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 10,
+    details: Annotated[
+        bool, typer.Option(help="Also what only operators see (folders, trusted keys) as JSON.")
+    ] = False,
+) -> None:
+    """The newest retrain decisions and operators' moves, with their figures."""
+    import json
+
+    from services.common.retraining import RetrainLedger
+
+    page, _ = RetrainLedger(_training_store().database).page(limit=limit, checkpoint=name)
+    for stored in page:
+        _echo_decision(stored)
+        if details and stored.details:
+            typer.echo("  " + json.dumps(stored.details, sort_keys=True))
+
+
 def _training_store() -> TrainingStore:
+    # Imported for their tables: open() creates every table of the training database.
+    import services.common.feedback
+    import services.common.retraining  # noqa: F401
     from services.trainer.runs import TrainingStore
     from services.trainer.settings import TrainerSettings
 
@@ -442,6 +722,14 @@ def cancel_run(run_id: str) -> None:
 
 def _run_line(run: TrainingRun) -> str:
     progress = run.progress or {}
+    if "stage" in progress:  # a retrain: its stage, and its candidate's step while it trains
+        done = str(progress["stage"])
+        if "step" in progress:
+            done += f" step {progress['step']}/{progress.get('steps', '?')}"
+        decided = (run.result or {}).get("action")
+        done += f", {decided}: {(run.result or {}).get('reason')}" if decided else ""
+        error = f" ({run.error_type}: {run.error_message})" if run.error_type else ""
+        return f"{run.id}  {run.kind}  {run.state.value}  {done}{error}"
     done = f"epoch {progress.get('epoch', 0)}/{progress.get('epochs', '?')}"
     reward = progress.get("reward_mean")
     extra = f", reward {reward:.4f}" if isinstance(reward, float) else ""

@@ -3,8 +3,7 @@ the routes that read it."""
 
 from __future__ import annotations
 
-from services.common.contracts import ModelInfo
-from services.common.generation import JobOutcome
+from services.common.contracts import JobOutcome, ModelInfo
 from services.common.jobs import NewImage
 
 

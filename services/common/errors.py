@@ -1,7 +1,9 @@
 """One error hierarchy for every service, and the single JSON shape it travels in.
 
 Each error carries a machine-readable ``type`` so that clients can map an upstream
-error body back to the same exception class (see ``error_from_payload``).
+error body back to the same exception class (see ``error_from_payload``). The Python client
+ships this module as ``boig_client.errors`` (clients/python): it imports the standard library
+only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ class BoigError(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.request_id: str | None = None
+        """The X-Request-ID of the answer it was rebuilt from (``error_from_payload``): what
+        finds its lines in the services' logs."""
 
     def to_payload(self, request_id: str | None) -> dict[str, Any]:
         return {"error": {"type": self.type, "message": self.message, "request_id": request_id}}
@@ -156,9 +161,14 @@ def error_from_payload(
     except (KeyError, TypeError):
         return UpstreamError(f"upstream answered {status_code} without an error body")
     cls = _ERROR_TYPES.get(error_type)
-    if cls is None:
-        return UpstreamError(f"upstream error {error_type}: {message}")
-    return cls(message, retry_after=retry_after)
+    error = (
+        cls(message, retry_after=retry_after)
+        if cls is not None
+        else UpstreamError(f"upstream error {error_type}: {message}")
+    )
+    request_id = body.get("request_id") if isinstance(body, dict) else None
+    error.request_id = request_id if isinstance(request_id, str) else None
+    return error
 
 
 class ValidationProblems(Protocol):

@@ -1,69 +1,18 @@
-"""Wire models of image generation: the public request, a job's status, the worker's outcome.
+"""What one generation job may cost in this deployment: read on both sides of the queue.
 
-The gateway and the generator worker never import each other; they share these models, the
-job tables (``services.common.jobs``) and the task name (``services.common.queue``).
+The gateway and the generator worker never import each other; they share these limits, the
+job messages (``services.common.contracts``), the job tables (``services.common.jobs``) and
+the task name (``services.common.queue``).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from enum import StrEnum
-from typing import Literal
-
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.contracts import Context, Contract, KpiTarget, ModelInfo
+from services.common.contracts import MAX_CANDIDATES_PER_JOB, MAX_SIDE, GenerateRequest
 from services.common.errors import InvalidInput
 from services.common.settings import BatchLimits
-
-MAX_IMAGES_PER_JOB = 16
-MAX_CANDIDATES_PER_JOB = 64
-MAX_SIDE = 2048
-MAX_SEED = 2**32 - 1
-
-Strategy = Literal["prompt", "best_of_n", "boigsd"]
-STRATEGIES: tuple[Strategy, ...] = ("prompt", "best_of_n", "boigsd")
-
-
-class GenerateRequest(Contract):
-    """What a marketing app asks for; fields left out take the generator's settings."""
-
-    context: Context
-    target: KpiTarget = Field(default_factory=KpiTarget)
-    count: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_JOB, description="Images returned.")
-    width: int | None = Field(default=None, ge=64, le=MAX_SIDE, multiple_of=8)
-    height: int | None = Field(default=None, ge=64, le=MAX_SIDE, multiple_of=8)
-    seed: int | None = Field(
-        default=None,
-        ge=0,
-        le=MAX_SEED,
-        description="Image i uses seed + i. Left out, the gateway draws one and records it.",
-    )
-    strategy: Strategy | None = Field(
-        default=None,
-        description=(
-            "prompt: BoigLLM's target description as the prompt; best_of_n: generate "
-            "`candidates`, return the best `count` by reward; boigsd: the published BoigSD "
-            "LoRA (the base pipeline, said so, while none is published)."
-        ),
-    )
-    candidates: int | None = Field(
-        default=None,
-        ge=1,
-        le=MAX_CANDIDATES_PER_JOB,
-        description="best_of_n only: how many images to generate and score.",
-    )
-    steps: int | None = Field(default=None, ge=1, le=150, description="Denoising steps.")
-
-    @model_validator(mode="after")
-    def _candidates_fit(self) -> GenerateRequest:
-        if self.candidates is not None:
-            if self.strategy not in (None, "best_of_n"):
-                raise ValueError("candidates applies to the best_of_n strategy only")
-            if self.candidates < self.count:
-                raise ValueError(f"candidates ({self.candidates}) must be at least count")
-        return self
 
 
 class GenerationLimits(BaseSettings):
@@ -123,76 +72,3 @@ class GenerationLimits(BaseSettings):
             problems.append(f"{request.steps} steps; at most {self.max_steps}")
         if problems:
             raise InvalidInput("this deployment's generation limits: " + "; ".join(problems))
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-
-FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED})
-
-
-class JobAccepted(Contract):
-    job_id: str
-    status_url: str
-    state: JobState
-
-
-class JobProgress(Contract):
-    stage: Literal["starting", "describing", "denoising", "scoring", "saving"]
-    step: int = Field(ge=0, description="Denoising steps done.")
-    total: int = Field(ge=0, description="Denoising steps in all.")
-    eta_seconds: float | None = Field(default=None, ge=0)
-
-
-class JobError(Contract):
-    type: str = Field(description="The error type, as in every BOIG error body.")
-    message: str
-
-
-class JobImage(Contract):
-    id: str
-    url: str
-    rank: int = Field(ge=1)
-    seed: int
-    width: int
-    height: int
-    reward: float | None = Field(description="Total reward; null when the job has no scorer.")
-    breakdown: dict[str, float]
-
-
-class JobOutcome(Contract):
-    """What the worker records about how it made the images."""
-
-    strategy: Strategy
-    width: int
-    height: int
-    steps: int
-    seed: int
-    candidates: int
-    target_description: str | None = Field(description="BoigLLM's description, text form.")
-    prompt: str
-    negative_prompt: str | None
-    reward: str | None = Field(description="The reward the images were ranked by.")
-    models: dict[str, ModelInfo] = Field(description="Every model and checkpoint version used.")
-    notes: list[str] = Field(default_factory=list, description="Fallbacks and caveats.")
-
-
-class JobStatus(Contract):
-    job_id: str
-    state: JobState
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    attempts: int = Field(description="Times a worker started this job (redeliveries included).")
-    cancel_requested: bool = Field(description="A cancel was asked; a running job stops soon.")
-    queue_position: int | None = Field(description="1 = next to start; only while queued.")
-    progress: JobProgress | None
-    request: GenerateRequest
-    outcome: JobOutcome | None
-    images: list[JobImage]
-    error: JobError | None

@@ -33,15 +33,15 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.common.db import Base, Database
-from services.common.errors import Conflict, NotFound, Overloaded, RateLimited
-from services.common.generation import (
+from services.common.contracts import (
     FINAL_STATES,
     GenerateRequest,
     JobError,
     JobOutcome,
     JobState,
 )
+from services.common.db import Base, Database
+from services.common.errors import Conflict, NotFound, Overloaded, RateLimited
 from services.common.leases import AFTER_LEASE_COLUMNS, LeasedRow, LeasedTable, aware
 from services.common.leases import utcnow as utcnow
 

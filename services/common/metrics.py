@@ -126,6 +126,13 @@ GENERATION_JOBS = Counter(
     ["event"],
     registry=REGISTRY,
 )
+FEEDBACK_RECORDS = Counter(
+    "boig_feedback_records_total",
+    "KPI feedback at the gateway: created (a new record), replayed (the same observation "
+    "again), corrected (a correction applied), conflict (another value, refused).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 JOB_SECONDS = Histogram(
     "boig_generation_job_seconds",
     "Time a worker spent on one job, by strategy and how it ended.",

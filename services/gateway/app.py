@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 from celery import Celery
-from fastapi import FastAPI, Header, Request, Response
+from fastapi import FastAPI, Header, Query, Request, Response
 from pydantic import ValidationError
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
@@ -16,11 +16,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common import wire
 from services.common.app import create_service_app, error_responses, read_limited
+from services.common.checkpoints import BOIGLLM_CHECKPOINT, NAME_PATTERN
 from services.common.clients import DescriberClient, ScorerClient, Upstreams
 from services.common.contracts import (
     MAX_BATCH_IMAGES,
+    CheckpointList,
     DescribeRequest,
     DescribeResponse,
+    FeedbackFilter,
+    FeedbackPage,
+    FeedbackRecord,
+    FeedbackRequest,
+    GenerateRequest,
+    JobAccepted,
+    JobStatus,
+    RetrainDecision,
+    RetrainDecisionFilter,
+    RetrainDecisionPage,
     ScoreRequest,
     ScoreResponse,
 )
@@ -31,18 +43,22 @@ from services.common.errors import (
     UnsupportedMediaType,
     validation_message,
 )
-from services.common.generation import GenerateRequest, JobAccepted, JobStatus
+from services.common.feedback import FeedbackStore, RecordOutcome
 from services.common.jobs import JobStore
 from services.common.queue import QueueSettings, create_celery_app
+from services.common.retraining import RetrainLedger
 from services.common.storage import open_artifact_store
 from services.gateway.auth import KeyStore
+from services.gateway.feedback import FeedbackIntake, feedback_url
 from services.gateway.generation import Generation
+from services.gateway.playground import add_playground
 from services.gateway.rate_limit import (
     KeyRateLimiter,
     PollLimitedKey,
     RateLimitedKey,
     rate_limit_storage,
 )
+from services.gateway.retraining import RetrainRecords
 from services.gateway.service import Gateway, UploadedCreative, build_score_request
 from services.gateway.settings import GatewaySettings
 
@@ -120,6 +136,13 @@ def create_app(
         image_limits=settings.image_limits,
         batch_limits=settings.batch_limits,
     )
+    feedback = FeedbackIntake(
+        store=FeedbackStore(db),
+        jobs=generation.store,
+        artifacts=generation.artifacts,
+        image_limits=settings.image_limits,
+    )
+    retraining = RetrainRecords(RetrainLedger(db))
 
     async def readiness() -> dict[str, Any]:
         # Only the database decides readiness: with the scorer down, /v1/describe still works,
@@ -149,11 +172,13 @@ def create_app(
         readiness=readiness,
         lifespan=lifespan,
         description=(
-            "BOIG public API: score candidate creatives for a KPI target and get creative briefs. "
+            "BOIG public API: score candidate creatives for a KPI target, get creative briefs, "
+            "generate images, report the KPIs creatives observed once posted, and see which "
+            "checkpoints retraining promoted or rejected and why. "
             "Every /v1 route needs an API key (Authorization: Bearer or X-API-Key)."
         ),
         # Read by the routes themselves, after authentication: their requestBody refers to these.
-        request_models=(ScoreRequest, GenerateRequest, DescribeRequest),
+        request_models=(ScoreRequest, GenerateRequest, DescribeRequest, FeedbackRequest),
     )
     app.state.settings = settings
     app.state.gateway = gateway
@@ -292,6 +317,117 @@ def create_app(
         return Response(
             data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"}
         )
+
+    @app.post(
+        "/v1/feedback",
+        status_code=201,
+        response_model=FeedbackRecord,
+        tags=["feedback"],
+        summary="Record the KPI a creative observed once posted",
+        description=(
+            "Name the creative by `image_id` (an image a job of this key generated) or send "
+            "its image (`image_base64`) with its context; `context.posted_at` is required. "
+            "One record per key, account, creative (its image's SHA-256) and KPI name: the "
+            "same observation again answers 200 with the record (Idempotent-Replayed), "
+            "another value or context is a 409 unless `correction` is true, which replaces "
+            "it (200, revision + 1). JSON or MessagePack (the image as raw bytes)."
+        ),
+        openapi_extra=wire.request_body(FeedbackRequest, images=True),
+        responses={
+            201: {"description": "Recorded; Location names the new record."},
+            200: {
+                "model": FeedbackRecord,
+                "description": "Recorded before (a replay), or a correction applied.",
+            },
+            **error_responses(*_KEYED, *_BODY, 404, 409),
+        },
+    )
+    async def submit_feedback(
+        request: Request, response: Response, key: RateLimitedKey
+    ) -> FeedbackRecord:
+        body = await request.body()
+        feedback_request = wire.parse_body(
+            FeedbackRequest, body, request.headers.get("content-type")
+        )
+        record, outcome = await feedback.submit(owner=key.prefix, request=feedback_request)
+        response.headers["Location"] = feedback_url(record.id)
+        if outcome is not RecordOutcome.CREATED:
+            response.status_code = 200
+        if outcome is RecordOutcome.REPLAYED:
+            response.headers["Idempotent-Replayed"] = "true"
+        return record
+
+    @app.get(
+        "/v1/feedback",
+        response_model=FeedbackPage,
+        tags=["feedback"],
+        summary="This key's KPI feedback, newest first, by account, KPI or creative",
+        responses=error_responses(*_KEYED, 422),
+    )
+    async def list_feedback(
+        key: RateLimitedKey, query: Annotated[FeedbackFilter, Query()]
+    ) -> FeedbackPage:
+        return await feedback.page(owner=key.prefix, query=query)
+
+    @app.get(
+        "/v1/feedback/{feedback_id}",
+        response_model=FeedbackRecord,
+        tags=["feedback"],
+        summary="One feedback record of this key",
+        responses=error_responses(*_KEYED, 404),
+    )
+    async def get_feedback(feedback_id: str, key: RateLimitedKey) -> FeedbackRecord:
+        return await feedback.get(feedback_id, owner=key.prefix)
+
+    @app.get(
+        "/v1/checkpoints",
+        response_model=CheckpointList,
+        tags=["retraining"],
+        summary="A model's published checkpoints, newest first, and which one is served",
+        description=(
+            "As the training worker last recorded the registry (after each publish, "
+            "promotion, rejection or rollback it makes): `recorded_at` says when."
+        ),
+        responses=error_responses(*_KEYED, 422),
+    )
+    async def list_checkpoints(
+        _key: RateLimitedKey,
+        name: Annotated[
+            str, Query(pattern=NAME_PATTERN, description="Registry entry: boigllm or boigsd.")
+        ] = BOIGLLM_CHECKPOINT,
+    ) -> CheckpointList:
+        return await retraining.checkpoints(name)
+
+    @app.get(
+        "/v1/retrain/decisions",
+        response_model=RetrainDecisionPage,
+        tags=["retraining"],
+        summary="Why each checkpoint was promoted, rejected or rolled back, newest first",
+        description=(
+            "Each retrain records both checkpoints' metrics on the most recent held-out "
+            "posts, the confidence interval of the candidate's improvement, the data hash "
+            "and what feedback it folded in; operators' promotions and rollbacks are "
+            "recorded too."
+        ),
+        responses=error_responses(*_KEYED, 422),
+    )
+    async def list_retrain_decisions(
+        _key: RateLimitedKey, query: Annotated[RetrainDecisionFilter, Query()]
+    ) -> RetrainDecisionPage:
+        return await retraining.page(query)
+
+    @app.get(
+        "/v1/retrain/decisions/{decision_id}",
+        response_model=RetrainDecision,
+        tags=["retraining"],
+        summary="One retrain decision",
+        responses=error_responses(*_KEYED, 404),
+    )
+    async def get_retrain_decision(decision_id: str, _key: RateLimitedKey) -> RetrainDecision:
+        return await retraining.decision(decision_id)
+
+    if settings.playground:
+        add_playground(app)
 
     return app
 

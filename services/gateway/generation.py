@@ -17,6 +17,15 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from services.common import metrics
+from services.common.contracts import (
+    MAX_SEED,
+    GenerateRequest,
+    JobAccepted,
+    JobImage,
+    JobProgress,
+    JobState,
+    JobStatus,
+)
 from services.common.errors import (
     InvalidInput,
     NotFound,
@@ -24,16 +33,7 @@ from services.common.errors import (
     RateLimited,
     validation_message,
 )
-from services.common.generation import (
-    MAX_SEED,
-    GenerateRequest,
-    GenerationLimits,
-    JobAccepted,
-    JobImage,
-    JobProgress,
-    JobState,
-    JobStatus,
-)
+from services.common.generation import GenerationLimits
 from services.common.jobs import Job, JobStore, StoredImage, request_hash
 from services.common.queue import PROGRESS_STATE, send_generation_task
 from services.common.storage import ArtifactStore

@@ -44,6 +44,7 @@ class ScoreSpec(BaseModel):
     target: KpiTarget = Field(default_factory=KpiTarget)
     reward: RewardName = "match"
     targets: list[TargetDescription] = Field(default_factory=list)
+    max_edits: int = 0  # bounds checked by ScoreRequest, whose message names the field
 
 
 class UploadedCreative(BaseModel):
@@ -101,6 +102,7 @@ def build_score_request(
             reward=spec.reward,
             creatives=creatives,
             targets=spec.targets,
+            max_edits=spec.max_edits,
         )
     except ValidationError as exc:
         raise InvalidInput(validation_message(exc, whole=None)) from exc

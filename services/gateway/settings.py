@@ -29,9 +29,9 @@ class GatewaySettings(ArtifactStoreSettings, ServiceSettings):
     database_url: str = Field(
         default_factory=default_database_url,
         description=(
-            "SQLAlchemy URL of the database holding API keys and generation jobs: sqlite:///path "
-            "(embedded default, "
-            "under BOIG_HOME) or postgresql://user@host/db."
+            "SQLAlchemy URL of the database holding API keys, generation jobs and KPI "
+            "feedback: sqlite:///path (embedded default, under BOIG_HOME) or "
+            "postgresql://user@host/db."
         ),
     )
     scorer_url: str = Field(
@@ -136,6 +136,14 @@ class GatewaySettings(ArtifactStoreSettings, ServiceSettings):
     image_limits: ImageLimits = Field(
         default_factory=ImageLimits,
         description="Size, pixel and format limits applied to every creative before forwarding.",
+    )
+    playground: bool = Field(
+        default=True,
+        description=(
+            "Serve the playground page at /playground: score, generate and browse checkpoints "
+            "in a browser with an API key pasted into it. The page holds no data and every "
+            "call it makes needs the key; false answers 404 there."
+        ),
     )
 
     @field_validator(

@@ -26,16 +26,19 @@ from services.common.clients import DescriberClient, ScorerClient
 from services.common.contracts import (
     Creative,
     DescribeResponse,
+    GenerateRequest,
+    JobOutcome,
+    JobProgress,
     KpiLevel,
     KpiTarget,
     ModelInfo,
     ScoreRequest,
     ScoreResponse,
+    Strategy,
     TargetDescription,
     compared_levels,
 )
 from services.common.errors import BoigError
-from services.common.generation import GenerateRequest, JobOutcome, JobProgress, Strategy
 from services.common.image_prompts import render_negative_prompt, render_prompt
 from services.common.jobs import NewImage
 from services.common.loop_thread import EventLoopThread

@@ -13,9 +13,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.checkpoints import BOIGSD_CHECKPOINT
-from services.common.contracts import RewardName
+from services.common.contracts import MAX_CANDIDATES_PER_JOB, RewardName, Strategy
 from services.common.db import default_database_url
-from services.common.generation import MAX_CANDIDATES_PER_JOB, Strategy
 from services.common.jobs import DEFAULT_MAX_ATTEMPTS
 from services.common.logging import LogFormat
 from services.common.model_folders import SAMPLING_FILE

@@ -28,6 +28,7 @@ from prometheus_client import start_http_server
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.common import metrics
+from services.common.contracts import JobError, JobProgress
 from services.common.db import Database
 from services.common.errors import (
     BoigError,
@@ -35,7 +36,7 @@ from services.common.errors import (
     TimeLimitExceeded,
     UpstreamError,
 )
-from services.common.generation import GenerationLimits, JobError, JobProgress
+from services.common.generation import GenerationLimits
 from services.common.jobs import JobStore, Lease
 from services.common.queue import GENERATE_TASK, PROGRESS_STATE, QueueSettings, create_celery_app
 from services.common.storage import ArtifactStore, open_artifact_store

@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -99,13 +100,22 @@ def palette_similarity(
     """
     if not a_colors or not b_colors:
         return None
-    lab_a = srgb_to_lab(np.array([color.rgb for color in a_colors]))
-    lab_b = srgb_to_lab(np.array([color.rgb for color in b_colors]))
+    lab_a = _palette_lab(tuple(color.rgb for color in a_colors))
+    lab_b = _palette_lab(tuple(color.rgb for color in b_colors))
     delta_e = np.linalg.norm(lab_a[:, None, :] - lab_b[None, :, :], axis=-1)
     similarity = np.exp(-delta_e / scale)
     a_to_b = float(_coverage_weights(a_colors) @ similarity.max(axis=1))
     b_to_a = float(_coverage_weights(b_colors) @ similarity.max(axis=0))
     return _unit(0.5 * (a_to_b + b_to_a))
+
+
+@lru_cache(maxsize=1024)
+def _palette_lab(rgbs: tuple[tuple[int, int, int], ...]) -> NDArray[np.float64]:
+    # A batch compares every creative with one target palette, and edit suggestions compare
+    # dozens of variants of one creative's palette with it: convert each palette once.
+    lab = srgb_to_lab(np.array(rgbs, dtype=np.float64))
+    lab.flags.writeable = False  # shared between callers
+    return lab
 
 
 # --- tones -------------------------------------------------------------------------------
@@ -181,15 +191,32 @@ def caption_similarity(a: str | None, b: str | None) -> float | None:
 # --- rewards -----------------------------------------------------------------------------
 
 
+def match_component(
+    name: str,
+    image: Verbalization,
+    target: Verbalization,
+    *,
+    color_scale: float = DEFAULT_COLOR_SCALE,
+) -> float | None:
+    """One match term (a name in COMPONENTS) for an (image, target) pair; None if it does
+    not apply. Each term reads one field of the descriptions, the field of the same name."""
+    if name == "colors":
+        return palette_similarity(target.colors, image.colors, scale=color_scale)
+    if name == "tones":
+        return tone_agreement(target.tones, image.tones)
+    if name == "objects":
+        return object_agreement(target.objects, image.objects)
+    if name == "caption":
+        return caption_similarity(target.caption, image.caption)
+    raise ValueError(f"unknown match component {name!r}; known: {', '.join(COMPONENTS)}")
+
+
 def match_components(
     image: Verbalization, target: Verbalization, *, color_scale: float = DEFAULT_COLOR_SCALE
 ) -> dict[str, float | None]:
     """Every match term for one (image, target) pair; None where a term does not apply."""
     return {
-        "colors": palette_similarity(target.colors, image.colors, scale=color_scale),
-        "tones": tone_agreement(target.tones, image.tones),
-        "objects": object_agreement(target.objects, image.objects),
-        "caption": caption_similarity(target.caption, image.caption),
+        name: match_component(name, image, target, color_scale=color_scale) for name in COMPONENTS
     }
 
 
@@ -217,6 +244,21 @@ def combine(components: Components, used_weights: Mapping[str, float]) -> Reward
     return Reward(total=total, breakdown=breakdown, weights=dict(used_weights))
 
 
+def reward_from_components(
+    per_reference: Sequence[Components], used_weights: Mapping[str, float]
+) -> Reward:
+    """The reward from the match terms against each description it compares with: one
+    (match, in [0,1]) or the high and the low description (contrastive: the difference of
+    the two, term by term, in [-1,1])."""
+    if len(per_reference) == 1:
+        return _clipped(combine(per_reference[0], used_weights), 0.0)
+    if len(per_reference) != 2:
+        raise ValueError("a reward compares with one description (match) or two (contrastive)")
+    high, low = per_reference
+    difference = {name: _difference(high.get(name), low.get(name)) for name in COMPONENTS}
+    return _clipped(combine(difference, used_weights), -1.0)
+
+
 def match_reward(
     image: Verbalization,
     target: Verbalization,
@@ -238,7 +280,7 @@ def match_rewards(
     """Match reward of a batch, with one weighting shared by the whole batch."""
     components = [match_components(image, target, color_scale=color_scale) for image in images]
     used = usable_weights(components, weights)
-    return [_clipped(combine(c, used), 0.0) for c in components]
+    return [reward_from_components([c], used) for c in components]
 
 
 def contrastive_reward(
@@ -270,11 +312,7 @@ def contrastive_rewards(
     to_high = [match_components(image, high, color_scale=color_scale) for image in images]
     to_low = [match_components(image, low, color_scale=color_scale) for image in images]
     used = usable_weights([*to_high, *to_low], weights)
-    rewards = []
-    for h, lo in zip(to_high, to_low, strict=True):
-        difference = {name: _difference(h[name], lo[name]) for name in COMPONENTS}
-        rewards.append(_clipped(combine(difference, used), -1.0))
-    return rewards
+    return [reward_from_components([h, lo], used) for h, lo in zip(to_high, to_low, strict=True)]
 
 
 def likelihood_reward(distribution: LevelDistribution) -> Reward:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -28,6 +29,7 @@ from services.common.contracts import (
 )
 from services.common.errors import UpstreamError
 from services.common.settings import BatchLimits
+from services.scorer.edits import EditReward, Suggestions, suggest_edits
 from services.scorer.rewards import (
     DEFAULT_COLOR_SCALE,
     MatchWeights,
@@ -101,13 +103,50 @@ class Scorer:
 
         for reward in rewards:
             metrics.REWARD.labels(request.reward).observe(reward.total)
+        suggestions = (
+            await self._suggest_edits(request, verbalizations, targets, rewards[0].weights)
+            if request.max_edits
+            else None
+        )
         return ScoreResponse(
             reward=request.reward,
             weights=rewards[0].weights,
             targets=targets,
-            results=_ranked(request, verbalizations, rewards, _notes(featurized)),
+            results=_ranked(request, verbalizations, rewards, _notes(featurized), suggestions),
             models=_models(featurized, describer_model),
         )
+
+    async def _suggest_edits(
+        self,
+        request: ScoreRequest,
+        verbalizations: list[Verbalization],
+        targets: list[TargetDescription],
+        weights: dict[str, float],
+    ) -> list[Suggestions]:
+        """Each creative's edits, scored with the reward and the weights its total got (the
+        request's validation keeps the likelihood reward, which compares with no
+        description, from getting here)."""
+        reward = EditReward(
+            references=tuple(target.verbalization for target in targets),
+            weights=weights,
+            color_scale=self._color_scale,
+        )
+        started = time.perf_counter()
+        # Up to ~100 candidates a creative, each a reward term: milliseconds per creative,
+        # kept off the event loop so that a large batch does not stall other requests.
+        suggestions = await asyncio.to_thread(
+            lambda: [
+                suggest_edits(verbalization, reward, max_edits=request.max_edits)
+                for verbalization in verbalizations
+            ]
+        )
+        logger.debug(
+            "suggested %d edits for %d creatives in %.1f ms",
+            sum(len(s.edits) for s in suggestions),
+            len(verbalizations),
+            (time.perf_counter() - started) * 1000,
+        )
+        return suggestions
 
     async def _featurize_and_describe(
         self, images: list[ImageInput], request: ScoreRequest
@@ -177,8 +216,10 @@ def _ranked(
     verbalizations: list[Verbalization],
     rewards: list[Reward],
     notes: dict[str | None, list[str]],
+    suggestions: list[Suggestions] | None = None,
 ) -> list[CreativeScore]:
-    rows = zip(request.creatives, verbalizations, rewards, strict=True)
+    edits = suggestions or [Suggestions()] * len(rewards)
+    rows = zip(request.creatives, verbalizations, rewards, edits, strict=True)
     # Best first; ties broken by id so that equal scores rank the same way on every call.
     ordered = sorted(rows, key=lambda row: (-row[2].total, row[0].id))
     return [
@@ -189,8 +230,10 @@ def _ranked(
             breakdown=reward.breakdown,
             verbalization=verbalization,
             notes=notes.get(creative.id, []),
+            edits=suggested.edits,
+            total_with_edits=suggested.total_with_edits,
         )
-        for rank, (creative, verbalization, reward) in enumerate(ordered, start=1)
+        for rank, (creative, verbalization, reward, suggested) in enumerate(ordered, start=1)
     ]
 
 

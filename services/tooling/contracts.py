@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from services.common import checkpoints, contracts, generation
+from services.common import checkpoints, contracts
 
 SERVICES = ("gateway", "describer", "featurizer", "scorer")
 SHARED_MESSAGES: tuple[type[BaseModel], ...] = (
@@ -29,9 +29,15 @@ SHARED_MESSAGES: tuple[type[BaseModel], ...] = (
     contracts.LikelihoodResponse,
     contracts.ScoreRequest,
     contracts.ScoreResponse,
-    generation.GenerateRequest,
-    generation.JobAccepted,
-    generation.JobStatus,
+    contracts.GenerateRequest,
+    contracts.JobAccepted,
+    contracts.JobStatus,
+    contracts.FeedbackRequest,
+    contracts.FeedbackRecord,
+    contracts.FeedbackPage,
+    contracts.CheckpointList,
+    contracts.RetrainDecision,
+    contracts.RetrainDecisionPage,
     checkpoints.CheckpointManifest,
     contracts.Error,
 )

@@ -97,6 +97,11 @@ class TrainingStore:
         self._db = database
         self._leases = LeasedTable(TrainingRunRow, RunState)
 
+    @property
+    def database(self) -> Database:
+        """The database of the runs: the gateway's, which also holds feedback and decisions."""
+        return self._db
+
     @classmethod
     def open(cls, database_url: str) -> TrainingStore:
         """The store at ``database_url``, its tables created if they are not there yet."""
@@ -104,9 +109,13 @@ class TrainingStore:
         database.create_schema()
         return cls(database)
 
-    def submit(self, kind: str, params: dict[str, Any]) -> TrainingRun:
+    def submit(
+        self, kind: str, params: dict[str, Any], *, run_id: str | None = None
+    ) -> TrainingRun:
+        """A queued run; ``run_id`` names it (a second submit of that id raises the
+        database's IntegrityError), else a random id."""
         row = TrainingRunRow(
-            id=secrets.token_hex(16),
+            id=run_id or secrets.token_hex(16),
             kind=kind,
             params_json=json.dumps(params, sort_keys=True),
             state=RunState.QUEUED.value,
@@ -133,6 +142,19 @@ class TrainingStore:
                 select(TrainingRunRow).order_by(TrainingRunRow.created_at.desc()).limit(limit)
             ).all()
             return [_run(row) for row in rows]
+
+    def active(self, kind: str) -> bool:
+        """A run of ``kind`` is queued or running."""
+        with self._db.session() as session:
+            found = session.scalars(
+                select(TrainingRunRow.id)
+                .where(
+                    TrainingRunRow.kind == kind,
+                    TrainingRunRow.state.in_([RunState.QUEUED.value, RunState.RUNNING.value]),
+                )
+                .limit(1)
+            ).first()
+        return found is not None
 
     def cancel(self, run_id: str) -> TrainingRun:
         """A queued run is canceled at once; a running one stops after its current epoch."""

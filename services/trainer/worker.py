@@ -1,5 +1,9 @@
 """The training worker: Celery on the ``train`` queue, one run at a time (``--pool=solo``).
 
+Two kinds of run: a BoigSD DDPO job, and a BoigLLM retrain (fold KPI feedback, train a
+candidate, promote or reject it), which the sweeper also queues every
+BOIG_TRAINER_RETRAIN_INTERVAL_SECONDS when that is set.
+
 A run is a row before its task is sent (``boig sd train --enqueue``). The worker takes it
 under a lease that a heartbeat thread renews; progress (epoch, reward, KL, ETA) goes to the
 row after each epoch, where cancellation is also read. A worker that dies leaves its lease to
@@ -23,6 +27,12 @@ from celery.signals import worker_ready, worker_shutdown
 from prometheus_client import Gauge, start_http_server
 
 from services.common import metrics
+from services.common.checkpoints import (
+    BOIGLLM_CHECKPOINT,
+    BOIGSD_CHECKPOINT,
+    current_checkpoint,
+    list_versions,
+)
 from services.common.errors import BoigError
 from services.common.queue import (
     TRAIN_TASK,
@@ -30,6 +40,7 @@ from services.common.queue import (
     create_celery_app,
     send_training_task,
 )
+from services.common.retraining import RetrainLedger
 from services.trainer.ddpo.job import (
     BoigsdJob,
     BoigsdOutcome,
@@ -38,6 +49,10 @@ from services.trainer.ddpo.job import (
     run_boigsd_job,
 )
 from services.trainer.ddpo.train import EpochStats
+from services.trainer.finetune.train import StepReport
+from services.trainer.retrain.job import RETRAIN, RetrainJob, run_retrain_job, schedule_retrain
+from services.trainer.retrain.pipeline import RetrainOutcome, Stage
+from services.trainer.retrain.registry import record_registry
 from services.trainer.runs import RunLease, TrainingStore
 from services.trainer.settings import TrainerSettings
 
@@ -54,6 +69,9 @@ REWARD = Gauge(
 KL = Gauge("boig_trainer_approx_kl", "Approximate KL of the last epoch.", registry=metrics.REGISTRY)
 
 JobRunner = Callable[..., BoigsdOutcome]
+RetrainRunner = Callable[..., RetrainOutcome]
+RETRAIN_REPORT_EVERY_STEPS = 5
+"""A retrain's candidate reports its step to the run's row this often (and at its end)."""
 
 
 class RunCanceled(Exception):
@@ -95,6 +113,7 @@ def execute_run(
     *,
     worker: str,
     job_runner: JobRunner = run_boigsd_job,
+    retrain_runner: RetrainRunner = run_retrain_job,
 ) -> None:
     """Claim and run (or resume) one training run; a run that is not ours is left alone."""
     lease = store.claim(
@@ -109,6 +128,11 @@ def execute_run(
     heartbeat = Heartbeat(store, lease, settings.lease_seconds)
     started = time.monotonic()
     try:
+        if lease.run.kind == RETRAIN:
+            result = _retrain(store, settings, lease, heartbeat, retrain_runner)
+            store.complete(lease, result)
+            logger.info("run %s finished: %s", run_id, result["action"])
+            return
         if lease.run.kind != BOIGSD:
             raise BoigError(f"unknown training kind {lease.run.kind!r}")
         job = BoigsdJob.model_validate(lease.run.params)
@@ -174,11 +198,55 @@ def execute_run(
         heartbeat.stop()
 
 
+def _retrain(
+    store: TrainingStore,
+    settings: TrainerSettings,
+    lease: RunLease,
+    heartbeat: Heartbeat,
+    runner: RetrainRunner,
+) -> dict[str, object]:
+    """A BoigLLM retrain under the run's lease: its stage and training step go to the row,
+    where cancellation is read; its result is the decision (or why nothing was decided)."""
+    job = RetrainJob.model_validate(lease.run.params)
+    progress: dict[str, Any] = {}
+
+    def report(**values: Any) -> None:
+        if heartbeat.lost:
+            raise LeaseLost
+        progress.update(values)
+        try:
+            store.report(lease, progress)
+            canceled = store.cancel_requested(lease.run.id)
+        except Exception as exc:  # the database blinked: a long run does not end here
+            logger.warning("run %s: progress not recorded: %s", lease.run.id, exc)
+            return
+        if canceled:
+            raise RunCanceled
+
+    def on_stage(stage: Stage) -> None:
+        report(stage=stage)
+
+    def on_step(step: StepReport) -> None:
+        if step.step % RETRAIN_REPORT_EVERY_STEPS == 0 or step.step == step.max_steps:
+            report(stage="train", step=step.step, steps=step.max_steps, loss=step.loss)
+
+    outcome = runner(
+        job,
+        settings,
+        database=store.database,
+        run_id=lease.run.id,
+        on_stage=on_stage,
+        on_step=on_step,
+    )
+    return outcome.summary()
+
+
 class Sweeper:
     """Sends again the runs whose task may be lost, and fails runs out of attempts."""
 
     def __init__(self, app: Celery, store: TrainingStore, settings: TrainerSettings) -> None:
         self._app, self._store, self._settings = app, store, settings
+        self._registry_seen: dict[str, tuple[str | None, tuple[str, ...]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="boig-sweeper", daemon=True)
 
@@ -196,7 +264,32 @@ class Sweeper:
             self._store.mark_published(run_id)
         if run_ids:
             logger.info("sent %d training runs again", len(run_ids))
+        # The periodic retrain rides on the sweep: its check is one query while nothing is due.
+        scheduled = schedule_retrain(self._store, self._settings)
+        if scheduled is not None:
+            send_training_task(self._app, scheduled)
+            self._store.mark_published(scheduled)
+            run_ids.append(scheduled)
+        self.record_registry()
         return run_ids
+
+    def record_registry(self) -> list[str]:
+        """Record the registry's entries whose pointer or versions changed since the last
+        sweep (publishes and moves made elsewhere: `make train-llm`, a hand-edited pointer),
+        so that the gateway's GET /v1/checkpoints follows; the entries recorded."""
+        recorded = []
+        for name in (BOIGLLM_CHECKPOINT, BOIGSD_CHECKPOINT):
+            current = current_checkpoint(self._settings.registry, name)
+            state = (
+                current.version if current is not None else None,
+                tuple(ref.version for ref in list_versions(self._settings.registry, name)),
+            )
+            if self._registry_seen.get(name) == state:
+                continue
+            record_registry(RetrainLedger(self._store.database), self._settings.registry, name)
+            self._registry_seen[name] = state
+            recorded.append(name)
+        return recorded
 
     def _loop(self) -> None:
         while not self._stop.wait(self._settings.sweep_interval_seconds):

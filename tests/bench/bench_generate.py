@@ -29,9 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import httpx
 import torch
 
-from services.common.contracts import Context
+from services.common.contracts import Context, GenerateRequest
 from services.common.db import Database
-from services.common.generation import GenerateRequest
 from services.common.jobs import JobStore
 from services.common.queue import QueueSettings, create_celery_app, send_generation_task
 from services.generator.pipeline import ImagePipeline, ImageRequest
@@ -167,7 +166,7 @@ def overhead(
     )
 
     def on_step(step: int, total: int) -> None:
-        from services.common.generation import JobProgress
+        from services.common.contracts import JobProgress
 
         control.check()
         control.report(JobProgress(stage="denoising", step=step, total=total))

@@ -51,6 +51,12 @@ OPERATION_IDS = {
         ("GET", "/v1/jobs/{job_id}"): "get_job",
         ("DELETE", "/v1/jobs/{job_id}"): "cancel_job",
         ("GET", "/v1/images/{image_id}"): "get_image",
+        ("POST", "/v1/feedback"): "submit_feedback",
+        ("GET", "/v1/feedback"): "list_feedback",
+        ("GET", "/v1/feedback/{feedback_id}"): "get_feedback",
+        ("GET", "/v1/checkpoints"): "list_checkpoints",
+        ("GET", "/v1/retrain/decisions"): "list_retrain_decisions",
+        ("GET", "/v1/retrain/decisions/{decision_id}"): "get_retrain_decision",
     },
     "scorer": {("GET", "/health"): "health", ("POST", "/score"): "score"},
     "describer": {
@@ -88,6 +94,7 @@ DESCRIBE = {"context": {"account": "acme", "text": "summer sale"}, "target": {"l
 LIKELIHOOD = {"context": {"account": "acme"}, "verbalizations": [{"caption": "a red square"}]}
 FEATURIZE = {"images": [{"id": "a", "image_base64": png_base64()}], "detect_objects": False}
 GENERATE = {"context": {"account": "acme", "text": "summer sale"}, "target": {"level": "high"}}
+FEEDBACK = {"image_id": "no-such-image", "kpi_name": "likes", "kpi_value": 1}
 
 
 class Upstreams:
@@ -275,6 +282,18 @@ def idempotency_clash(stack: Stack) -> httpx.Response:
     return stack.gateway.request("POST", "/v1/generate", json=other, headers=key)
 
 
+def feedback_clash(stack: Stack) -> httpx.Response:
+    body = {
+        "image_base64": png_base64(),
+        "context": {"account": "acme", "posted_at": "2024-05-01T12:00:00Z"},
+        "kpi_name": "likes",
+        "kpi_value": 120,
+    }
+    first = stack.gateway.request("POST", "/v1/feedback", json=body)
+    assert first.status_code in (200, 201), first.text
+    return stack.gateway.request("POST", "/v1/feedback", json={**body, "kpi_value": 95})
+
+
 def cancel_finished_job(stack: Stack) -> httpx.Response:
     job_id = stack.gateway.request("POST", "/v1/generate", json=GENERATE).json()["job_id"]
     store = JobStore(stack.gateway.db)
@@ -291,9 +310,21 @@ KEYED_ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/v1/jobs/{job_id}", {}),
     ("DELETE", "/v1/jobs/{job_id}", {}),
     ("GET", "/v1/images/{image_id}", {}),
+    ("POST", "/v1/feedback", {"json": FEEDBACK}),
+    ("GET", "/v1/feedback", {}),
+    ("GET", "/v1/feedback/{feedback_id}", {}),
+    ("GET", "/v1/checkpoints", {}),
+    ("GET", "/v1/retrain/decisions", {}),
+    ("GET", "/v1/retrain/decisions/{decision_id}", {}),
 ]
-BODY_LIMITS = {"/v1/score": BODY_LIMIT, "/v1/describe": JSON_LIMIT, "/v1/generate": JSON_LIMIT}
-"""/v1/score takes images, so only the body limit; the others read at most JSON_LIMIT."""
+BODY_LIMITS = {
+    "/v1/score": BODY_LIMIT,
+    "/v1/describe": JSON_LIMIT,
+    "/v1/generate": JSON_LIMIT,
+    "/v1/feedback": BODY_LIMIT,
+}
+"""/v1/score and /v1/feedback take images, so only the body limit; the others read at most
+JSON_LIMIT."""
 INTERNAL_BODY_ROUTES = [
     ("scorer", "/score"),
     ("describer", "/describe"),
@@ -306,7 +337,12 @@ UPSTREAM_ROUTES: dict[str, dict[str, Any]] = {"/v1/score": SCORE, "/v1/describe"
 
 
 def _url(path: str) -> str:
-    return path.replace("{job_id}", "no-such-job").replace("{image_id}", "no-such-image")
+    return (
+        path.replace("{job_id}", "no-such-job")
+        .replace("{image_id}", "no-such-image")
+        .replace("{feedback_id}", "no-such-feedback")
+        .replace("{decision_id}", "no-such-decision")
+    )
 
 
 def _provocations() -> list[Provocation]:
@@ -327,7 +363,7 @@ def _provocations() -> list[Provocation]:
         gateway(operation, 429, "a 1/hour key's second request", limited)
         storage_down = request("gateway_storage_down", method, url, **body)
         gateway(operation, 503, "rate-limit storage down", storage_down)
-        if method != "POST":
+        if "{" in path:
             gateway(operation, 404, "unknown id", request("gateway", method, url))
     for path, limit in BODY_LIMITS.items():
         gateway(f"POST {path}", 413, "body over its limit", oversized("gateway", path, limit))
@@ -338,6 +374,15 @@ def _provocations() -> list[Provocation]:
         gateway(f"POST {path}", 502, "upstream down", upstreams("down", valid))
         gateway(f"POST {path}", 503, "upstream busy", upstreams("busy", valid))
     gateway("POST /v1/generate", 409, "idempotency key reused", idempotency_clash)
+    unknown_image = request("gateway", "POST", "/v1/feedback", json=FEEDBACK)
+    gateway("POST /v1/feedback", 404, "unknown image_id", unknown_image)
+    gateway("POST /v1/feedback", 409, "another value, no correction", feedback_clash)
+    bad_page = request("gateway", "GET", "/v1/feedback", params={"limit": 0})
+    gateway("GET /v1/feedback", 422, "limit 0", bad_page)
+    bad_name = request("gateway", "GET", "/v1/checkpoints", params={"name": "../etc"})
+    gateway("GET /v1/checkpoints", 422, "a name that is no registry entry", bad_name)
+    bad_action = request("gateway", "GET", "/v1/retrain/decisions", params={"action": "delete"})
+    gateway("GET /v1/retrain/decisions", 422, "an unknown action", bad_action)
     second_job = twice(request("gateway_queue_full", "POST", "/v1/generate", json=GENERATE))
     gateway("POST /v1/generate", 503, "a queue of one job", second_job)
     gateway("DELETE /v1/jobs/{job_id}", 409, "job finished", cancel_finished_job)

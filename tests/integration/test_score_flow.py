@@ -127,6 +127,32 @@ async def test_contrastive_compares_with_high_and_low(
     assert all(-1 <= item["total"] <= 1 for item in response.json()["results"])
 
 
+async def test_edits_reach_the_caller_through_the_gateway(
+    gateway: tuple[httpx.AsyncClient, str],
+) -> None:
+    client, key = gateway
+    body = {**context(), "reward": "match", "creatives": sample_creatives(), "max_edits": 3}
+    response = await client.post("/v1/score", json=body, headers={"X-API-Key": key})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    # The samples are photos and drawings, none of them the brief: there is something to fix.
+    assert any(item["edits"] for item in results)
+    for item in results:
+        gains = [edit["gain"] for edit in item["edits"]]
+        assert len(gains) <= 3 and all(gain > 0 for gain in gains)
+        assert gains == sorted(gains, reverse=True)
+        for edit in item["edits"]:
+            assert edit["reward"] == pytest.approx(item["total"] + edit["gain"])
+            assert edit["summary"]
+        assert (item["total_with_edits"] is None) == (not item["edits"])
+    refused = await client.post(
+        "/v1/score",
+        json={**body, "reward": "likelihood"},
+        headers={"X-API-Key": key},
+    )
+    assert refused.status_code == 422 and "max_edits" in refused.json()["error"]["message"]
+
+
 async def test_describe_returns_a_brief(gateway: tuple[httpx.AsyncClient, str]) -> None:
     client, key = gateway
     response = await client.post(

@@ -327,3 +327,48 @@ def test_an_animated_creative_is_scored_from_its_first_frame_and_says_so(
 def test_openapi_documents_the_score_route(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     assert "/score" in schema["paths"]
+
+
+def test_edits_come_back_only_when_asked(client: TestClient) -> None:
+    body = score_body("match", CREATIVES)
+    plain = client.post("/score", json=body)
+    assert plain.status_code == 200, plain.text
+    assert all(r["edits"] == [] and r["total_with_edits"] is None for r in plain.json()["results"])
+
+    response = client.post("/score", json={**body, "max_edits": 2})
+    assert response.status_code == 200, response.text
+    results = {result["id"]: result for result in response.json()["results"]}
+    assert results["red"]["edits"] == []  # the stand-in target is red: nothing to change
+    for creative_id in ("blue", "darkred"):
+        result = results[creative_id]
+        (edit,) = result["edits"]
+        assert edit["kind"] == "recolor"
+        assert edit["before"]["color"]["rgb"] == result["verbalization"]["colors"][0]["rgb"]
+        assert edit["after"] == {
+            "color": {"name": "c", "rgb": list(RED), "coverage": 1.0},
+            "object": None,
+            "tone": None,
+            "caption": None,
+        }
+        assert edit["summary"].startswith("background c (") and "(220,20,20)" in edit["summary"]
+        assert edit["reward"] == pytest.approx(results["red"]["total"])
+        assert edit["gain"] == pytest.approx(edit["reward"] - result["total"])
+        assert result["total_with_edits"] == pytest.approx(edit["reward"])
+
+
+def test_edits_for_the_likelihood_reward_or_too_many_are_422(client: TestClient) -> None:
+    body = {**score_body("likelihood", CREATIVES), "max_edits": 1}
+    error = assert_error(client.post("/score", json=body), 422, "invalid_input")
+    assert "max_edits" in error["message"] and "likelihood" in error["message"]
+    body = {**score_body("match", CREATIVES), "max_edits": 11}
+    error = assert_error(client.post("/score", json=body), 422, "invalid_input")
+    assert "max_edits" in error["message"]
+
+
+def test_openapi_documents_the_edits(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["ScoreRequest"]["properties"]["max_edits"]["maximum"] == 10
+    assert "edits" in schemas["CreativeScore"]["properties"]
+    assert set(schemas["Edit"]["properties"]) == {
+        "kind", "summary", "before", "after", "reward", "gain"
+    }  # fmt: skip

@@ -455,12 +455,19 @@ def continuation_logprob_sums(
 ) -> list[float]:
     """Summed log P(continuation tokens | prompt) for each (prompt, continuation), with the
     two encoded together as the describer scores them."""
+    return [total for total, _ in continuation_logprobs(model, tokenizer, pairs, batch_size)]
+
+
+def continuation_logprobs(
+    model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int
+) -> list[tuple[float, int]]:
+    """(summed log P(continuation tokens | prompt), how many tokens) for each pair."""
     from services.trainer.finetune.train import decoder_and_head
 
     parts = decoder_and_head(model)
     assert parts is not None
     _, head = parts
-    sums: list[float] = []
+    sums: list[tuple[float, int]] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         rows, spans = [], []
@@ -479,7 +486,8 @@ def continuation_logprob_sums(
             positions = torch.arange(shared - 1, len(row) - 1)
             targets = torch.tensor(row[shared:], device=hidden.device)
             logprobs = head(hidden[index, positions]).float().log_softmax(-1)
-            sums.append(float(logprobs[torch.arange(len(targets)), targets].sum()))
+            total = float(logprobs[torch.arange(len(targets)), targets].sum())
+            sums.append((total, len(targets)))
     return sums
 
 
@@ -491,6 +499,7 @@ __all__ = [
     "Probe",
     "ProbeResult",
     "continuation_logprob_sums",
+    "continuation_logprobs",
     "fit_temperature",
     "generative_posterior",
     "js_divergence",

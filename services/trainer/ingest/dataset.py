@@ -140,11 +140,14 @@ def write_dataset(
     featurizer_version: str,
     buckets: KpiBuckets,
     images_sha256: Iterable[str],
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``out/v<N>`` (N one above the newest) atomically and point ``out/latest`` at it.
 
     Everything is written into a hidden temporary folder first and renamed into place, so a
     reader never sees a half-written version and a crash leaves only a ``.tmp-*`` folder.
+    ``provenance``: more sections for the manifest (e.g. ``feedback``: what a retrain folded
+    in), so that the data hash covers them too.
     """
     out.mkdir(parents=True, exist_ok=True)
     staging = out / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
@@ -203,6 +206,7 @@ def write_dataset(
             },
             "counts": counts,
             "files": files,
+            **(provenance or {}),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         final = _publish(staging, out)

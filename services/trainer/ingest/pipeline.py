@@ -52,13 +52,15 @@ async def ingest(
     batch_size: int = 16,
     progress: bool = True,
     history_path: Path | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> IngestOutcome:
     """Ingest ``data_file`` into a new ``out/v<N>``; the featurizer cache survives across runs.
 
     The cache lives outside the version folders (``out/featurizer-cache.jsonl`` by default)
     so a rerun after a crash, or a later run on a grown dataset, skips finished images.
     ``history_path``: the describer's history store, refreshed with these accounts' posts
-    (each ingested account's history replaced by this ingest's).
+    (each ingested account's history replaced by this ingest's). ``provenance``: more
+    manifest sections (``write_dataset``).
     """
     buckets = buckets or KpiBuckets()
     # Decoding every image to validate it is CPU work; keep the event loop free meanwhile.
@@ -83,6 +85,7 @@ async def ingest(
         featurizer_version=featurizer.version,
         buckets=buckets,
         images_sha256=images,
+        provenance=provenance,
     )
     await asyncio.to_thread(write_histories, dataset, version_dir, history_path)
     return IngestOutcome(summary=result.summary, version_dir=version_dir)

@@ -21,7 +21,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.table import Table
 
-from services.common.contracts import Context
+from services.common.contracts import Context, KpiName
 from services.common.errors import InvalidImage, PayloadTooLarge, validation_message
 from services.common.images import decode_image
 from services.common.settings import ImageLimits
@@ -62,7 +62,7 @@ class PostRow(BaseModel):
     id: str = Field(min_length=1, max_length=128)
     context: Context = Field(description="Account, text (or stock title), keywords, post time.")
     media: Path = Field(description="The image file, absolute (resolved against the data file).")
-    kpi_name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    kpi_name: KpiName
     kpi_value: float = Field(ge=0.0, allow_inf_nan=False)
     image_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     width: int = Field(ge=1)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from services.common.errors import MOST_PROBLEMS_NAMED, validation_message
+from services.common.errors import (
+    MOST_PROBLEMS_NAMED,
+    RateLimited,
+    UpstreamError,
+    error_from_payload,
+    validation_message,
+)
 
 
 class _Inner(BaseModel):
@@ -55,3 +61,15 @@ def test_many_problems_are_counted_not_listed() -> None:
     assert message.count("Input should be a valid integer") == MOST_PROBLEMS_NAMED
     assert message.endswith("; and 2 more")
     assert f"counts.{MOST_PROBLEMS_NAMED}:" not in message
+
+
+def test_an_error_body_becomes_its_typed_error_with_retry_after_and_request_id() -> None:
+    body = {"error": {"type": "rate_limited", "message": "slow down", "request_id": "r-1"}}
+    error = error_from_payload(body, status_code=429, retry_after=3)
+    assert isinstance(error, RateLimited)
+    assert (error.message, error.retry_after, error.request_id) == ("slow down", 3, "r-1")
+    unknown = {"error": {"type": "brand_new", "message": "m", "request_id": None}}
+    rebuilt = error_from_payload(unknown, status_code=500)
+    assert isinstance(rebuilt, UpstreamError) and rebuilt.request_id is None
+    assert rebuilt.message == "upstream error brand_new: m"
+    assert error_from_payload(["not", "an", "error"], status_code=502).request_id is None

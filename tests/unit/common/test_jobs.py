@@ -12,10 +12,9 @@ from datetime import timedelta
 
 import pytest
 
-from services.common.contracts import Context
+from services.common.contracts import Context, GenerateRequest, JobError, JobState
 from services.common.db import Database
 from services.common.errors import Conflict, NotFound, Overloaded
-from services.common.generation import GenerateRequest, JobError, JobState
 from services.common.jobs import JobStore, request_hash, utcnow
 from tests.job_records import images, outcome
 

@@ -15,9 +15,8 @@ import pytest
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 
-from services.common.contracts import Context
+from services.common.contracts import Context, GenerateRequest, JobState
 from services.common.db import Database
-from services.common.generation import GenerateRequest, JobState
 from services.common.jobs import JobRow, JobStore, request_hash
 from services.common.leases import aware
 from services.trainer.runs import RunState, TrainingRunRow, TrainingStore

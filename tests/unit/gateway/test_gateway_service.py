@@ -60,6 +60,19 @@ def test_build_score_request_encodes_the_files() -> None:
     assert request.context.account == "acme" and request.reward == "match"
 
 
+def test_build_score_request_carries_the_edits_asked_for() -> None:
+    upload = [UploadedCreative(filename="a.png", data=b"data")]
+    spec = json.dumps({"context": {"account": "acme"}, "max_edits": 3})
+    assert build_score_request(spec, upload, limits=ImageLimits()).max_edits == 3
+    assert build_score_request(SPEC, upload, limits=ImageLimits()).max_edits == 0
+    with pytest.raises(InvalidInput, match="max_edits"):
+        spec = json.dumps({"context": {"account": "acme"}, "max_edits": 11})
+        build_score_request(spec, upload, limits=ImageLimits())
+    with pytest.raises(InvalidInput, match="likelihood"):
+        spec = json.dumps({"context": {"account": "a"}, "reward": "likelihood", "max_edits": 1})
+        build_score_request(spec, upload, limits=ImageLimits())
+
+
 def test_build_score_request_refuses_bad_parts() -> None:
     upload = [UploadedCreative(filename="a.png", data=b"data")]
     with pytest.raises(InvalidInput, match="'request' part"):

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from services.common.contracts import Context
+from services.common.contracts import Context, GenerateRequest, JobState
 from services.common.db import Database
 from services.common.errors import NotFound
-from services.common.generation import GenerateRequest, JobState
 from services.common.jobs import JobRow, JobStore, NewImage
 from services.common.storage import ArtifactStore, LocalArtifactStore
 from services.generator.retention import JobRetention

@@ -13,6 +13,7 @@ from services.common.contracts import (
     Context,
     CreativeScore,
     DescribeResponse,
+    GenerateRequest,
     KpiLevel,
     KpiTarget,
     ModelInfo,
@@ -22,7 +23,6 @@ from services.common.contracts import (
     Verbalization,
 )
 from services.common.errors import UpstreamError
-from services.common.generation import GenerateRequest
 from services.common.model_folders import SamplingDefaults
 from services.common.storage import LocalArtifactStore
 from services.generator.runner import JobRunner, _batches, plan

@@ -14,9 +14,8 @@ from celery import Celery
 from sqlalchemy import update
 
 from services.common import metrics
-from services.common.contracts import Context
+from services.common.contracts import Context, GenerateRequest, JobState
 from services.common.db import Database
-from services.common.generation import GenerateRequest, JobState
 from services.common.jobs import JobRow, JobStore, utcnow
 from services.common.queue import GPU_QUEUE, QueueSettings, create_celery_app
 from services.generator.sweeper import EPOCH_KEY, BrokerEpoch, Sweeper

@@ -15,6 +15,9 @@ from services.common.contracts import (
     Context,
     CreativeScore,
     DescribeResponse,
+    GenerateRequest,
+    JobProgress,
+    JobState,
     ModelInfo,
     ScoreResponse,
     Tone,
@@ -28,7 +31,6 @@ from services.common.errors import (
     TimeLimitExceeded,
     UpstreamError,
 )
-from services.common.generation import GenerateRequest, JobProgress, JobState
 from services.common.jobs import JobStore
 from services.generator.worker import JobCanceled, TaskControl, _transient
 
@@ -198,7 +200,8 @@ def test_max_attempts_must_leave_room_for_the_transient_retries() -> None:
 def test_a_stored_request_beyond_the_limits_fails_before_any_denoising(
     store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.common.generation import GenerationLimits, JobState
+    from services.common.contracts import JobState
+    from services.common.generation import GenerationLimits
     from services.common.queue import QueueSettings
     from services.generator import worker
     from services.generator.settings import GeneratorSettings

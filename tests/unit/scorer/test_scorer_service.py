@@ -120,6 +120,7 @@ def request(
     colors: dict[str, str],
     level: KpiLevel = KpiLevel.HIGH,
     targets: tuple[TargetDescription, ...] = (),
+    max_edits: int = 0,
 ) -> ScoreRequest:
     return ScoreRequest.model_validate(
         {
@@ -128,6 +129,7 @@ def request(
             "reward": reward,
             "creatives": [Creative(id=cid, data=color.encode()) for cid, color in colors.items()],
             "targets": targets,
+            "max_edits": max_edits,
         }
     )
 
@@ -290,3 +292,43 @@ def test_settings_defaults_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(ValueError):
         ScorerSettings(batch_limits={"max_items": 65})  # type: ignore[arg-type]
     assert all(field.description for field in ScorerSettings.model_fields.values())
+
+
+async def test_edits_are_suggested_only_when_asked() -> None:
+    plain = await scorer().score(request("match", {"g": "grey", "r": "red"}))
+    assert all(r.edits == [] and r.total_with_edits is None for r in plain.results)
+
+    asked = await scorer().score(request("match", {"g": "grey", "r": "red"}, max_edits=3))
+    by_id = {result.id: result for result in asked.results}
+    assert [r.total for r in asked.results] == [r.total for r in plain.results]
+    assert by_id["r"].edits == [] and by_id["r"].total_with_edits is None  # it is the target
+    (edit,) = by_id["g"].edits
+    assert edit.kind == "recolor"
+    assert edit.summary == "background c (128,128,128) → c (220,20,20) (covers 100%)"
+    assert edit.reward == pytest.approx(by_id["r"].total)
+    assert edit.gain == pytest.approx(edit.reward - by_id["g"].total)
+    assert by_id["g"].total_with_edits == pytest.approx(edit.reward)
+
+
+async def test_contrastive_edits_are_scored_with_the_contrastive_reward() -> None:
+    response = await scorer().score(
+        request("contrastive", {"b": "blue", "g": "grey", "r": "red"}, max_edits=2)
+    )
+    by_id = {result.id: result for result in response.results}
+    # Repainting blue (the low description's colour) red is worth the whole range: -1 to 1.
+    (edit,) = by_id["b"].edits
+    assert edit.after is not None and edit.after.color is not None
+    assert edit.after.color.rgb == RED
+    assert edit.reward == pytest.approx(by_id["r"].total)
+    assert edit.gain == pytest.approx(by_id["r"].total - by_id["b"].total)
+    assert edit.gain > 1.5
+    assert by_id["g"].edits[0].reward == pytest.approx(by_id["r"].total)
+
+
+async def test_edits_follow_a_target_the_caller_brought() -> None:
+    response = await scorer().score(
+        request("match", {"r": "red"}, targets=(given(KpiLevel.HIGH, BLUE),), max_edits=1)
+    )
+    (edit,) = response.results[0].edits
+    assert edit.after is not None and edit.after.color is not None
+    assert edit.after.color.rgb == BLUE

@@ -151,11 +151,13 @@ def test_models_are_read_only_to_the_services_and_absent_from_the_gateway(
     assert services["featurizer"]["volumes"] == ["models:/var/lib/boig:ro"]  # via x-service
 
 
-def test_only_the_worker_writes_generated_images(compose: dict[str, Any]) -> None:
+def test_only_the_worker_and_the_gateway_write_artifacts(compose: dict[str, Any]) -> None:
+    # The worker writes generated images, the gateway the images of KPI feedback records.
+    writers = {"generator", "gateway"}
     for name, service in compose["services"].items():
         mounts = [m for m in service.get("volumes", []) if m.startswith("artifacts:")]
-        assert all(m.endswith(":ro") for m in mounts) or name == "generator", (name, mounts)
-    assert any(m.startswith("artifacts:") for m in compose["services"]["gateway"]["volumes"])
+        assert all(m.endswith(":ro") for m in mounts) or name in writers, (name, mounts)
+    assert "artifacts:/var/lib/boig-artifacts" in compose["services"]["gateway"]["volumes"]
 
 
 def test_database_credentials_come_from_the_environment_with_no_default() -> None:
