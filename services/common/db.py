@@ -6,15 +6,18 @@ how to connect, create the schema and hand out sessions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Session, sessionmaker
 
 from services.common.settings import boig_home
+
+RowT = TypeVar("RowT")
 
 CONNECT_TIMEOUT_SECONDS = 10
 """PostgreSQL: a server that does not accept a connection within this is down, not slow
@@ -80,3 +83,21 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def newest_first_page(
+    session: Session,
+    query: Select[RowT],
+    seq: InstrumentedAttribute[int],
+    *,
+    limit: int,
+    before: int | None,
+) -> tuple[Sequence[RowT], int | None]:
+    """Keyset paging on an increasing ``seq`` column: up to ``limit`` rows of ``query``,
+    newest first, below ``before``; and the ``before`` of the next page, None on the last.
+    One row more than the page is read to know whether another page follows."""
+    if before is not None:
+        query = query.where(seq < before)
+    rows = session.scalars(query.order_by(seq.desc()).limit(limit + 1)).all()
+    page = rows[:limit]
+    return page, (getattr(page[-1], seq.key) if len(rows) > limit else None)

@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.contracts import Context, FeedbackRecord
-from services.common.db import Base, Database
+from services.common.db import Base, Database, newest_first_page
 from services.common.errors import Conflict, NotFound
 from services.common.leases import aware, utcnow
 
@@ -295,8 +295,6 @@ class FeedbackStore:
         """Up to ``limit`` of ``owner``'s records, newest first, recorded before ``before``
         (a ``seq``); and the ``before`` of the next page, None when there is none."""
         query = select(FeedbackRow).where(FeedbackRow.owner == owner)
-        if before is not None:
-            query = query.where(FeedbackRow.seq < before)
         if account is not None:
             query = query.where(FeedbackRow.account == account)
         if kpi_name is not None:
@@ -304,9 +302,10 @@ class FeedbackStore:
         if creative_sha256 is not None:
             query = query.where(FeedbackRow.creative_sha256 == creative_sha256)
         with self._db.session() as session:
-            rows = session.scalars(query.order_by(FeedbackRow.seq.desc()).limit(limit + 1)).all()
-            items = [_feedback(row) for row in rows[:limit]]
-        return items, (items[-1].seq if len(rows) > limit else None)
+            rows, next_before = newest_first_page(
+                session, query, FeedbackRow.seq, limit=limit, before=before
+            )
+            return [_feedback(row) for row in rows], next_before
 
     def for_account(
         self,

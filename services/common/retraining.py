@@ -34,7 +34,7 @@ from services.common.contracts import (
     RetrainAction,
     RetrainDecision,
 )
-from services.common.db import Base, Database
+from services.common.db import Base, Database, newest_first_page
 from services.common.errors import NotFound
 from services.common.leases import aware, utcnow
 
@@ -196,18 +196,15 @@ class RetrainLedger:
         """Up to ``limit`` decisions, newest first, made before ``before`` (a ``seq``); and
         the ``before`` of the next page, None when there is none."""
         query = select(RetrainDecisionRow)
-        if before is not None:
-            query = query.where(RetrainDecisionRow.seq < before)
         if checkpoint is not None:
             query = query.where(RetrainDecisionRow.checkpoint == checkpoint)
         if action is not None:
             query = query.where(RetrainDecisionRow.action == action)
         with self._db.session() as session:
-            rows = session.scalars(
-                query.order_by(RetrainDecisionRow.seq.desc()).limit(limit + 1)
-            ).all()
-            items = [_decision(row) for row in rows[:limit]]
-        return items, (items[-1].seq if len(rows) > limit else None)
+            rows, next_before = newest_first_page(
+                session, query, RetrainDecisionRow.seq, limit=limit, before=before
+            )
+            return [_decision(row) for row in rows], next_before
 
     def evaluated(
         self, *, checkpoint: str, dataset_sha256: str, against: str

@@ -9,8 +9,6 @@ identity is the SHA-256 of the image file, and the same image reported both ways
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import logging
 from datetime import timedelta
@@ -38,6 +36,7 @@ from services.common.jobs import JobStore
 from services.common.leases import utcnow
 from services.common.settings import ImageLimits
 from services.common.storage import ArtifactStore
+from services.gateway.cursors import decode_cursor, encode_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -45,28 +44,12 @@ POSTED_AT_SKEW = timedelta(minutes=5)
 """How far in the future a post time may lie (clocks differ); later ones are refused: a KPI
 is observed after the post, never before."""
 _SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif"}
-_CURSOR_PREFIX = "f1:"
+CURSOR_PREFIX = "f1:"
+"""Cursors of GET /v1/feedback."""
 
 
 def feedback_url(feedback_id: str) -> str:
     return f"/v1/feedback/{feedback_id}"
-
-
-def encode_cursor(seq: int, *, prefix: str = _CURSOR_PREFIX) -> str:
-    """An opaque page cursor: clients pass it back, never build one. ``prefix`` names the
-    list it pages, so one list's cursor is refused by another."""
-    return base64.urlsafe_b64encode(f"{prefix}{seq}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, *, prefix: str = _CURSOR_PREFIX) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput("cursor: not a cursor this API gave out") from exc
-    number = text.removeprefix(prefix)
-    if not text.startswith(prefix) or not number.isdigit() or len(number) > 18:
-        raise InvalidInput("cursor: not a cursor this API gave out")
-    return int(number)
 
 
 class FeedbackIntake:
@@ -162,7 +145,9 @@ class FeedbackIntake:
         return feedback.as_record()
 
     async def page(self, *, owner: str, query: FeedbackFilter) -> FeedbackPage:
-        before = decode_cursor(query.cursor) if query.cursor is not None else None
+        before = (
+            decode_cursor(query.cursor, prefix=CURSOR_PREFIX) if query.cursor is not None else None
+        )
         items, next_before = await run_in_threadpool(
             lambda: self.store.page(
                 owner=owner,
@@ -175,7 +160,9 @@ class FeedbackIntake:
         )
         return FeedbackPage(
             items=[item.as_record() for item in items],
-            next_cursor=encode_cursor(next_before) if next_before is not None else None,
+            next_cursor=encode_cursor(next_before, prefix=CURSOR_PREFIX)
+            if next_before is not None
+            else None,
         )
 
 

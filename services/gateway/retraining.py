@@ -12,7 +12,7 @@ from services.common.contracts import (
     RetrainDecisionPage,
 )
 from services.common.retraining import RetrainLedger
-from services.gateway.feedback import decode_cursor, encode_cursor
+from services.gateway.cursors import decode_cursor, encode_cursor
 
 _CURSOR_PREFIX = "d1:"
 

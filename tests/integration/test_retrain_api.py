@@ -17,7 +17,8 @@ from services.common.queue import QueueSettings, create_celery_app
 from services.common.retraining import NewDecision, RetrainLedger
 from services.gateway.app import create_app
 from services.gateway.auth import KeyStore
-from services.gateway.feedback import encode_cursor
+from services.gateway.cursors import encode_cursor
+from services.gateway.feedback import CURSOR_PREFIX as FEEDBACK_CURSOR
 from services.gateway.settings import GatewaySettings
 
 
@@ -72,7 +73,7 @@ def test_the_lists_read_back_what_the_trainer_recorded_without_operator_details(
     assert [item["id"] for item in rest["items"]] == [recorded[0].id]
     assert rest["next_cursor"] is None
     # A cursor of another list is not this one's.
-    foreign = api.get("/v1/retrain/decisions", cursor=encode_cursor(5))
+    foreign = api.get("/v1/retrain/decisions", cursor=encode_cursor(5, prefix=FEEDBACK_CURSOR))
     assert foreign.status_code == 422 and "cursor" in foreign.json()["error"]["message"]
     one = api.get(f"/v1/retrain/decisions/{recorded[1].id}")
     assert one.status_code == 200 and one.json()["action"] == "reject"

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from services.common.contracts import MAX_KPI_VALUE, FeedbackFilter, FeedbackRequest
 from services.common.errors import InvalidInput
-from services.gateway.feedback import decode_cursor, encode_cursor
+from services.gateway.cursors import decode_cursor, encode_cursor
+from services.gateway.feedback import CURSOR_PREFIX
 
 IMAGE = base64.b64encode(b"\x89PNG not checked here").decode()
 CONTEXT = {"account": "acme", "text": "summer sale", "posted_at": "2024-05-01T12:00:00Z"}
@@ -88,9 +89,16 @@ def test_the_list_filter_is_bounded() -> None:
 
 def test_cursors_round_trip_and_strangers_are_refused() -> None:
     for seq in (1, 42, 10**15):
-        cursor = encode_cursor(seq)
+        cursor = encode_cursor(seq, prefix=CURSOR_PREFIX)
         assert cursor.isascii() and "=" not in cursor
-        assert decode_cursor(cursor) == seq
-    for bad in ("", "42", "!!!", encode_cursor(1)[:-1] + "*", "ZjE6LTE", "eDox"):
+        assert decode_cursor(cursor, prefix=CURSOR_PREFIX) == seq
+    for bad in (
+        "",
+        "42",
+        "!!!",
+        encode_cursor(1, prefix=CURSOR_PREFIX)[:-1] + "*",
+        "ZjE6LTE",
+        "eDox",
+    ):
         with pytest.raises(InvalidInput, match="cursor"):
-            decode_cursor(bad)
+            decode_cursor(bad, prefix=CURSOR_PREFIX)
