@@ -9,9 +9,14 @@ when another version loads.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import signal
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+logger = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -228,3 +233,19 @@ def _forget_served(service: str, model: str, keep: tuple[str, str] | None = None
     if previous is not None and previous != keep:
         with contextlib.suppress(KeyError):  # already gone (a test cleared the metric)
             CHECKPOINT_INFO.remove(service, model, *previous)
+
+
+def serve_worker_metrics(service: str, port: int, host: str) -> None:
+    """Serve a Celery worker's /metrics on ``port``, or stop the worker when it cannot.
+
+    Celery logs and swallows what a signal handler raises, so a worker whose port was taken
+    went on running jobs while its /metrics was another process's (or nothing): ask the
+    worker for its warm shutdown instead, which the orchestrator sees and restarts.
+    """
+    try:
+        start_http_server(port, addr=host, registry=REGISTRY)
+    except OSError as exc:
+        logger.critical(
+            "%s cannot serve /metrics on %s:%d (%s); stopping", service, host, port, exc
+        )
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -24,7 +24,6 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
-from prometheus_client import start_http_server
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.common import metrics
@@ -340,9 +339,7 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
         runtime()  # the solo pool runs tasks here: load the pipeline now, not on the first job
     if settings.metrics_port:
         # Last: a /metrics that answers means the worker is ready (what compose checks).
-        start_http_server(
-            settings.metrics_port, addr=settings.metrics_host, registry=metrics.REGISTRY
-        )
+        metrics.serve_worker_metrics(SERVICE, settings.metrics_port, settings.metrics_host)
 
 
 @worker_process_init.connect

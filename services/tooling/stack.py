@@ -6,6 +6,7 @@ Used by `make demo`, the end-to-end tests and the benchmarks. Each service is th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -29,10 +30,20 @@ WORKERS = frozenset({"generator"})
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different loopback ports that were free a moment ago. The sockets stay bound
+    until all are picked: one at a time, the kernel may hand out the same port twice, and two
+    services of one stack then share it (the second cannot bind, the first answers for both)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 @dataclass
@@ -86,7 +97,9 @@ def local_stack(
 ) -> Iterator[LocalStack]:
     """Start ``services`` (in dependency order), wait until each is healthy, stop them all after."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    stack = LocalStack(run_dir=run_dir, ports={name: free_port() for name in START_ORDER})
+    stack = LocalStack(
+        run_dir=run_dir, ports=dict(zip(START_ORDER, free_ports(len(START_ORDER)), strict=True))
+    )
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -151,6 +164,18 @@ class StackFailed(RuntimeError):
     pass
 
 
+def _answers_as(name: str, answer: httpx.Response) -> bool:
+    """Whether a healthy answer on ``name``'s port comes from ``name``: a service's /health
+    names it; a worker's /metrics carries the series it labels with its own name (its model
+    load, recorded before the metrics server starts)."""
+    if name in WORKERS:
+        return f'service="{name}"' in answer.text
+    try:
+        return bool(answer.json().get("service") == name)
+    except ValueError:
+        return False
+
+
 def _wait_healthy(stack: LocalStack, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     process = stack.processes[name]
@@ -160,10 +185,14 @@ def _wait_healthy(stack: LocalStack, name: str, timeout: float) -> None:
                 f"{name} exited with {process.returncode}:\n{stack.log(name)[-3000:]}"
             )
         try:
-            probe = "/metrics" if name in WORKERS else "/health"
-            if httpx.get(f"{stack.url(name)}{probe}", timeout=2).status_code == 200:
-                return
+            answer = httpx.get(
+                f"{stack.url(name)}{'/metrics' if name in WORKERS else '/health'}", timeout=2
+            )
         except httpx.HTTPError:
-            pass
+            answer = None
+        if answer is not None and answer.status_code == 200:
+            if not _answers_as(name, answer):
+                raise StackFailed(f"{stack.url(name)} answers, but not as {name}")
+            return
         time.sleep(0.25)
     raise StackFailed(f"{name} not healthy after {timeout:.0f} s:\n{stack.log(name)[-3000:]}")

@@ -24,7 +24,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.signals import worker_ready, worker_shutdown
-from prometheus_client import Gauge, start_http_server
+from prometheus_client import Gauge
 
 from services.common import metrics
 from services.common.checkpoints import (
@@ -332,9 +332,7 @@ def _on_ready(**_: Any) -> None:
     _sweeper = Sweeper(celery_app, store(), settings)
     _sweeper.start()
     if settings.metrics_port:
-        start_http_server(
-            settings.metrics_port, addr=settings.metrics_host, registry=metrics.REGISTRY
-        )
+        metrics.serve_worker_metrics("trainer", settings.metrics_port, settings.metrics_host)
 
 
 @worker_shutdown.connect

@@ -3,6 +3,11 @@ versions as one series per model, replaced on a reload."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+
+import pytest
 from prometheus_client import Histogram
 
 from services.common import metrics
@@ -53,3 +58,17 @@ def test_a_reload_replaces_the_served_version_and_its_load_time() -> None:
     assert served("svc-a", "llm") == []
     metrics.record_model_unloaded("svc-a", "llm")  # nothing left to remove: no error
     metrics.record_model_unloaded("svc-a", "detector")
+
+
+def test_a_worker_whose_metrics_port_is_taken_asks_itself_to_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Celery swallows what a worker_ready handler raises: without the signal the worker would
+    # run jobs while its /metrics was another process's.
+    signals: list[tuple[int, int]] = []
+    monkeypatch.setattr(metrics.os, "kill", lambda pid, sig: signals.append((pid, sig)))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        metrics.serve_worker_metrics("generator", taken.getsockname()[1], "127.0.0.1")
+    assert signals == [(os.getpid(), signal.SIGTERM)]
