@@ -100,6 +100,13 @@ class LlmPaths:
     def run(self) -> Path:
         return self.home / "runs" / f"boigllm-{self.world.name}"
 
+    def run_for(self, dataset: Path) -> Path:
+        """A fine-tune's folder on ``dataset``: the world's run, or one per version folded
+        with feedback (a finished run is not resumed on other data)."""
+        if len(folded_lineage(dataset)) <= 1:
+            return self.run
+        return self.run.with_name(f"{self.run.name}-{dataset.name}")
+
     @property
     def registry(self) -> Path:
         return checkpoint_registry(self.home)
@@ -193,9 +200,10 @@ def ensure_histories(dataset: Path, serving_history: Path) -> None:
 def train(paths: LlmPaths, config: FinetuneConfig) -> TrainResult:
     posts = ensure_world(paths)
     dataset = ensure_dataset(paths, posts, paths.home / "stack")
+    run = paths.run_for(dataset)
     console.print(
         f"fine-tuning {config.base_model.name}: {config.max_steps} steps of {config.batch_size} "
-        f"-> {paths.run} (an interrupted run resumes)"
+        f"-> {run} (an interrupted run resumes)"
     )
     with tqdm(total=config.max_steps, unit="step") as bar:
 
@@ -204,7 +212,7 @@ def train(paths: LlmPaths, config: FinetuneConfig) -> TrainResult:
             bar.set_postfix(loss=f"{update.loss:.3f}")
             bar.refresh()
 
-        result = finetune(dataset, paths.run, config, progress=progress)
+        result = finetune(dataset, run, config, progress=progress)
     ref = publish_trained(result.out_dir, paths.registry, dataset_dir=dataset, config=config)
     console.print(
         f"trained {result.steps} steps in {result.seconds / 60:.1f} min, final loss "
@@ -224,7 +232,8 @@ def train(paths: LlmPaths, config: FinetuneConfig) -> TrainResult:
 
 
 def served_checkpoint_is_current(paths: LlmPaths, dataset: Path) -> bool:
-    """The registry serves a BoigLLM trained on ``dataset`` with today's prompts."""
+    """The registry serves a BoigLLM trained on ``dataset`` (or a version it was folded from)
+    with today's prompts."""
     checkpoint = current_checkpoint(paths.registry, BOIGLLM_CHECKPOINT)
     if checkpoint is None:
         return False
@@ -234,10 +243,10 @@ def served_checkpoint_is_current(paths: LlmPaths, dataset: Path) -> bool:
         prompt_version = json.loads(state_file.read_text(encoding="utf-8")).get("prompt_version")
     except (OSError, ValueError):
         return False
-    return (
-        manifest.data.manifest_sha256 == dataset_ref(dataset).manifest_sha256
-        and prompt_version == PROMPT_VERSION
-    )
+    # Any version of the dataset's lineage: after a retrain the served checkpoint is the one
+    # its gate kept, maybe trained before the latest fold; training here would bypass the gate.
+    trained_on = {dataset_ref(version).manifest_sha256 for version in folded_lineage(dataset)}
+    return manifest.data.manifest_sha256 in trained_on and prompt_version == PROMPT_VERSION
 
 
 def prepare_boigllm(paths: LlmPaths | None = None) -> Path:
@@ -430,15 +439,34 @@ def ensure_holdout_dataset(paths: LlmPaths) -> tuple[Path, Path]:
 
 
 def _dataset_of(data: Path, posts: Path) -> Path | None:
-    """The latest version under the dataset root ``data`` if it was built from ``posts``."""
+    """The latest version under the dataset root ``data`` if it was built from ``posts``, or
+    folded (KPI feedback, `make retrain`) onto versions the first of which was."""
     if not (data / LATEST).is_file():
         return None
-    folder = resolve_dataset_dir(data)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    lineage = folded_lineage(resolve_dataset_dir(data))
+    if not lineage:
         return None
-    return folder if manifest.get("source", {}).get("sha256") == file_sha256(posts) else None
+    first = json.loads((lineage[-1] / MANIFEST).read_text(encoding="utf-8"))
+    return lineage[0] if first.get("source", {}).get("sha256") == file_sha256(posts) else None
+
+
+def folded_lineage(version: Path) -> list[Path]:
+    """``version`` and the versions it was folded from, newest first, back to one ingested
+    from a posts file (each fold names its previous version in its manifest); empty when a
+    manifest is unreadable or a previous version is gone."""
+    lineage: list[Path] = []
+    folder = version
+    while folder not in lineage:
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        lineage.append(folder)
+        previous = manifest.get("feedback", {}).get("previous_version")
+        if not isinstance(previous, str):
+            return lineage
+        folder = version.parent / previous
+    return []  # a cycle: no version it can be traced to
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.common import prompts
+from services.common.hashing import file_sha256
 from services.common.prompts import PROMPT_VERSION
 from services.common.serving_profile import ServingProfile
 from services.common.torch_device import resolve_device, resolve_dtype
@@ -44,7 +45,7 @@ from services.trainer.finetune.data import (
     resolve_dataset_dir,
 )
 from services.trainer.finetune.probe import Probe, ProbeResult
-from services.trainer.ingest.dataset import Direction, InstructionExample, history_of
+from services.trainer.ingest.dataset import MANIFEST, Direction, InstructionExample, history_of
 from services.trainer.training_state import (
     optimizer_from_safe,
     optimizer_to_safe,
@@ -186,9 +187,10 @@ def finetune(
     )
 
     start_step = 0
+    data_digest = _dataset_digest(dataset_dir)
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is not None:
-        start_step = _restore(checkpoint, model, optimizer, config)
+        start_step = _restore(checkpoint, model, optimizer, config, data_digest)
         logger.info("resuming from %s (step %d)", checkpoint, start_step)
     _truncate_metrics(out_dir / METRICS, start_step)
 
@@ -235,7 +237,7 @@ def finetune(
             metrics.flush()
             logger.debug("step %d loss %.4f lr %.2e", step, loss_value, lr)
             if step % config.checkpoint_every == 0 or last:
-                _save_checkpoint(out_dir, step, model, optimizer, config, loss_value)
+                _save_checkpoint(out_dir, step, model, optimizer, config, loss_value, data_digest)
             if progress is not None:
                 progress(StepReport(step, config.max_steps, loss_value, lr))
 
@@ -500,6 +502,7 @@ def _save_checkpoint(
     optimizer: torch.optim.Optimizer,
     config: FinetuneConfig,
     loss: float,
+    data_digest: str,
 ) -> None:
     folder = out_dir / CHECKPOINTS
     folder.mkdir(exist_ok=True)
@@ -513,6 +516,7 @@ def _save_checkpoint(
         "step": step,
         "loss": loss,
         "prompt_version": PROMPT_VERSION,
+        "dataset_sha256": data_digest,
         "optimizer_param_groups": groups,
         "config": config.resume_fingerprint(),
     }
@@ -529,10 +533,26 @@ def _save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _dataset_digest(dataset_dir: Path) -> str:
+    """The dataset version's manifest digest (what a published checkpoint names as its data)."""
+    return file_sha256(resolve_dataset_dir(dataset_dir) / MANIFEST)
+
+
 def _restore(
-    checkpoint: Path, model: Any, optimizer: torch.optim.Optimizer, config: FinetuneConfig
+    checkpoint: Path,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    config: FinetuneConfig,
+    data_digest: str,
 ) -> int:
     state = json.loads((checkpoint / TRAIN_STATE).read_text(encoding="utf-8"))
+    # A finished run in the same folder would otherwise be "resumed" on other data and
+    # published as trained on it (a dataset folded with feedback keeps the world's run
+    # folder). Checkpoints saved before the digest was recorded are taken as they are.
+    if state.get("dataset_sha256", data_digest) != data_digest:
+        raise ValueError(
+            f"{checkpoint} was trained on another dataset version; use a new out folder"
+        )
     saved, current = state["config"], config.resume_fingerprint()
     if saved != current:
         changed = sorted(key for key in current if saved.get(key) != current[key])

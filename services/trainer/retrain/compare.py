@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
@@ -297,14 +298,33 @@ class HeldOutEvaluator:
         posts = held_out_posts(dataset_dir, self.policy, exclude=trained or ())
         if posts.excluded:
             logger.info("left out %d test posts %s was trained on", posts.excluded, current.version)
-        scores = [
-            score_checkpoint(
+        scores = []
+        for role, checkpoint in (("candidate", candidate), ("current", current)):
+            # Minutes on a CPU (each post's description, and under the generative reading its
+            # likelihood at every level): say what runs, so a quiet terminal is not a hang.
+            logger.info(
+                "evaluate: %s %s on the %d newest held-out posts (%s to %s)",
+                role,
+                checkpoint.version,
+                posts.count,
+                _posted(posts.content[0]) if posts.content else "-",
+                _posted(posts.content[-1]) if posts.content else "-",
+            )
+            started = time.perf_counter()
+            scored = score_checkpoint(
                 checkpoint,
                 posts,
                 base_model=self.base_model,
                 batch_size=self.policy.batch_size,
                 device=self.policy.device,
             )
-            for checkpoint in (candidate, current)
-        ]
+            means = scored.means()
+            logger.info(
+                "evaluate: %s held-out loss %.4f, level accuracy %.3f (%.0f s)",
+                role,
+                means.get(HELDOUT_LOSS, float("nan")),
+                means.get(LEVEL_ACCURACY, float("nan")),
+                time.perf_counter() - started,
+            )
+            scores.append(scored)
         return summarize(scores[0], scores[1], posts, self.policy)

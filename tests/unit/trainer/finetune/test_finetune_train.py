@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 from services.common.prompts import PROMPT_VERSION
 from services.common.serving_profile import ServingProfile
 from services.trainer.finetune.config import FinetuneConfig, tiny_preset
+from services.trainer.finetune.data import resolve_dataset_dir
 from services.trainer.finetune.train import (
     CHECKPOINTS,
     StepReport,
@@ -108,6 +110,21 @@ def test_resume_with_other_settings_is_refused(
     finetune(dataset_dir, tmp_path, config)
     with pytest.raises(ValueError, match="learning_rate"):
         finetune(dataset_dir, tmp_path, config.model_copy(update={"learning_rate": 1e-3}))
+
+
+def test_resume_on_another_dataset_version_is_refused(
+    tiny_model_dir: Path, dataset_dir: Path, tmp_path: Path
+) -> None:
+    # A finished run "resumed" on a dataset folded with feedback would be published as
+    # trained on it.
+    config = tiny_preset(tiny_model_dir).model_copy(update={"max_steps": 3, "warmup_steps": 1})
+    finetune(dataset_dir, tmp_path / "run", config)
+    other = tmp_path / "other"
+    shutil.copytree(resolve_dataset_dir(dataset_dir), other)
+    manifest = other / "manifest.json"
+    manifest.write_text(manifest.read_text().replace("{", '{"folded": true, ', 1))
+    with pytest.raises(ValueError, match="another dataset version"):
+        finetune(other, tmp_path / "run", config)
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
