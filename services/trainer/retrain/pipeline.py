@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ CANDIDATE_FILE = "candidate.json"
 """In a candidate's run folder: the registry version it was published as (published once)."""
 
 Stage = Literal["fold", "train", "evaluate", "decide"]
+
+
+class Stopped(Exception):
+    """The retrain's caller went away (Ctrl-C, SIGTERM): training stops at its next step."""
 
 
 @dataclass(frozen=True)
@@ -197,9 +202,24 @@ async def retrain(
         if candidate is None:
             stage("train")
             began = time.perf_counter()
-            result = await asyncio.to_thread(
-                finetune, fold.version_dir, run_dir, config, progress=on_step
-            )
+            # asyncio.run cancels this await on Ctrl-C or a SIGTERM turned into SystemExit,
+            # but not the thread: without the flag it trained on to the end (~15 min) while
+            # the process waited to exit. The next step raises instead.
+            stop = threading.Event()
+
+            def report(step: StepReport) -> None:
+                if stop.is_set():
+                    raise Stopped(f"stopped at step {step.step}; a later retrain resumes")
+                if on_step is not None:
+                    on_step(step)
+
+            try:
+                result = await asyncio.to_thread(
+                    finetune, fold.version_dir, run_dir, config, progress=report
+                )
+            except asyncio.CancelledError:
+                stop.set()
+                raise
             trained_seconds = time.perf_counter() - began
             candidate = publish_trained(
                 result.out_dir,

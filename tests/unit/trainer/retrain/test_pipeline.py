@@ -5,11 +5,15 @@ against, a dataset decided on is not trained again, and a rollback is recorded t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,8 +36,9 @@ from services.common.retraining import RetrainLedger
 from services.trainer.finetune.config import FinetuneConfig, tiny_preset
 from services.trainer.finetune.data import resolve_dataset_dir
 from services.trainer.finetune.publish import publish_trained
-from services.trainer.finetune.train import finetune
+from services.trainer.finetune.train import StepReport, finetune
 from services.trainer.ingest.featurize import HttpFeaturizer
+from services.trainer.retrain import pipeline
 from services.trainer.retrain.compare import EvaluationPolicy
 from services.trainer.retrain.pipeline import RetrainOutcome, RetrainPlan, retrain
 from services.trainer.retrain.registry import move_pointer, retrain_lock
@@ -289,3 +294,42 @@ async def test_what_a_retrain_refuses(
     with pytest.raises(NotFound, match="make train-llm"):
         await world.retrain(never, featurizer, registry=tmp_path / "empty-registry")
     assert never.calls == []
+
+
+async def test_a_cancelled_retrain_stops_training_at_the_next_step(
+    world: World, featurizer: HttpFeaturizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C or SIGTERM cancels the awaiting task; the training thread must stop too, or the
+    # process waits for it to train to the end before it can exit.
+    world.feedback.record("acme", 40)
+    steps: list[int] = []
+    training = threading.Event()
+    ended: list[BaseException] = []
+    done = threading.Event()
+
+    def long(dataset: Path, out: Path, config: FinetuneConfig, *, progress: Any) -> Any:
+        try:
+            for step in range(1, 3001):  # ~30 s: long enough, and ends even if never stopped
+                steps.append(step)
+                training.set()
+                progress(StepReport(step, 3000, 1.0, 1e-4))
+                time.sleep(0.01)
+        except BaseException as exc:
+            ended.append(exc)
+            raise
+        finally:
+            done.set()
+
+    monkeypatch.setattr(pipeline, "finetune", long)
+    task = asyncio.create_task(
+        world.retrain(FixedEvaluator(figures(0.1, 0.2), world.registry), featurizer)
+    )
+    await asyncio.to_thread(training.wait, 60)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.to_thread(done.wait, 60)
+    assert ended and isinstance(ended[0], pipeline.Stopped), ended
+    stopped_at = len(steps)
+    await asyncio.sleep(0.1)
+    assert len(steps) == stopped_at  # no step after the stop
