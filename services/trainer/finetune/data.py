@@ -13,6 +13,7 @@ from typing import Any
 
 from services.common import prompts
 from services.common.contracts import KPI_LEVELS, KpiTarget
+from services.common.hashing import file_sha256
 from services.common.history import HistoryStore
 from services.common.verbalization import parse
 from services.trainer.ingest.dataset import (
@@ -116,6 +117,11 @@ def resolve_dataset_dir(path: Path) -> Path:
     if pointer.is_file():
         return path / pointer.read_text(encoding="utf-8").strip()
     return path
+
+
+def dataset_digest(version_dir: Path) -> str:
+    """The SHA-256 of a dataset version's manifest: what a checkpoint names as its data."""
+    return file_sha256(version_dir / MANIFEST)
 
 
 def load_examples(dataset_dir: Path, split: str) -> dict[Direction, list[InstructionExample]]:

@@ -25,7 +25,7 @@ from services.common.checkpoints import (
 )
 from services.common.hashing import file_sha256
 from services.trainer.finetune.config import FinetuneConfig
-from services.trainer.finetune.data import resolve_dataset_dir
+from services.trainer.finetune.data import dataset_digest, resolve_dataset_dir
 from services.trainer.finetune.train import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TRAIN_STATE
 from services.trainer.ingest.dataset import MANIFEST as DATASET_MANIFEST
 
@@ -49,7 +49,7 @@ def dataset_ref(dataset_dir: Path) -> DatasetRef:
     manifest = folder / DATASET_MANIFEST
     if not manifest.is_file():
         raise CheckpointRejected(f"dataset {folder} has no {DATASET_MANIFEST}")
-    return DatasetRef(manifest_sha256=file_sha256(manifest), version=folder.name)
+    return DatasetRef(manifest_sha256=dataset_digest(folder), version=folder.name)
 
 
 def hyperparameters(config: FinetuneConfig) -> dict[str, JsonScalar]:

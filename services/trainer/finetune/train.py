@@ -27,7 +27,6 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.common import prompts
-from services.common.hashing import file_sha256
 from services.common.prompts import PROMPT_VERSION
 from services.common.serving_profile import ServingProfile
 from services.common.torch_device import resolve_device, resolve_dtype
@@ -40,6 +39,7 @@ from services.trainer.finetune.data import (
     batch_schedule,
     collate,
     collate_weights,
+    dataset_digest,
     load_examples,
     prepare,
     resolve_dataset_dir,
@@ -187,7 +187,9 @@ def finetune(
     )
 
     start_step = 0
-    data_digest = _dataset_digest(dataset_dir)
+    version_dir = resolve_dataset_dir(dataset_dir)
+    # None: a dataset without a manifest (load_examples reads those too) is not told apart.
+    data_digest = dataset_digest(version_dir) if (version_dir / MANIFEST).is_file() else None
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is not None:
         start_step = _restore(checkpoint, model, optimizer, config, data_digest)
@@ -502,7 +504,7 @@ def _save_checkpoint(
     optimizer: torch.optim.Optimizer,
     config: FinetuneConfig,
     loss: float,
-    data_digest: str,
+    data_digest: str | None,
 ) -> None:
     folder = out_dir / CHECKPOINTS
     folder.mkdir(exist_ok=True)
@@ -533,23 +535,19 @@ def _save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _dataset_digest(dataset_dir: Path) -> str:
-    """The dataset version's manifest digest (what a published checkpoint names as its data)."""
-    return file_sha256(resolve_dataset_dir(dataset_dir) / MANIFEST)
-
-
 def _restore(
     checkpoint: Path,
     model: Any,
     optimizer: torch.optim.Optimizer,
     config: FinetuneConfig,
-    data_digest: str,
+    data_digest: str | None,
 ) -> int:
     state = json.loads((checkpoint / TRAIN_STATE).read_text(encoding="utf-8"))
     # A finished run in the same folder would otherwise be "resumed" on other data and
     # published as trained on it (a dataset folded with feedback keeps the world's run
     # folder). Checkpoints saved before the digest was recorded are taken as they are.
-    if state.get("dataset_sha256", data_digest) != data_digest:
+    saved_digest = state.get("dataset_sha256")
+    if None not in (saved_digest, data_digest) and saved_digest != data_digest:
         raise ValueError(
             f"{checkpoint} was trained on another dataset version; use a new out folder"
         )
