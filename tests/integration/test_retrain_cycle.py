@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -27,15 +26,12 @@ from services.common.checkpoints import (
     list_versions,
     load_manifest,
 )
-from services.common.clients import FeaturizerClient
 from services.common.contracts import KpiTarget
 from services.common.db import Database
 from services.common.feedback import FeedbackStore
 from services.common.queue import QueueSettings, create_celery_app
 from services.common.retraining import RetrainLedger
 from services.common.storage import LocalArtifactStore
-from services.featurizer.app import create_app as create_featurizer
-from services.featurizer.settings import FeaturizerSettings
 from services.gateway.app import create_app as create_gateway
 from services.gateway.auth import KeyStore
 from services.gateway.settings import GatewaySettings
@@ -52,6 +48,7 @@ from services.trainer.retrain.pipeline import RetrainOutcome, RetrainPlan, retra
 from services.trainer.retrain.registry import move_pointer
 from services.trainer.world.brands import DEFAULT_BRANDS
 from services.trainer.world.generate import POSTS_FILE, generate_world
+from tests.featurizer_in_process import featurizer_without_detector
 
 BRANDS = DEFAULT_BRANDS[:2]
 POSTS_PER_BRAND = 60
@@ -89,13 +86,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 @pytest.fixture
 async def featurizer() -> AsyncIterator[HttpFeaturizer]:
     """The real featurizer app in process: palettes and tones, no detector to train."""
-    app = create_featurizer(FeaturizerSettings(detector_backend="none"))
-    async with app.router.lifespan_context(app):
-        client = FeaturizerClient("http://featurizer", transport=httpx.ASGITransport(app=app))
-        try:
-            yield await HttpFeaturizer.connect(client)
-        finally:
-            await client.aclose()
+    async with featurizer_without_detector() as featurizer:
+        yield featurizer
 
 
 @dataclass

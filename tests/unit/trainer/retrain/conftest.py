@@ -12,19 +12,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
-from services.common.clients import FeaturizerClient
 from services.common.contracts import Context
 from services.common.db import Database
 from services.common.feedback import FEEDBACK_NAMESPACE, FeedbackStore, NewFeedback
 from services.common.storage import LocalArtifactStore
-from services.featurizer.app import create_app as create_featurizer
-from services.featurizer.settings import FeaturizerSettings
 from services.trainer.ingest.featurize import HttpFeaturizer
 from services.trainer.ingest.pipeline import ingest
+from tests.featurizer_in_process import featurizer_without_detector
 
 START = datetime(2024, 1, 1, 12, tzinfo=UTC)
 ACCOUNTS = {"acme": (200, 30, 30), "zeta": (30, 30, 200)}
@@ -69,13 +66,8 @@ def write_history(folder: Path) -> Path:
 
 @pytest.fixture
 async def featurizer() -> AsyncIterator[HttpFeaturizer]:
-    app = create_featurizer(FeaturizerSettings(detector_backend="none"))
-    async with app.router.lifespan_context(app):
-        client = FeaturizerClient("http://featurizer", transport=httpx.ASGITransport(app=app))
-        try:
-            yield await HttpFeaturizer.connect(client)
-        finally:
-            await client.aclose()
+    async with featurizer_without_detector() as featurizer:
+        yield featurizer
 
 
 @dataclass
